@@ -1,0 +1,151 @@
+"""Command line: `sladd run`, `sladd demo`, `sladd models`.
+
+Exit codes of `sladd run` / `sladd demo`:
+  0  every image found is done (anonymised, or nothing to mask)
+  1  the run finished, but some images failed (now or in an earlier run; see the ledger)
+  2  bad usage or configuration (nothing was processed)
+  3  the run was aborted (interrupted, or a fatal error such as a missing model)
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from engine import __version__
+
+__all__ = ["main", "build_parser"]
+
+LOG = logging.getLogger("sladd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sladd", description="Anonymise street-level imagery (faces, people, vehicles).")
+    p.add_argument("--version", action="version", version=f"sladd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="anonymise a folder tree of JPEGs")
+    r.add_argument("-i", "--input", required=True, type=Path, help="input folder (walked recursively)")
+    r.add_argument("-o", "--output", required=True, type=Path, help="output folder (mirrors the input tree)")
+    r.add_argument("-a", "--archive", type=Path, default=None, help="archive folder: a mirrored copy of each original")
+    r.add_argument("-k", "--config", type=Path, default=None, help="YAML file overriding the keys it names")
+    r.add_argument("-l", "--log-dir", type=Path, default=None, help="folder for the log file")
+    _common_run_args(r)
+
+    d = sub.add_parser("demo", help="build a small sample tree from bundled photographs and anonymise it")
+    d.add_argument("--dir", type=Path, default=Path("demo"), help="where to build the demo (default ./demo)")
+    _common_run_args(d)
+
+    m = sub.add_parser("models", help="install or list models")
+    msub = m.add_subparsers(dest="models_command", required=True)
+    f = msub.add_parser("fetch", help="install a shipped card's model file into the models cache")
+    f.add_argument("name")
+    msub.add_parser("list", help="list shipped model cards and whether their files are installed")
+    return p
+
+
+def _common_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", choices=["default", "360"], default=None,
+                   help="shipped profile under the -k file (default: 360 if it sets image_type 360)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="overrides engine.device")
+    p.add_argument("--force", action="store_true", help="redo images the ledger marks done")
+    p.add_argument("--retry-failed", action="store_true", help="retry images that failed in an earlier run")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; warnings and the summary only")
+
+
+def _load(args):
+    from engine.config import load_config
+
+    overrides = {"engine": {"device": args.device}} if args.device else None
+    return load_config(getattr(args, "config", None), profile=args.profile, overrides=overrides)
+
+
+def _cmd_run(args, input_dir: Path, output_dir: Path, archive_dir, log_dir, cfg_path) -> int:
+    from engine.logs import setup_logging
+    from engine.pipeline import ledger_path
+    from engine.progress import Progress
+    from engine.run import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, is_tty, run, summary_lines
+
+    cfg = args._cfg
+    tty = is_tty() and not args.quiet
+    console = "WARNING" if args.quiet else ("INFO" if cfg.log_level == "DEBUG" and tty else cfg.log_level)
+    log_file = setup_logging(cfg.log_level, cfg.datetime_format, log_dir, cfg.log_file_name,
+                             console_level=console, tty=tty)
+    LOG.info("call: %s", " ".join(sys.argv))
+    LOG.info("%s CONFIG START %s\n%s\n%s CONFIG END %s", "#" * 40, "#" * 40,
+             yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True).rstrip(),
+             "#" * 40, "#" * 40)
+    if log_file:
+        LOG.info("log file: %s", log_file)
+    progress = Progress(tty=tty, enabled=not args.quiet)
+    try:
+        stats = run(cfg, input_dir, output_dir, archive_dir, force=args.force, retry_failed=args.retry_failed,
+                    progress=progress)
+    except KeyboardInterrupt:
+        progress.close()
+        LOG.error("interrupted; images in flight are recorded as unfinished and redone on the next run")
+        return EXIT_ABORTED
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
+        progress.close()
+        LOG.error("%s", exc)
+        return EXIT_ABORTED
+    progress.close()
+    sep = "-" * 150
+    LOG.info(sep)
+    for line in summary_lines(stats, input_dir, output_dir, archive_dir, ledger_path(output_dir)):
+        # The summary always reaches the console, whatever the log level.
+        LOG.warning(line) if args.quiet else LOG.info(line)
+    return EXIT_FAILED if (stats.failed or stats.skipped_failed) else EXIT_OK
+
+
+def main(argv=None) -> int:
+    from engine.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    if args.command == "models":
+        return _cmd_models(args)
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s]: %(message)s")
+    try:
+        cfg, cfg_path = _load(args)
+    except ConfigError as exc:
+        print(f"sladd: {exc}", file=sys.stderr)
+        return 2
+    args._cfg = cfg
+    if args.command == "run":
+        if args.archive is not None and args.archive.resolve() == args.output.resolve():
+            print("sladd: -a/--archive must differ from -o/--output", file=sys.stderr)
+            return 2
+        return _cmd_run(args, args.input, args.output, args.archive, args.log_dir, cfg_path)
+    if args.command == "demo":
+        from engine.demo import build_demo_tree
+
+        root = args.dir
+        inp = build_demo_tree(root / "input")
+        print(f"demo input tree: {inp}", file=sys.stderr)
+        code = _cmd_run(args, inp, root / "output", None, root / "logs", cfg_path)
+        print(f"demo output: {(root / 'output').resolve()}  (compare with {inp.resolve()})", file=sys.stderr)
+        return code
+    return 2
+
+
+def _cmd_models(args) -> int:
+    from engine.models.fetch import fetch, main_list
+
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s]: %(message)s")
+    if args.models_command == "list":
+        print(main_list())
+        return 0
+    try:
+        path = fetch(args.name)
+    except (RuntimeError, ValueError) as exc:
+        print(f"sladd models fetch: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

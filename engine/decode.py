@@ -1,0 +1,133 @@
+"""Read and decode stage: bytes from disk to `Frame` (host RGB, display orientation).
+
+CPU backend: libjpeg-turbo through PyTurboJPEG, with DCT-scaled decoding when every model
+needs much less than the full resolution. A GPU backend (DALI, issue 9) registers here too.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from engine.jpeg import apply_orientation, estimate_quality, parse_jpeg, read_orientation
+from engine.types import Frame, ImageError, Job
+
+__all__ = ["DECODERS", "create_decoder", "TurboDecoder", "read_bytes", "turbojpeg"]
+
+LOG = logging.getLogger("sladd")
+
+
+def turbojpeg():
+    """The shared strict TurboJPEG handle (lazy: libturbojpeg is a system library)."""
+    global _TJ
+    if _TJ is None:
+        try:
+            from turbojpeg import TurboJPEG
+        except ImportError as exc:
+            raise ImportError("PyTurboJPEG is missing: pip install 'sladd[cpu]'") from exc
+
+        class _StrictTurboJPEG(TurboJPEG):
+            # PyTurboJPEG only *warns* on libjpeg warnings such as "Premature end of JPEG file"
+            # and returns a half-grey image. An anonymiser must fail such an image instead, so
+            # every warning becomes an error, except trailing garbage after the last scan,
+            # which many camera files carry and which leaves the pixels complete.
+            def _TurboJPEG__report_error(self, handle):
+                msg = self._TurboJPEG__get_error_string(handle)
+                if isinstance(msg, bytes):
+                    msg = msg.decode("utf-8", "replace")
+                if "extraneous bytes before marker 0xd9" in msg:
+                    return
+                raise ImageError(f"JPEG decoder: {msg}")
+
+        try:
+            _TJ = _StrictTurboJPEG()
+        except (OSError, RuntimeError) as exc:
+            raise ImportError(
+                f"libturbojpeg could not be loaded ({exc}); on Debian/Ubuntu: apt-get install libturbojpeg0"
+            ) from exc
+    return _TJ
+
+
+_TJ = None
+
+
+def read_bytes(path: Path) -> bytes:
+    """Read a whole file; errors become ImageError naming the problem."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except PermissionError:
+        raise ImageError("permission denied reading the file") from None
+    except IsADirectoryError:
+        raise ImageError("is a directory, not a file") from None
+    except FileNotFoundError:
+        raise ImageError("file disappeared before it could be read") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+
+
+class TurboDecoder:
+    """Decode JPEG bytes to a host Frame.
+
+    `min_scale` is the smallest fraction of the full resolution that every model still needs
+    (1.0 for CenterFace at native size). The decoder picks the smallest libjpeg-turbo scale
+    factor M/8 >= min_scale; the mask stage decodes at full size only if something is drawn.
+    """
+
+    name = "turbojpeg"
+
+    def __init__(self, *, min_scale: float = 1.0, max_pixels: int = 200_000_000):
+        self.tj = turbojpeg()
+        self.max_pixels = max_pixels
+        factors = sorted(Fraction(n, d) for n, d in self.tj.scaling_factors if Fraction(n, d) <= 1)
+        ok = [f for f in factors if f >= Fraction(min_scale).limit_denominator(64)]
+        self.scale = ok[0] if ok else Fraction(1)
+
+    def decode(self, job: Job, data: bytes) -> Frame:
+        t0 = time.perf_counter()
+        info = parse_jpeg(data)
+        if info.width * info.height > self.max_pixels:
+            raise ImageError(f"image is {info.width}x{info.height} = {info.width * info.height} pixels, above "
+                             f"the limit engine.max_image_pixels={self.max_pixels}; raise it to process this image")
+        if info.components not in (1, 3):
+            raise ImageError(f"unsupported JPEG colour space: {info.components} components (CMYK/YCCK?)")
+        orientation = read_orientation(info.exif)
+        _, _, subsampling, _ = self.tj.decode_header(data)
+        pixels = self.decode_pixels(data, self.scale)
+        pixels = apply_orientation(pixels, orientation)
+        full = (info.height, info.width) if orientation < 5 else (info.width, info.height)
+        return Frame(job=job, data=data, pixels=pixels, scale=float(self.scale), full_size=full,
+                     orientation=orientation, segments=[s for _, s in info.segments],
+                     quality=estimate_quality(info.luma_table), subsampling=subsampling,
+                     timings={"decode": time.perf_counter() - t0})
+
+    def decode_pixels(self, data: bytes, scale: Fraction = Fraction(1)) -> np.ndarray:
+        """(H*scale, W*scale, 3) uint8 RGB in *stored* orientation."""
+        from turbojpeg import TJFLAG_ACCURATEDCT, TJFLAG_STOPONWARNING, TJPF_RGB
+
+        factor = None if scale == 1 else (scale.numerator, scale.denominator)
+        try:
+            return self.tj.decode(data, pixel_format=TJPF_RGB, scaling_factor=factor,
+                                  flags=TJFLAG_ACCURATEDCT | TJFLAG_STOPONWARNING)
+        except OSError as exc:
+            raise ImageError(f"JPEG decoder: {exc}") from None
+
+    def full_pixels(self, frame: Frame) -> np.ndarray:
+        """Full-resolution display-orientation pixels of a frame (decodes again if it was scaled)."""
+        if frame.scale == 1.0:
+            return frame.pixels
+        return apply_orientation(self.decode_pixels(frame.data), frame.orientation)
+
+
+DECODERS = {"turbojpeg": TurboDecoder}
+
+
+def create_decoder(name: str, **kwargs):
+    try:
+        cls = DECODERS[name]
+    except KeyError:
+        raise ValueError(f"unknown decoder {name!r}; valid: {', '.join(sorted(DECODERS))}") from None
+    return cls(**kwargs)

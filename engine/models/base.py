@@ -1,0 +1,42 @@
+"""What every model-family adapter provides."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+__all__ = ["RawDetections", "Adapter"]
+
+
+@dataclass
+class RawDetections:
+    """Detections in the coordinates of the view the adapter was given.
+
+    boxes (N, 4) float32 xyxy view pixels; scores (N,); classes (N,) int32 model class ids.
+    mask_prob: None for box detectors, else `f(i, ys, xs) -> (len(ys), len(xs)) float32`
+    giving instance i's mask probability at view pixel coordinates (float arrays).
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    mask_prob: Optional[Callable] = None
+
+
+class Adapter:
+    """Turns a view `(h, w, 3) uint8 RGB` into RawDetections. One instance per worker."""
+
+    family = ""
+
+    def __init__(self, card, model_path, runtime):
+        self.card = card
+        self.model_path = model_path
+        self.runtime = runtime
+
+    def view_scale(self, h: int, w: int) -> float:
+        """Resolution factor the model runs this view at (needed decode scale)."""
+        raise NotImplementedError
+
+    def __call__(self, view: np.ndarray, view_scale: float) -> RawDetections:
+        raise NotImplementedError

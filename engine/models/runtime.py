@@ -1,0 +1,63 @@
+"""Model runtimes. CPU: ONNX Runtime's CPU provider. GPU: ONNX Runtime's CUDA provider here;
+TensorRT plans (build_engine.py) are the production GPU path (issue 9)."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional
+
+__all__ = ["RUNTIMES", "create_runtime", "OrtRuntime", "onnx_module"]
+
+LOG = logging.getLogger("sladd")
+
+
+def onnx_module():
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ImportError("the onnx package is missing: pip install 'sladd[cpu]'") from exc
+    return onnx
+
+
+class OrtRuntime:
+    """Creates ONNX Runtime sessions for one device. One object per detector worker."""
+
+    name = "onnxruntime"
+
+    def __init__(self, *, device: str = "cpu", threads: Optional[int] = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ImportError("onnxruntime is missing: pip install 'sladd[cpu]' (or 'sladd[gpu]')") from exc
+        self.ort = ort
+        self.device = device
+        self.threads = threads or os.cpu_count() or 1
+        available = ort.get_available_providers()
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in available:
+                raise RuntimeError("device cuda requested but ONNX Runtime has no CUDAExecutionProvider "
+                                   f"(available: {available}); install 'sladd[gpu]' on a machine with an NVIDIA GPU")
+            self.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            self.providers = ["CPUExecutionProvider"]
+        ort.set_default_logger_severity(3)
+
+    def session(self, model: Any):
+        """`model`: a path or serialized ONNX bytes."""
+        so = self.ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        src = model if isinstance(model, (bytes, bytearray)) else str(model)
+        return self.ort.InferenceSession(src, sess_options=so, providers=self.providers)
+
+
+RUNTIMES = {"onnxruntime": OrtRuntime}
+
+
+def create_runtime(name: str, **kwargs):
+    try:
+        cls = RUNTIMES[name]
+    except KeyError:
+        raise ValueError(f"unknown runtime {name!r}; valid: {', '.join(sorted(RUNTIMES))}") from None
+    return cls(**kwargs)

@@ -1,0 +1,299 @@
+"""The stream: walk -> read+decode -> detect -> mask+encode+write -> ledger.
+
+Each stage runs in its own thread(s); stages are joined by bounded queues, so a slow stage
+applies back-pressure and memory stays flat whatever the corpus size. TurboJPEG, ONNX Runtime
+and NumPy release the GIL, so decode, inference and writing overlap on a multi-core CPU.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from engine.decode import read_bytes
+from engine.fsutil import remove_partials, write_atomic
+from engine.ledger import DONE, FAILED, Ledger
+from engine.types import Failure, ImageError, Job, Result
+from engine.walk import Tree
+
+__all__ = ["Pipeline", "RunStats", "ledger_path"]
+
+LOG = logging.getLogger("sladd")
+_END = object()
+
+
+def ledger_path(output: Path) -> Path:
+    return Path(output) / ".sladd" / "ledger.sqlite"
+
+
+@dataclass
+class RunStats:
+    found: int = 0
+    skipped_done: int = 0
+    skipped_failed: int = 0
+    anonymised: int = 0          # written with pixels changed
+    unchanged: int = 0           # written, nothing to mask (copied byte for byte)
+    failed: int = 0
+    detections: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    stage_seconds: dict = field(default_factory=dict)
+
+    @property
+    def processed(self) -> int:
+        return self.anonymised + self.unchanged + self.failed
+
+
+class _Stage:
+    """`workers` threads applying `fn` to items of `inq`, putting results on `outq`.
+
+    The last worker to see the end marker forwards it once, so any number of workers per
+    stage shut down cleanly. An exception in `fn` becomes a Failure for that item.
+    """
+
+    def __init__(self, name: str, fn: Callable, inq: queue.Queue, outq: queue.Queue,
+                 failq: queue.Queue, workers: int, stop: threading.Event):
+        self.name, self.fn, self.inq, self.outq, self.failq = name, fn, inq, outq, failq
+        self.stop = stop
+        self._alive = workers
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._loop, name=f"sladd-{name}-{i}", daemon=True)
+                        for i in range(workers)]
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def _loop(self):
+        while True:
+            item = self.inq.get()
+            if item is _END:
+                with self._lock:
+                    self._alive -= 1
+                    last = self._alive == 0
+                if last:
+                    _put(self.outq, _END, None)
+                else:
+                    self.inq.put(_END)               # let the sibling workers see it too
+                return
+            if self.stop.is_set():
+                continue                             # drain without work after a stop
+            job = item[0].job if isinstance(item, tuple) else getattr(item, "job", item)
+            try:
+                out = self.fn(item)
+            except ImageError as exc:
+                _put(self.failq, Failure(job, self.name, str(exc)), self.stop)
+                continue
+            except MemoryError:
+                _put(self.failq, Failure(job, self.name, "out of memory"), self.stop)
+                continue
+            except Exception as exc:  # noqa: BLE001 - one image's failure must not end the run
+                LOG.debug("%s failed on %s:\n%s", self.name, job.key, traceback.format_exc())
+                _put(self.failq, Failure(job, self.name, f"{type(exc).__name__}: {exc}"), self.stop)
+                continue
+            _put(self.outq, out, self.stop)
+
+
+def _put(q: queue.Queue, item, stop: Optional[threading.Event]):
+    while True:
+        try:
+            q.put(item, timeout=0.2)
+            return
+        except queue.Full:
+            if stop is not None and stop.is_set() and item is not _END:
+                return
+
+
+class Pipeline:
+    """Runs one `sladd run`. Components are built by the caller (see engine.run)."""
+
+    def __init__(self, *, tree: Tree, ledger: Ledger, make_decoder: Callable, detector, make_writer: Callable,
+                 queue_size: int = 8, decoders: int = 1, writers: int = 2, force: bool = False,
+                 retry_failed: bool = False, progress=None):
+        self.tree, self.ledger = tree, ledger
+        self.make_decoder, self.detector, self.make_writer = make_decoder, detector, make_writer
+        self.queue_size, self.n_decoders, self.n_writers = queue_size, decoders, writers
+        self.force, self.retry_failed = force, retry_failed
+        self.progress = progress
+        self.stop = threading.Event()
+        self.stats = RunStats()
+        self._tls = threading.local()
+
+    # --- per-thread components (TurboJPEG handles, writers) ----------------------------------
+    def _decoder(self):
+        if not hasattr(self._tls, "decoder"):
+            self._tls.decoder = self.make_decoder()
+        return self._tls.decoder
+
+    def _writer(self):
+        if not hasattr(self._tls, "writer"):
+            self._tls.writer = self.make_writer()
+        return self._tls.writer
+
+    # --- stage functions -----------------------------------------------------------------------
+    def _decode(self, job: Job):
+        t0 = time.perf_counter()
+        data = read_bytes(job.path)
+        t_read = time.perf_counter() - t0
+        frame = self._decoder().decode(job, data)
+        frame.timings["read"] = t_read
+        return frame
+
+    def _detect(self, frame):
+        return frame, self.detector(frame)
+
+    def _write(self, item):
+        frame, dets = item
+        return self._writer()(frame, dets)
+
+    # --- walking ---------------------------------------------------------------------------------
+    def _should_skip(self, job: Job) -> Optional[str]:
+        if self.force:
+            return None
+        row = self.ledger.get(job.key)
+        if row is None or row["size"] != job.size or row["mtime_ns"] != job.mtime_ns:
+            return None                     # new, or the input changed since
+        if row["status"] == DONE and all(os.path.exists(p) for p in row["outputs"]):
+            return DONE
+        if row["status"] == FAILED and not self.retry_failed:
+            return FAILED
+        return None
+
+    def _walk(self, jobq: queue.Queue, failq: queue.Queue):
+        try:
+            for path in self.tree.paths():
+                if self.stop.is_set():
+                    break
+                try:
+                    job = self.tree.job(path)
+                except OSError as exc:
+                    LOG.error("cannot stat %s: %s", path, exc)
+                    continue
+                self.stats.found += 1
+                skip = self._should_skip(job)
+                if skip == DONE:
+                    self.stats.skipped_done += 1
+                    self._tick()
+                    continue
+                if skip == FAILED:
+                    self.stats.skipped_failed += 1
+                    self._tick()
+                    continue
+                self.ledger.mark_running(job)
+                _put(jobq, job, self.stop)
+        except Exception as exc:  # noqa: BLE001 - report and end the stream cleanly
+            LOG.error("walking %s failed: %s", self.tree.input, exc)
+        finally:
+            _put(jobq, _END, None)
+
+    def _tick(self):
+        if self.progress is not None:
+            self.progress.update(self.stats)
+
+    # --- results -----------------------------------------------------------------------------------
+    def _record_failure(self, f: Failure):
+        self.stats.failed += 1
+        LOG.error("FAILED %s (%s): %s", f.job.path, f.stage, f.reason)
+        self.ledger.mark_failed(f.job, f.stage, f.reason, f.timings)
+        try:
+            # The reference's error tree: a copy of the input and <stem>_error.txt.
+            f.job.error_dir.mkdir(parents=True, exist_ok=True)
+            if f.job.path.is_file():
+                shutil.copy2(f.job.path, f.job.error_dir / f.job.path.name)
+            write_atomic(f.job.error_dir / f"{f.job.path.stem}_error.txt",
+                         f"{f.job.path}\nstage: {f.stage}\nerror: {f.reason}\n".encode("utf-8"))
+        except OSError as exc:
+            LOG.error("could not write the error copy for %s: %s", f.job.path, exc)
+
+    def _record_result(self, r: Result):
+        if r.masked:
+            self.stats.anonymised += 1
+        else:
+            self.stats.unchanged += 1
+        for k, v in r.detections.items():
+            self.stats.detections[k] = self.stats.detections.get(k, 0) + v
+        for k, v in r.timings.items():
+            self.stats.stage_seconds[k] = self.stats.stage_seconds.get(k, 0.0) + v
+        self.ledger.mark_done(r.job, r.outputs, r.detections, r.timings)
+        LOG.debug("done %s: %s, %s", r.job.key, r.detections or "nothing found",
+                  " ".join(f"{k}={v * 1000:.0f}ms" for k, v in r.timings.items()))
+
+    def cleanup_interrupted(self) -> int:
+        """Remove temporary files of images a previous run left half-done."""
+        n = 0
+        for key in self.ledger.interrupted():
+            rel = Path(key)
+            targets = [self.tree.output / rel]
+            if self.tree.archive is not None:
+                targets.append(self.tree.archive / rel)
+            n += remove_partials(targets)
+        if n:
+            LOG.warning("removed %d temporary file(s) left by an interrupted run", n)
+        return n
+
+    def run(self) -> RunStats:
+        t_start = time.perf_counter()
+        self.cleanup_interrupted()
+        q = self.queue_size
+        jobq, frameq, detq, resq, failq = (queue.Queue(q), queue.Queue(q), queue.Queue(q),
+                                           queue.Queue(q * 4), queue.Queue())
+        stages = [
+            _Stage("decode", self._decode, jobq, frameq, failq, self.n_decoders, self.stop),
+            _Stage("detect", self._detect, frameq, detq, failq, 1, self.stop),
+            _Stage("write", self._write, detq, resq, failq, self.n_writers, self.stop),
+        ]
+        walker = threading.Thread(target=self._walk, args=(jobq, failq), name="sladd-walk", daemon=True)
+        walker.start()
+        for s in stages:
+            s.start()
+        try:
+            self._collect(resq, failq)
+        except KeyboardInterrupt:
+            self.stop.set()
+            LOG.warning("interrupted: finishing the images in flight; rerun to continue")
+            self._drain(resq, failq)
+            raise
+        finally:
+            self.stats.seconds = time.perf_counter() - t_start
+        return self.stats
+
+    def _collect(self, resq: queue.Queue, failq: queue.Queue):
+        while True:
+            self._flush_failures(failq)
+            try:
+                item = resq.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is _END:
+                self._flush_failures(failq)
+                return
+            self._record_result(item)
+            self._tick()
+
+    def _flush_failures(self, failq: queue.Queue):
+        while True:
+            try:
+                f = failq.get_nowait()
+            except queue.Empty:
+                return
+            self._record_failure(f)
+            self._tick()
+
+    def _drain(self, resq, failq, timeout: float = 30.0):
+        end = time.perf_counter() + timeout
+        while time.perf_counter() < end:
+            self._flush_failures(failq)
+            try:
+                item = resq.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is _END:
+                break
+            self._record_result(item)
+        self._flush_failures(failq)

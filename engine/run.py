@@ -1,0 +1,150 @@
+"""`sladd run`: build the stages from the configuration and run the stream."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from engine.config import Config
+from engine.decode import create_decoder
+from engine.detect import Detector, build_models
+from engine.ledger import Ledger
+from engine.models import create_runtime
+from engine.pipeline import Pipeline, RunStats, ledger_path
+from engine.progress import Progress
+from engine.walk import Tree
+from engine.write import Writer
+
+__all__ = ["choose_device", "run", "summary_lines", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_ABORTED"]
+
+LOG = logging.getLogger("sladd")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3
+
+# Keys that later work items act on; a non-default value is reported, never silently ignored.
+_NOT_YET = {
+    "remote_json": "JSON metadata files", "local_json": "JSON metadata files", "archive_json": "JSON metadata files",
+    "remote_preview": "previews", "local_preview": "previews", "archive_preview": "previews",
+    "separate_preview_directory": "previews", "write_exif_to_db": "database rows",
+    "uncaught_exception_email": "e-mail", "processing_error_email": "e-mail", "finished_email": "e-mail",
+}
+
+
+def choose_device(requested: str) -> str:
+    """`cuda` needs a usable GPU (error otherwise); `auto` picks it when usable and says why."""
+    try:
+        import onnxruntime as ort
+        cuda_ep = "CUDAExecutionProvider" in ort.get_available_providers()
+    except ImportError:
+        cuda_ep = False
+    from kernels._xp import cupy_or_none
+
+    gpu = cupy_or_none() is not None
+    if requested == "cuda":
+        if not (cuda_ep and gpu):
+            raise RuntimeError("--device cuda: no usable NVIDIA GPU "
+                               f"(ONNX Runtime CUDA provider: {'yes' if cuda_ep else 'no'}, CuPy device: "
+                               f"{'yes' if gpu else 'no'}); install 'sladd[gpu]' on a GPU host or use --device cpu")
+        return "cuda"
+    if requested == "cpu":
+        return "cpu"
+    if cuda_ep and gpu:
+        LOG.info("device auto -> cuda (ONNX Runtime CUDA provider and a CuPy device are available)")
+        return "cuda"
+    LOG.info("device auto -> cpu (%s)", "no ONNX Runtime CUDA provider" if not cuda_ep else "no usable CUDA device")
+    return "cpu"
+
+
+def _report_unimplemented(cfg: Config) -> None:
+    seen = set()
+    for key, what in _NOT_YET.items():
+        if getattr(cfg, key) and what not in seen:
+            seen.add(what)
+            LOG.warning("%s (`%s` and related keys) are not produced by this version of sladd yet; "
+                        "only the anonymised images and the ledger are written", what, key)
+
+
+def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Path] = None, *,
+        force: bool = False, retry_failed: bool = False, progress: Optional[Progress] = None) -> RunStats:
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not input_dir.is_dir():
+        raise FileNotFoundError(f"input folder {input_dir} does not exist or is not a folder")
+    if cfg.delete_input:
+        raise ValueError("delete_input: true is not supported by this version (inputs would be deleted "
+                         "without the durability checks it needs); set it to false")
+    _report_unimplemented(cfg)
+    device = choose_device(cfg.engine.device)
+    runtime = create_runtime("onnxruntime", device=device, threads=cfg.engine.inference_threads)
+    slots, names = build_models(cfg, runtime)
+    detector = Detector(cfg, slots, names)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tree = Tree(input_dir, output_dir, archive_dir, cfg.output.extensions)
+    ledger = Ledger(ledger_path(output_dir))
+
+    def make_decoder():
+        return _ScaledDecoder(detector, cfg.engine.max_image_pixels)
+
+    pipe = Pipeline(tree=tree, ledger=ledger, make_decoder=make_decoder, detector=detector,
+                    make_writer=lambda: Writer(cfg, make_decoder()), queue_size=cfg.engine.queue_size,
+                    decoders=cfg.engine.decoders, writers=cfg.engine.writers, force=force,
+                    retry_failed=retry_failed, progress=progress)
+    if progress is not None:
+        import threading
+
+        threading.Thread(target=lambda: progress.set_total(tree.count()), daemon=True,
+                         name="sladd-count").start()
+    try:
+        return pipe.run()
+    finally:
+        ledger.close()
+
+
+class _ScaledDecoder:
+    """TurboJPEG decoder whose DCT scale is chosen per image from what the models need."""
+
+    def __init__(self, detector: Detector, max_pixels: int):
+        self._inner = create_decoder("turbojpeg", min_scale=1.0, max_pixels=max_pixels)
+        self.detector = detector
+
+    def decode(self, job, data):
+        from fractions import Fraction
+
+        from engine.jpeg import parse_jpeg
+
+        info = parse_jpeg(data)
+        need = self.detector.needed_scale(info.height, info.width)
+        ok = sorted(f for f in (Fraction(n, d) for n, d in self._inner.tj.scaling_factors)
+                    if Fraction(need).limit_denominator(64) <= f <= 1)
+        self._inner.scale = ok[0] if ok else Fraction(1)
+        return self._inner.decode(job, data)
+
+    def full_pixels(self, frame):
+        return self._inner.full_pixels(frame)
+
+
+def summary_lines(stats: RunStats, input_dir, output_dir, archive_dir, ledger: Path) -> list[str]:
+    rate = stats.processed / stats.seconds if stats.seconds > 0 else 0.0
+    lines = [
+        "Anonymisation finished",
+        f"Input folder: {input_dir}",
+        f"Output folder: {output_dir}",
+        f"Archive folder: {archive_dir or '-'}",
+        f"Identified images: {stats.found}",
+        f"Anonymised (pixels masked): {stats.anonymised}",
+        f"Nothing to mask (copied unchanged): {stats.unchanged}",
+        f"Skipped, done earlier: {stats.skipped_done}",
+        f"Skipped, failed earlier (use --retry-failed): {stats.skipped_failed}",
+        f"Failed: {stats.failed}",
+        f"Objects found: {', '.join(f'{k} {v}' for k, v in sorted(stats.detections.items())) or 'none'}",
+        f"Total time spent: {stats.seconds:.1f} s ({rate:.2f} images/s)",
+        f"Ledger: {ledger}",
+    ]
+    if stats.failed:
+        lines.append(f"Failed images are listed in the ledger and copied to {Path(output_dir).resolve()}_error")
+    return lines
+
+
+def is_tty() -> bool:
+    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"

@@ -1,0 +1,54 @@
+"""Box filtering over a region only, with results identical to a full-image filter there.
+
+Coordinate convention: regions are `(y0, y1, x0, x1)`, end-exclusive, in image pixels.
+The border mode is OpenCV's default, BORDER_REFLECT_101 (`gfedcb|abcdefgh|gfedcba`), and the
+anchor is OpenCV's default centre (for an even ksize the window spans `k//2` before and
+`k - 1 - k//2` after the pixel), so `box_filter_region` equals `cv2.blur(img, (k, k))` cropped
+to the region, within 1 grey level (rounding of the mean).
+"""
+from __future__ import annotations
+
+from kernels._xp import get_array_module
+
+__all__ = ["reflect101", "box_filter_region", "rgb_to_gray"]
+
+
+def reflect101(idx, n: int):
+    """Map integer indices (any range) into 0..n-1 by reflect-101. `idx` int array, any module."""
+    xp = get_array_module(idx)
+    if n == 1:
+        return xp.zeros_like(idx)
+    period = 2 * n - 2
+    i = xp.abs(idx) % period
+    return xp.where(i >= n, period - i, i)
+
+
+def box_filter_region(image, ksize: int, region: tuple[int, int, int, int]):
+    """Mean over a `ksize x ksize` window for the pixels of `region` only.
+
+    image   (H, W) or (H, W, C) uint8, host or device (not mutated)
+    returns (y1-y0, x1-x0[, C]) uint8, newly allocated. Work is O(region area), not O(H*W).
+    """
+    xp = get_array_module(image)
+    if ksize < 1:
+        raise ValueError(f"ksize must be >= 1, got {ksize}")
+    y0, y1, x0, x1 = region
+    h, w = image.shape[:2]
+    before, after = ksize // 2, ksize - 1 - ksize // 2
+    rows = reflect101(xp.arange(y0 - before, y1 + after), h)
+    cols = reflect101(xp.arange(x0 - before, x1 + after), w)
+    patch = image[rows[:, None], cols[None, :]].astype(xp.float64)
+    # Summed-area table with a leading zero row/column: window sum = 4 corner lookups.
+    sat = xp.zeros((patch.shape[0] + 1, patch.shape[1] + 1) + patch.shape[2:], xp.float64)
+    sat[1:, 1:] = patch.cumsum(0).cumsum(1)
+    k = ksize
+    win = sat[k:, k:] - sat[:-k, k:] - sat[k:, :-k] + sat[:-k, :-k]
+    return xp.floor(win / (k * k) + 0.5).clip(0, 255).astype(xp.uint8)
+
+
+def rgb_to_gray(rgb):
+    """(..., 3) uint8 RGB -> (...) uint8, ITU-R 601 weights as cv2.COLOR_RGB2GRAY (rounded)."""
+    xp = get_array_module(rgb)
+    f = rgb.astype(xp.float32)
+    g = f[..., 0] * 0.299 + f[..., 1] * 0.587 + f[..., 2] * 0.114
+    return xp.floor(g + 0.5).clip(0, 255).astype(xp.uint8)

@@ -1,0 +1,51 @@
+"""Resampling for model inputs and box-local masks."""
+from __future__ import annotations
+
+from kernels._xp import get_array_module
+
+__all__ = ["resize_bilinear", "letterbox"]
+
+
+def _axis(xp, n_in: int, n_out: int):
+    # Half-pixel centres, as cv2.INTER_LINEAR and torch align_corners=False.
+    pos = (xp.arange(n_out, dtype=xp.float32) + 0.5) * (n_in / n_out) - 0.5
+    pos = xp.clip(pos, 0, n_in - 1)
+    i0 = xp.floor(pos).astype(xp.int64)
+    i1 = xp.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (pos - i0).astype(xp.float32)
+
+
+def resize_bilinear(src, out_h: int, out_w: int):
+    """Bilinear resize of `(H, W)` or `(H, W, C)` (any dtype) to float32 `(out_h, out_w[, C])`.
+
+    No antialiasing: downscale by at most ~2x per call for clean results (the decoder's DCT
+    scaling does the coarse reduction).
+    """
+    xp = get_array_module(src)
+    h, w = src.shape[:2]
+    y0, y1, wy = _axis(xp, h, out_h)
+    x0, x1, wx = _axis(xp, w, out_w)
+    f = src.astype(xp.float32, copy=False)
+    top = f[y0][:, x0], f[y0][:, x1]
+    bot = f[y1][:, x0], f[y1][:, x1]
+    extra = (None,) * (src.ndim - 2)
+    wx_ = wx[(None, slice(None)) + extra]
+    wy_ = wy[(slice(None), None) + extra]
+    t = top[0] * (1 - wx_) + top[1] * wx_
+    b = bot[0] * (1 - wx_) + bot[1] * wx_
+    return t * (1 - wy_) + b * wy_
+
+
+def letterbox(src, size_hw: tuple[int, int], pad_value: float = 114.0):
+    """Fit `(H, W, 3)` into `size_hw` keeping the aspect ratio, padding bottom/right.
+
+    returns (float32 (h, w, 3) canvas, scale) where input pixel coords = model coords / scale.
+    """
+    xp = get_array_module(src)
+    th, tw = size_hw
+    h, w = src.shape[:2]
+    scale = min(th / h, tw / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    canvas = xp.full((th, tw, src.shape[2]), pad_value, xp.float32)
+    canvas[:nh, :nw] = resize_bilinear(src, nh, nw) if (nh, nw) != (h, w) else src
+    return canvas, scale

