@@ -64,7 +64,7 @@ def _load(args):
 
 
 def _cmd_run(args, input_dir: Path, output_dir: Path, archive_dir, log_dir, cfg_path) -> int:
-    from engine.logs import setup_logging
+    from engine.logs import FILE_ONLY, setup_logging
     from engine.pipeline import ledger_path
     from engine.progress import Progress
     from engine.run import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, is_tty, run, summary_lines
@@ -74,10 +74,10 @@ def _cmd_run(args, input_dir: Path, output_dir: Path, archive_dir, log_dir, cfg_
     console = "WARNING" if args.quiet else ("INFO" if cfg.log_level == "DEBUG" and tty else cfg.log_level)
     log_file = setup_logging(cfg.log_level, cfg.datetime_format, log_dir, cfg.log_file_name,
                              console_level=console, tty=tty)
-    LOG.info("call: %s", " ".join(sys.argv))
+    LOG.info("call: %s", " ".join(sys.argv), extra=FILE_ONLY)
     LOG.info("%s CONFIG START %s\n%s\n%s CONFIG END %s", "#" * 40, "#" * 40,
              yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True).rstrip(),
-             "#" * 40, "#" * 40)
+             "#" * 40, "#" * 40, extra=FILE_ONLY)
     if log_file:
         LOG.info("log file: %s", log_file)
     progress = Progress(tty=tty, enabled=not args.quiet)
@@ -93,11 +93,11 @@ def _cmd_run(args, input_dir: Path, output_dir: Path, archive_dir, log_dir, cfg_
         LOG.error("%s", exc)
         return EXIT_ABORTED
     progress.close()
-    sep = "-" * 150
-    LOG.info(sep)
+    LOG.info("-" * 150, extra=FILE_ONLY)
     for line in summary_lines(stats, input_dir, output_dir, archive_dir, ledger_path(output_dir)):
-        # The summary always reaches the console, whatever the log level.
-        LOG.warning(line) if args.quiet else LOG.info(line)
+        # The summary always reaches the console, whatever the log level, and the log file.
+        LOG.info(line, extra=FILE_ONLY)
+        print(line, file=sys.stderr)
     return EXIT_FAILED if (stats.failed or stats.skipped_failed) else EXIT_OK
 
 

@@ -78,6 +78,13 @@ class OutputSpec(_Strict):
         return out
 
 
+class MaskSpec(_Strict):
+    # Per-region kernel floor as a fraction of the region's shorter side (0 = the reference's
+    # image-width kernel only). See kernels.draw.region_ksize.
+    min_kernel_fraction: float = Field(0.25, ge=0.0, le=2.0)
+    mode: Optional[Literal["pixelate"]] = None      # None = the reference keys decide
+
+
 class EngineSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     queue_size: int = Field(8, ge=1, le=1024)
@@ -136,6 +143,7 @@ class Config(_Strict):
     # --- sladd sections ----------------------------------------------------------------------
     models: list[ModelSpec] = [ModelSpec(card="centerface")]
     output: OutputSpec = OutputSpec()
+    mask: MaskSpec = MaskSpec()
     engine: EngineSpec = EngineSpec()
 
     @field_validator("mask_color")

@@ -10,7 +10,14 @@ from typing import Optional
 
 from engine.progress import TqdmLoggingHandler
 
-__all__ = ["setup_logging", "log_file_path"]
+__all__ = ["setup_logging", "log_file_path", "FILE_ONLY"]
+
+# `LOG.info(..., extra=FILE_ONLY)`: for the log file, not the console (config dump, summary copy).
+FILE_ONLY = {"file_only": True}
+
+
+def _console_filter(record: logging.LogRecord) -> bool:
+    return not getattr(record, "file_only", False)
 
 FORMAT = "[%(asctime)s %(levelname)s]: %(message)s"
 
@@ -32,6 +39,7 @@ def setup_logging(level: str, datefmt: str, log_dir: Optional[Path], pattern: st
     console = TqdmLoggingHandler() if tty else logging.StreamHandler(sys.stderr)
     console.setLevel(console_level or level)
     console.setFormatter(fmt)
+    console.addFilter(_console_filter)
     logger.addHandler(console)
     path = None
     if log_dir is not None:

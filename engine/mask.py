@@ -20,7 +20,10 @@ class Masker:
         self.dilation = cfg.mask_dilation_pixels
         self.blur = cfg.blur
         self.mask_color = cfg.mask_color
-        if cfg.blur is None:
+        self.min_fraction = cfg.mask.min_kernel_fraction
+        if cfg.mask.mode == "pixelate":
+            self.mode = "pixelate"
+        elif cfg.blur is None:
             self.mode = "fill"
         elif not cfg.gray_blur:
             self.mode = "blur"
@@ -54,7 +57,8 @@ class Masker:
         ksize = blur_ksize(self.blur, w) if self.blur is not None else 3
         if self.mode != "fill" or self.mask_color is not None:
             color = self.mask_color or DEFAULT_COLOR
-            return draw_regions(pixels, self.regions(dets, h, w), mode=self.mode, ksize=ksize, color=color)
+            return draw_regions(pixels, self.regions(dets, h, w), mode=self.mode, ksize=ksize, color=color,
+                                min_fraction=self.min_fraction)
         out = pixels.copy()
         # Per-class colours, drawn class by class in detection order (the reference's loop).
         for c in dict.fromkeys(dets.classes.tolist()):

