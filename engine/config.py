@@ -81,7 +81,7 @@ class OutputSpec(_Strict):
 class MaskSpec(_Strict):
     # Per-region kernel floor as a fraction of the region's shorter side (0 = the reference's
     # image-width kernel only). See kernels.draw.region_ksize.
-    min_kernel_fraction: float = Field(0.25, ge=0.0, le=2.0)
+    min_kernel_fraction: float = Field(0.5, ge=0.0, le=2.0)
     mode: Optional[Literal["pixelate"]] = None      # None = the reference keys decide
 
 
