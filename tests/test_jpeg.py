@@ -105,3 +105,18 @@ def test_apply_orientation_is_a_view():
     a = np.zeros((4, 6, 3), np.uint8)
     for o in range(1, 9):
         assert np.shares_memory(apply_orientation(a, o), a)
+
+
+def test_grayscale_and_progressive_decode_to_rgb(tmp_path):
+    gray = RNG.integers(0, 256, (40, 56), dtype=np.uint8)
+    f = TurboDecoder().decode(_job(tmp_path), jpeg_bytes(gray, quality=90))
+    assert f.pixels.shape == (40, 56, 3) and (f.pixels[..., 0] == f.pixels[..., 2]).all()
+    f = TurboDecoder().decode(_job(tmp_path), jpeg_bytes(PIX, quality=90, progressive=True))
+    assert f.pixels.shape == PIX.shape and np.abs(f.pixels.astype(int) - PIX.astype(int)).mean() < 20
+
+
+def test_cmyk_is_refused_with_reason(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(PIX).convert("CMYK").save(buf, "JPEG", quality=90)
+    with pytest.raises(ImageError, match="CMYK"):
+        TurboDecoder().decode(_job(tmp_path), buf.getvalue())

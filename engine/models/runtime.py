@@ -48,6 +48,9 @@ class OrtRuntime:
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Memory-pattern planning made the first two CenterFace runs at 2464x2048 take 1.6 s and
+        # 2.5 s (then 0.55 s) and peak RSS 1.8 GB; without it: 0.84 s, then 0.55 s, 1.1 GB.
+        so.enable_mem_pattern = False
         src = model if isinstance(model, (bytes, bytearray)) else str(model)
         return self.ort.InferenceSession(src, sess_options=so, providers=self.providers)
 

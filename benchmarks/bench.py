@@ -1,0 +1,173 @@
+"""Stage and pipeline benchmark on a road-style corpus (see benchmarks/corpus.py).
+
+    python -m benchmarks.bench --corpus benchmarks/_corpus/2448 [--scales 1.0,0.75,0.5] [--runs 3]
+
+Each stage is timed alone (after a warm-up) over the corpus, then `sladd run` end to end; the
+report gives images/s, p50/p95 latency, the end-to-end / slowest-stage ratio, face recall per
+inference scale, peak resident memory, and the machine and library versions. Results are
+appended to benchmarks/results/results.jsonl and printed as a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from engine.config import load_config
+from engine.decode import TurboDecoder, read_bytes
+from engine.detect import Detector, build_models
+from engine.models import create_runtime
+from engine.types import Job
+from kernels import iou_matrix
+
+RESULTS = Path(__file__).resolve().parent / "results" / "results.jsonl"
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("numpy", "onnxruntime", "PyTurboJPEG", "onnx"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": None, "python": platform.python_version(), **versions}
+
+
+def _stats(times: list[float]) -> dict:
+    t = sorted(times)
+    return {"images_per_s": len(t) / sum(t), "p50_ms": 1000 * statistics.median(t),
+            "p95_ms": 1000 * t[min(len(t) - 1, int(round(0.95 * (len(t) - 1))))]}
+
+
+def _job(p: Path) -> Job:
+    return Job(path=p, key=p.name, output=p, archive=None, error_dir=p.parent, size=0, mtime_ns=0)
+
+
+def stage_times(cfg, files: list[Path], runs: int) -> tuple[dict, list]:
+    """Each stage alone, as the pipeline runs it: decode at the DCT scale the models need,
+    detect, then mask + encode (with the full-size decode this needs when scale < 1)."""
+    from engine.run import _ScaledDecoder
+    from engine.write import Writer
+
+    rt = create_runtime("onnxruntime", device="cpu", threads=cfg.engine.inference_threads)
+    slots, names = build_models(cfg, rt)
+    detector = Detector(cfg, slots, names)
+    decoder = _ScaledDecoder(detector, cfg.engine.max_image_pixels)
+    writer = Writer(cfg, decoder)
+    datas = [read_bytes(p) for p in files]
+    frames = [decoder.decode(_job(p), d) for p, d in zip(files, datas)]
+    for f in frames[:2]:
+        detector(f)                                       # warm-up: ORT's first run is slow
+    out = {k: [] for k in ("read", "decode", "detect", "mask+encode")}
+    dets = []
+    for _ in range(runs):
+        dets = []
+        for p, d, f in zip(files, datas, frames):
+            t = time.perf_counter(); read_bytes(p); out["read"].append(time.perf_counter() - t)
+            t = time.perf_counter(); decoder.decode(_job(p), d); out["decode"].append(time.perf_counter() - t)
+            t = time.perf_counter(); det = detector(f); out["detect"].append(time.perf_counter() - t)
+            t = time.perf_counter(); writer.render(f, det); out["mask+encode"].append(time.perf_counter() - t)
+            dets.append(det)
+    return {k: _stats(v) for k, v in out.items()}, dets
+
+
+def recall(dets, files, truth, iou=0.3) -> tuple[int, int]:
+    found = total = 0
+    for det, p in zip(dets, files):
+        gt = np.array(truth[p.name], np.float32).reshape(-1, 4)
+        total += len(gt)
+        if len(det) and len(gt):
+            found += int((iou_matrix(gt, det.boxes) >= iou).any(1).sum())
+    return found, total
+
+
+def pipeline(corpus: Path, runs: int, config: Path) -> dict:
+    """`sladd run` end to end in a child process (its own peak memory), median of `runs`."""
+    import subprocess
+    import sys
+
+    rates, rss = [], 0
+    for _ in range(runs):
+        out = Path(tempfile.mkdtemp(prefix="sladd-bench-"))
+        try:
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "engine.cli", "run", "-i", str(corpus), "-o", str(out),
+                            "-k", str(config), "-q"], check=True, capture_output=True)
+            rates.append(len(list(corpus.glob("*.jpg"))) / (time.perf_counter() - t))
+            rss = max(rss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+    return {"images_per_s": statistics.median(rates), "runs": rates, "peak_rss_mb": rss,
+            "note": "includes process start, model load and ORT warm-up"}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="sladd stage + pipeline benchmark")
+    ap.add_argument("--corpus", type=Path, required=True)
+    ap.add_argument("--scales", default="1.0", help="CenterFace inference scales to compare")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-pipeline", action="store_true")
+    args = ap.parse_args(argv)
+    files = sorted(args.corpus.glob("*.jpg"))
+    truth = json.loads((args.corpus / "faces.json").read_text())
+    h, w = TurboDecoder().tj.decode_header(files[0].read_bytes())[1::-1]
+    rows = []
+    for scale in (float(s) for s in args.scales.split(",")):
+        overrides = {"models": [{"card": "centerface", "scale": scale}]}
+        cfg, _ = load_config(overrides=overrides)
+        cfg_file = Path(tempfile.mkdtemp(prefix="sladd-bench-cfg-")) / "bench.yml"
+        cfg_file.write_text(json.dumps({**overrides, "remote_json": False}))
+        stages, dets = stage_times(cfg, files, args.runs)
+        found, total = recall(dets, files, truth)
+        row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(), "image": f"{w}x{h}",
+               "images": len(files), "model": "centerface", "scale": scale, "stages": stages,
+               "faces_found": found, "faces_total": total}
+        if not args.no_pipeline:
+            row["pipeline"] = pipeline(args.corpus, args.runs, cfg_file)
+            slowest = min(s["images_per_s"] for s in stages.values())
+            row["pipeline_vs_slowest_stage"] = row["pipeline"]["images_per_s"] / slowest
+        rows.append(row)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with open(RESULTS, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    print(report(rows))
+
+
+def report(rows) -> str:
+    m = rows[0]["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, no GPU; onnxruntime {m['onnxruntime']}, "
+             f"PyTurboJPEG {m['PyTurboJPEG']}; {rows[0]['images']} images {rows[0]['image']}", "",
+             "| scale | faces found | read | decode | detect | mask+encode | `sladd run` img/s | run / slowest stage | run peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r["stages"]
+        cell = lambda k: f"{s[k]['images_per_s']:.1f} img/s (p95 {s[k]['p95_ms']:.0f} ms)"
+        pipe = r.get("pipeline", {}).get("images_per_s")
+        ratio = r.get("pipeline_vs_slowest_stage")
+        lines.append(f"| {r['scale']} | {r['faces_found']}/{r['faces_total']} | {cell('read')} | {cell('decode')} | "
+                     f"{cell('detect')} | {cell('mask+encode')} | "
+                     f"{f'{pipe:.2f}' if pipe else '-'} | {f'{ratio:.0%}' if ratio else '-'} | "
+                     f"{r.get('pipeline', {}).get('peak_rss_mb', 0):.0f} MB |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
