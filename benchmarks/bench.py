@@ -151,6 +151,10 @@ def main(argv=None):
     print(report(rows))
 
 
+def _mb(v) -> str:
+    return f"{v:.0f} MB" if v else "-"
+
+
 def report(rows) -> str:
     m = rows[0]["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, no GPU; onnxruntime {m['onnxruntime']}, "
@@ -165,7 +169,7 @@ def report(rows) -> str:
         lines.append(f"| {r['scale']} | {r['faces_found']}/{r['faces_total']} | {cell('read')} | {cell('decode')} | "
                      f"{cell('detect')} | {cell('mask+encode')} | "
                      f"{f'{pipe:.2f}' if pipe else '-'} | {f'{ratio:.0%}' if ratio else '-'} | "
-                     f"{r.get('pipeline', {}).get('peak_rss_mb', 0):.0f} MB |")
+                     f"{_mb(r.get('pipeline', {}).get('peak_rss_mb'))} |")
     return "\n".join(lines)
 
 

@@ -39,7 +39,7 @@ def make_image(h: int, w: int, face_heights: list[int], seed: int, portrait: Ima
 
 
 def build(out: Path, count: int, size: tuple[int, int], faces_per_image: int = 3, quality: int = 92,
-          seed: int = 0) -> Path:
+          seed: int = 0, face_heights=(30, 36, 42, 56, 80, 120)) -> Path:
     """Writes `count` JPEGs plus `faces.json` ({relative path: [[x1, y1, x2, y2], ...]})."""
     out.mkdir(parents=True, exist_ok=True)
     portrait = Image.open(sample_portrait()).convert("RGB")
@@ -47,7 +47,7 @@ def build(out: Path, count: int, size: tuple[int, int], faces_per_image: int = 3
     truth = {}
     rng = np.random.default_rng(seed)
     for i in range(count):
-        heights = sorted(int(v) for v in rng.choice([30, 36, 42, 56, 80, 120], faces_per_image))
+        heights = sorted(int(v) for v in rng.choice(list(face_heights), faces_per_image))
         img, faces = make_image(h, w, heights, seed + i, portrait)
         name = f"EV00006_S1D1_m{i:05d}_f1.jpg"
         jpeg_with_exif(img, out / name, quality=quality)
@@ -63,9 +63,11 @@ def main(argv=None):
     ap.add_argument("--size", default="2448x2048", help="WxH")
     ap.add_argument("--faces", type=int, default=3)
     ap.add_argument("--quality", type=int, default=92)
+    ap.add_argument("--face-heights", default="30,36,42,56,80,120", help="face heights (px) to draw from")
     args = ap.parse_args(argv)
     w, h = (int(v) for v in args.size.lower().split("x"))
-    print(build(args.out, args.count, (h, w), args.faces, args.quality))
+    heights = [int(v) for v in args.face_heights.split(",")]
+    print(build(args.out, args.count, (h, w), args.faces, args.quality, face_heights=heights))
 
 
 if __name__ == "__main__":
