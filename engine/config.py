@@ -49,6 +49,7 @@ class ModelSpec(_Strict):
     scale: Optional[float] = Field(None, gt=0.0, le=4.0)
     input_size: Optional[tuple[int, int]] = None
     classes: Optional[list[str]] = None     # overrides the card's anonymised classes
+    tta_flip: Optional[bool] = None         # also run on the mirrored image (test-time augmentation)
 
 
 class OutputSpec(_Strict):

@@ -1,5 +1,11 @@
-"""Detect stage: views (full image + optional cutouts) through every configured model, results
-mapped to full-resolution pixels and combined into one `Detections` per image."""
+"""Detect stage: views (full image, cutouts, the 360° seam, mirrored passes) through every
+configured model, results mapped to full-resolution pixels, merged, and combined into one
+`Detections` per image.
+
+For 360° images (`image_type: "360"`) x is a circle: a view may run past the right edge into
+the left one, and boxes are kept in "unwrapped" coordinates (x1 in [0, W), x2 up to 2W); the
+mask stage draws the part beyond W on the left edge.
+"""
 from __future__ import annotations
 
 import logging
@@ -12,11 +18,25 @@ import numpy as np
 from engine.config import Config, ModelSpec
 from engine.models import ModelCard, create_adapter, load_card, resolve_model
 from engine.types import Detections, Frame
-from kernels import batched_nms, box_to_int, cutout_windows, resize_bilinear, scale_boxes
+from kernels import (box_to_int, crop_view, cutout_windows, merge_boxes, merge_instances, resize_bilinear,
+                     scale_boxes, seam_window)
 
-__all__ = ["Detector", "ModelSlot", "build_models"]
+__all__ = ["Detector", "ModelSlot", "build_models", "View"]
 
 LOG = logging.getLogger("sladd")
+
+
+@dataclass(frozen=True)
+class View:
+    """A window of the full-resolution image: `(y, x, h, w)`, `full` for the full-image pass,
+    `flip` for the mirrored test-time-augmentation pass."""
+
+    y: int
+    x: int
+    h: int
+    w: int
+    full: bool = False
+    flip: bool = False
 
 
 @dataclass
@@ -33,6 +53,8 @@ def _effective_card(card: ModelCard, spec: ModelSpec) -> ModelCard:
         upd["score_threshold"] = spec.score_threshold
     if spec.classes is not None:
         upd["anonymise"] = list(spec.classes)
+    if spec.tta_flip is not None:
+        upd["tta_flip"] = spec.tta_flip
     inp = {}
     if spec.scale is not None:
         inp["scale"] = spec.scale
@@ -40,9 +62,8 @@ def _effective_card(card: ModelCard, spec: ModelSpec) -> ModelCard:
         inp["size"] = tuple(spec.input_size)
     if inp:
         upd["input"] = card.input.model_copy(update=inp)
-    out = card.model_copy(update=upd)
     # Re-validate: an override may name classes the model lacks.
-    return ModelCard.model_validate(out.model_dump())
+    return ModelCard.model_validate(card.model_copy(update=upd).model_dump())
 
 
 def build_models(cfg: Config, runtime) -> tuple[list[ModelSlot], tuple[str, ...]]:
@@ -63,6 +84,15 @@ def build_models(cfg: Config, runtime) -> tuple[list[ModelSlot], tuple[str, ...]
     return slots, tuple(names)
 
 
+@dataclass
+class _ViewResult:
+    boxes: np.ndarray          # full-image pixels (unwrapped x for 360°)
+    scores: np.ndarray
+    classes: np.ndarray        # model class ids
+    masks: list | None         # box-local bool masks (segmenters)
+    mask_boxes: np.ndarray | None
+
+
 class Detector:
     """Runs every model over the views of a frame. Not thread-safe: one per detect worker."""
 
@@ -70,17 +100,22 @@ class Detector:
         self.cfg = cfg
         self.slots = slots
         self.names = names
+        self.wrap = cfg.image_type == "360"
 
-    def _views(self, h: int, w: int):
-        views = [(0, 0, h, w, True)]
+    def views(self, h: int, w: int, slot: ModelSlot | None = None) -> list[View]:
+        views = [View(0, 0, h, w, full=True)]
         if self.cfg.use_cutouts:
-            views += [(y, x, vh, vw, False) for y, x, vh, vw in
-                      cutout_windows(h, w, self.cfg.cutout_dim_downscale, self.cfg.cutout_step_factor)]
+            views += [View(*v) for v in cutout_windows(h, w, self.cfg.cutout_dim_downscale,
+                                                       self.cfg.cutout_step_factor, wrap=self.wrap)]
+        elif self.wrap:
+            views.append(View(*seam_window(h, w)))
+        if slot is not None and slot.card.tta_flip:
+            views += [View(v.y, v.x, v.h, v.w, v.full, flip=True) for v in views]
         return views
 
-    def _model_scale(self, slot: ModelSlot, vh: int, vw: int, full: bool, h: int, w: int) -> float:
-        s = slot.adapter.view_scale(vh, vw)
-        if full and h * w > self.cfg.max_num_pixels:
+    def _model_scale(self, slot: ModelSlot, view: View, h: int, w: int) -> float:
+        s = slot.adapter.view_scale(view.h, view.w)
+        if view.full and h * w > self.cfg.max_num_pixels:
             s = min(s, math.sqrt(self.cfg.max_num_pixels / (h * w)))
         return s
 
@@ -88,8 +123,8 @@ class Detector:
         """Largest fraction of the full resolution any model needs for any view of an h x w image."""
         need = 0.0
         for slot in self.slots:
-            for _, _, vh, vw, full in self._views(h, w):
-                need = max(need, self._model_scale(slot, vh, vw, full, h, w))
+            for v in self.views(h, w):
+                need = max(need, self._model_scale(slot, v, h, w))
         return min(1.0, need)
 
     def __call__(self, frame: Frame) -> Detections:
@@ -97,76 +132,95 @@ class Detector:
         h, w = frame.full_size
         parts = []
         for slot in self.slots:
-            per_view = [self._run_view(slot, frame, v) for v in self._views(h, w)]
-            parts.append(self._combine_views(slot, per_view, h, w))
+            per_view = [self._run_view(slot, frame, v) for v in self.views(h, w, slot)]
+            parts.append(self._merge_views(slot, per_view))
         dets = self._concat(parts)
         frame.timings["detect"] = time.perf_counter() - t0
         return dets
 
-    def _run_view(self, slot: ModelSlot, frame: Frame, view):
-        vy, vx, vh, vw, full = view
+    def _run_view(self, slot: ModelSlot, frame: Frame, v: View) -> _ViewResult:
+        h, w = frame.full_size
         fs = frame.scale
-        crop = frame.pixels[round(vy * fs):round((vy + vh) * fs), round(vx * fs):round((vx + vw) * fs)]
-        target = self._model_scale(slot, vh, vw, full, *frame.full_size)
+        fw = frame.pixels.shape[1]
+        crop = crop_view(frame.pixels, round(v.y * fs), round(v.x * fs), round(v.h * fs),
+                         min(round(v.w * fs), fw if not self.wrap else 2 * fw))
+        if v.flip:
+            crop = crop[:, ::-1]
+        target = self._model_scale(slot, v, h, w)
         given = fs
         if slot.card.input.mode == "scale" and abs(target - fs) > 1e-6:
-            nh, nw = max(1, round(vh * target)), max(1, round(vw * target))
-            crop = resize_bilinear(crop, nh, nw)
+            crop = resize_bilinear(crop, max(1, round(v.h * target)), max(1, round(v.w * target)))
             given = target
         raw = slot.adapter(np.ascontiguousarray(crop), given)
-        keep = np.isin(raw.classes, slot.anonymise_ids)
-        boxes = raw.boxes[keep] / given + np.array([vx, vy, vx, vy], np.float32)
-        idx = np.nonzero(keep)[0]
-        return boxes.astype(np.float32), raw.scores[keep], raw.classes[keep], idx, raw.mask_prob, (vx, vy, given)
+        keep = np.nonzero(np.isin(raw.classes, slot.anonymise_ids))[0]
+        b = raw.boxes[keep].astype(np.float32) / given
+        cw = crop.shape[1] / given                          # view width in full-res pixels
+        if v.flip:
+            b = np.stack([cw - b[:, 2], b[:, 1], cw - b[:, 0], b[:, 3]], 1)
+        b += np.array([v.x, v.y, v.x, v.y], np.float32)
+        if raw.mask_prob is None and slot.card.box_scale != 1.0:
+            b = scale_boxes(b, slot.card.box_scale)
+        b = self._normalise(b, h, w)
+        masks = mboxes = None
+        if raw.mask_prob is not None:
+            masks, mboxes = [], []
+            for j, i in enumerate(keep):
+                x0, y0, x1, y1 = box_to_int(b[j], h, 2 * w if self.wrap else w)
+                ys = (np.arange(y0, y1, dtype=np.float32) + 0.5 - v.y) * given
+                xs = (np.arange(x0, x1, dtype=np.float32) + 0.5 - v.x)
+                xs = np.where(xs < 0, xs + w, xs) * given if self.wrap else xs * given
+                if v.flip:
+                    xs = crop.shape[1] - xs
+                masks.append(raw.mask_prob(int(i), ys, xs) > slot.card.mask_threshold)
+                mboxes.append((x0, y0, x1, y1))
+            mboxes = np.array(mboxes, np.int64).reshape(-1, 4)
+        return _ViewResult(b, raw.scores[keep].astype(np.float32), raw.classes[keep].astype(np.int32), masks, mboxes)
 
-    def _combine_views(self, slot: ModelSlot, per_view, h: int, w: int):
-        boxes, scores, classes, masks, mboxes = [], [], [], [], []
-        for b, s, c, idx, mask_prob, (vx, vy, given) in per_view:
-            if slot.card.box_scale != 1.0 and mask_prob is None:
-                b = scale_boxes(b, slot.card.box_scale)
+    def _normalise(self, b: np.ndarray, h: int, w: int) -> np.ndarray:
+        b[:, 1::2] = b[:, 1::2].clip(0, h)
+        if not self.wrap:
             b[:, 0::2] = b[:, 0::2].clip(0, w)
-            b[:, 1::2] = b[:, 1::2].clip(0, h)
-            boxes.append(b); scores.append(s); classes.append(c)
-            if mask_prob is not None:
-                for j, i in enumerate(idx):
-                    x0, y0, x1, y1 = box_to_int(b[j], h, w)
-                    ys = (np.arange(y0, y1, dtype=np.float32) + 0.5 - vy) * given
-                    xs = (np.arange(x0, x1, dtype=np.float32) + 0.5 - vx) * given
-                    masks.append(mask_prob(int(i), ys, xs) > slot.card.mask_threshold)
-                    mboxes.append((x0, y0, x1, y1))
-        b = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
-        s = np.concatenate(scores) if scores else np.zeros(0, np.float32)
-        c = np.concatenate(classes).astype(np.int32) if classes else np.zeros(0, np.int32)
-        # Every view's detection is drawn (the union mask is what protects privacy); duplicates
-        # across views are removed only for counting (see Detections.counted).
-        counted = batched_nms(b, s, c, slot.card.nms_iou) if len(b) else np.zeros(0, np.int64)
-        shape = slot.card.mask_shape
-        return (b, s, slot.name_ids[c] if len(c) else c, masks if mask_prob_any(per_view) else None,
-                np.array(mboxes, np.int64).reshape(-1, 4), counted, shape)
+            return b
+        # 360°: keep x1 in [0, W) and the width at most W; x2 may pass W (drawn wrapped).
+        shift = np.floor(b[:, 0] / w) * w
+        b[:, 0::2] -= shift[:, None]
+        b[:, 2] = np.minimum(b[:, 2], b[:, 0] + w)
+        return b
+
+    def _merge_views(self, slot: ModelSlot, per_view: list[_ViewResult]):
+        """Segmenters: instance merge across views (the union of the masks is unchanged).
+        Box detectors: every box is drawn; the merged clusters are what is counted."""
+        views = np.concatenate([np.full(len(r.boxes), k) for k, r in enumerate(per_view)]) if per_view else np.zeros(0)
+        b = np.concatenate([r.boxes for r in per_view]).reshape(-1, 4)
+        s = np.concatenate([r.scores for r in per_view])
+        c = np.concatenate([r.classes for r in per_view]).astype(np.int32)
+        if per_view and per_view[0].masks is not None:
+            masks = [m for r in per_view for m in r.masks]
+            mb = np.concatenate([r.mask_boxes for r in per_view]).reshape(-1, 4)
+            mi = merge_instances(b, s, c, masks, mb, views)
+            return (mi.boxes, mi.scores, slot.name_ids[mi.classes] if len(mi.classes) else mi.classes,
+                    mi.masks, mi.mask_boxes, np.arange(len(mi.boxes)), "mask")
+        _, _, _, groups = merge_boxes(b, s, c, method=slot.card.merge, iou_threshold=slot.card.nms_iou,
+                                      num_passes=2 if slot.card.tta_flip else None)
+        counted = np.array([g[int(np.argmax(s[g]))] for g in groups], np.int64)
+        return (b, s, slot.name_ids[c] if len(c) else c, None, None, counted, slot.card.mask_shape)
 
     def _concat(self, parts) -> Detections:
-        boxes, scores, classes, shapes, counted = [], [], [], [], []
-        masks: list = []
-        mboxes = []
+        boxes, scores, classes, shapes, counted, masks, mboxes = [], [], [], [], [], [], []
         any_masks = any(p[3] is not None for p in parts)
         offset = 0
         for b, s, c, m, mb, cnt, shape in parts:
             boxes.append(b); scores.append(s); classes.append(c)
             counted.append(cnt + offset)
             offset += len(b)
-            if m is not None:
-                masks.extend(m); mboxes.append(mb); shapes.extend(["mask"] * len(b))
-            else:
-                shapes.extend([shape] * len(b))
-                if any_masks:
-                    masks.extend([None] * len(b)); mboxes.append(np.zeros((len(b), 4), np.int64))
+            shapes.extend([shape] * len(b))
+            if any_masks:
+                masks.extend(m if m is not None else [None] * len(b))
+                mboxes.append(mb if mb is not None else np.zeros((len(b), 4), np.int64))
+        cat = lambda xs, shape, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(shape, dt)
         return Detections(
-            boxes=np.concatenate(boxes).astype(np.float32), scores=np.concatenate(scores).astype(np.float32),
-            classes=np.concatenate(classes).astype(np.int32), names=self.names,
+            boxes=cat(boxes, (0, 4), np.float32).reshape(-1, 4), scores=cat(scores, (0,), np.float32),
+            classes=cat(classes, (0,), np.int32), names=self.names,
             masks=masks if any_masks else None,
-            mask_boxes=np.concatenate(mboxes) if any_masks else None,
-            shapes=tuple(shapes), counted=np.concatenate(counted).astype(np.int64))
-
-
-def mask_prob_any(per_view) -> bool:
-    return any(v[4] is not None for v in per_view)
+            mask_boxes=cat(mboxes, (0, 4), np.int64).reshape(-1, 4) if any_masks else None,
+            shapes=tuple(shapes), counted=cat(counted, (0,), np.int64))

@@ -5,7 +5,7 @@ import numpy as np
 
 from engine.config import Config
 from engine.types import Detections
-from kernels import blur_ksize, box_to_int, dilate_square, draw_regions, shape_mask
+from kernels import blur_ksize, box_to_int, dilate_square, draw_regions, shape_mask, wrap_regions
 
 __all__ = ["Masker", "LABEL_COLORS", "DEFAULT_COLOR"]
 
@@ -21,6 +21,7 @@ class Masker:
         self.blur = cfg.blur
         self.mask_color = cfg.mask_color
         self.min_fraction = cfg.mask.min_kernel_fraction
+        self.wrap = cfg.image_type == "360"            # boxes may run past the right edge
         if cfg.mask.mode == "pixelate":
             self.mode = "pixelate"
         elif cfg.blur is None:
@@ -42,14 +43,14 @@ class Masker:
                 x0, y0, _, _ = (int(v) for v in dets.mask_boxes[i])
                 m = dets.masks[i]
             else:
-                x0, y0, x1, y1 = box_to_int(dets.boxes[i], h, w)
+                x0, y0, x1, y1 = box_to_int(dets.boxes[i], h, 2 * w if self.wrap else w)
                 if x1 <= x0 or y1 <= y0:
                     continue
                 m = shape_mask(np, dets.boxes[i], (x0, y0, x1, y1), dets.shapes[i] if dets.shapes else "box")
             if not m.any():
                 continue
             out.append((y0 - p, x0 - p, dilate_square(m, p)))
-        return out
+        return wrap_regions(out, w) if self.wrap else out
 
     def __call__(self, pixels: np.ndarray, dets: Detections) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> anonymised copy."""

@@ -52,6 +52,8 @@ class ModelCard(_Strict):
     nms_iou: float = Field(0.5, gt=0, le=1)
     box_scale: float = Field(1.0, gt=0, le=4)
     mask_shape: Literal["box", "ellipse"] = "box"
+    merge: Literal["nms", "wbf", "envelope"] = "nms"   # how boxes from several views are counted
+    tta_flip: bool = False                         # also run each view mirrored
     mask_threshold: float = Field(0.5, gt=0, lt=1)
     num_mask_coeffs: int = Field(32, ge=1)
     path: Optional[Path] = None                   # where the card was read from
