@@ -52,15 +52,15 @@ class Masker:
             out.append((y0 - p, x0 - p, dilate_square(m, p)))
         return wrap_regions(out, w) if self.wrap else out
 
-    def __call__(self, pixels: np.ndarray, dets: Detections) -> np.ndarray:
-        """(H, W, 3) uint8 RGB -> anonymised copy."""
+    def __call__(self, pixels: np.ndarray, dets: Detections, *, inplace: bool = False) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> anonymised image (a copy, or `pixels` itself with `inplace`)."""
         h, w = pixels.shape[:2]
         ksize = blur_ksize(self.blur, w) if self.blur is not None else 3
         if self.mode != "fill" or self.mask_color is not None:
             color = self.mask_color or DEFAULT_COLOR
             return draw_regions(pixels, self.regions(dets, h, w), mode=self.mode, ksize=ksize, color=color,
-                                min_fraction=self.min_fraction)
-        out = pixels.copy()
+                                min_fraction=self.min_fraction, out=pixels if inplace else None)
+        out = pixels if inplace else pixels.copy()
         # Per-class colours, drawn class by class in detection order (the reference's loop).
         for c in dict.fromkeys(dets.classes.tolist()):
             name = dets.names[c] if 0 <= c < len(dets.names) else ""

@@ -57,7 +57,8 @@ class Writer:
             masked = False
         else:
             t0 = time.perf_counter()
-            pixels = self.masker(self.decoder.full_pixels(frame), dets)
+            # The frame owns its decoded pixels and nothing reads them after this: draw in place.
+            pixels = self.masker(self.decoder.full_pixels(frame), dets, inplace=True)
             frame.timings["mask"] = time.perf_counter() - t0
             masked = True
         t0 = time.perf_counter()

@@ -140,7 +140,5 @@ def draw_regions(image, regions, *, mode: str = "normalized_gray_blur", ksize: i
     for y0, y1, x0, x1, m in group_regions(regions, image.shape):
         k = region_ksize(ksize, y1 - y0, x1 - x0, min_fraction)
         values = _filtered(image, (y0, y1, x0, x1), mode, k, color, max(block, k if mode == "pixelate" else 0))
-        view = out[y0:y1, x0:x1]
-        values = xp.broadcast_to(values, view.shape)
-        view[m] = values[m]
+        xp.copyto(out[y0:y1, x0:x1], values, where=m[..., None])
     return out

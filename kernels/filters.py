@@ -23,27 +23,50 @@ def reflect101(idx, n: int):
     return xp.where(i >= n, period - i, i)
 
 
+def _gather(image, y0: int, y1: int, x0: int, x1: int):
+    """image[y0:y1, x0:x1] with reflect-101 outside the image (a view when fully inside)."""
+    xp = get_array_module(image)
+    h, w = image.shape[:2]
+    if y0 >= 0 and x0 >= 0 and y1 <= h and x1 <= w:
+        return image[y0:y1, x0:x1]
+    rows = reflect101(xp.arange(y0, y1), h)
+    cols = reflect101(xp.arange(x0, x1), w)
+    return image[rows[:, None], cols[None, :]]
+
+
+def _window_sums(a, k: int, axis: int):
+    """Sums of k consecutive elements along `axis` (length n + k - 1 -> n), int32."""
+    xp = get_array_module(a)
+    c = xp.cumsum(a, axis=axis, dtype=xp.int32)
+
+    def sl(start, stop):
+        idx = [slice(None)] * a.ndim
+        idx[axis] = slice(start, stop)
+        return tuple(idx)
+
+    out = c[sl(k - 1, None)].copy()                    # window ending at each position ...
+    out[sl(1, None)] -= c[sl(None, -k)]                # ... minus the sum before the window
+    return out
+
+
 def box_filter_region(image, ksize: int, region: tuple[int, int, int, int]):
     """Mean over a `ksize x ksize` window for the pixels of `region` only.
 
     image   (H, W) or (H, W, C) uint8, host or device (not mutated)
-    returns (y1-y0, x1-x0[, C]) uint8, newly allocated. Work is O(region area), not O(H*W).
+    returns (y1-y0, x1-x0[, C]) uint8, newly allocated. Work is O(region area), not O(H*W):
+            separable running sums in int32 (exact), rounded half up like OpenCV.
     """
     xp = get_array_module(image)
     if ksize < 1:
         raise ValueError(f"ksize must be >= 1, got {ksize}")
+    if ksize * ksize * 255 >= 2 ** 31:
+        raise ValueError(f"ksize {ksize} is too large for int32 window sums")
     y0, y1, x0, x1 = region
-    h, w = image.shape[:2]
     before, after = ksize // 2, ksize - 1 - ksize // 2
-    rows = reflect101(xp.arange(y0 - before, y1 + after), h)
-    cols = reflect101(xp.arange(x0 - before, x1 + after), w)
-    patch = image[rows[:, None], cols[None, :]].astype(xp.float64)
-    # Summed-area table with a leading zero row/column: window sum = 4 corner lookups.
-    sat = xp.zeros((patch.shape[0] + 1, patch.shape[1] + 1) + patch.shape[2:], xp.float64)
-    sat[1:, 1:] = patch.cumsum(0).cumsum(1)
-    k = ksize
-    win = sat[k:, k:] - sat[:-k, k:] - sat[k:, :-k] + sat[:-k, :-k]
-    return xp.floor(win / (k * k) + 0.5).clip(0, 255).astype(xp.uint8)
+    patch = _gather(image, y0 - before, y1 + after, x0 - before, x1 + after)
+    sums = _window_sums(_window_sums(patch, ksize, 0), ksize, 1)
+    area = ksize * ksize
+    return ((sums * 2 + area) // (2 * area)).astype(xp.uint8)
 
 
 def rgb_to_gray(rgb):

@@ -146,3 +146,22 @@ def test_cutout_windows_cover_every_pixel_and_keep_reference_starts():
         assert (wh, ww) == (1333, 4000) and y + wh <= h and x + ww <= w
         cover[y // 100:(y + wh) // 100, x // 100:(x + ww) // 100] = True
     assert cover.all()
+
+
+@pytest.mark.parametrize("mode", ["blur", "gray_blur", "normalized_gray_blur", "fill", "pixelate"])
+def test_kernels_leave_inputs_unchanged(xp, mode):
+    img = xp.asarray(IMG)
+    m = xp.asarray(RNG.random((30, 40)) > 0.5)
+    img_before, m_before = to_host(img).copy(), to_host(m).copy()
+    out = draw_regions(img, [(10, 20, m)], mode=mode, ksize=9)
+    dilate_square(m, 3)
+    assert (to_host(img) == img_before).all() and (to_host(m) == m_before).all()
+    assert not (to_host(out) == img_before).all()
+
+
+def test_draw_in_place_equals_copy():
+    m = RNG.random((30, 40)) > 0.5
+    a = draw_regions(IMG, [(10, 20, m)], mode="normalized_gray_blur", ksize=9)
+    b = IMG.copy()
+    draw_regions(b, [(10, 20, m)], mode="normalized_gray_blur", ksize=9, out=b)
+    assert (a == b).all()
