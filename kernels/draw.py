@@ -137,8 +137,13 @@ def draw_regions(image, regions, *, mode: str = "normalized_gray_blur", ksize: i
     xp = get_array_module(image)
     if out is None:
         out = image.copy()
+    # Filter every group from the unmodified image first, then draw: with `out=image`, a group
+    # must not read pixels that a neighbouring group (within the kernel's reach) already drew.
+    drawn = []
     for y0, y1, x0, x1, m in group_regions(regions, image.shape):
         k = region_ksize(ksize, y1 - y0, x1 - x0, min_fraction)
-        values = _filtered(image, (y0, y1, x0, x1), mode, k, color, max(block, k if mode == "pixelate" else 0))
+        block_k = max(block, k if mode == "pixelate" else 0)
+        drawn.append(((y0, y1, x0, x1), m, _filtered(image, (y0, y1, x0, x1), mode, k, color, block_k)))
+    for (y0, y1, x0, x1), m, values in drawn:
         xp.copyto(out[y0:y1, x0:x1], values, where=m[..., None])
     return out
