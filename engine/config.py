@@ -92,6 +92,7 @@ class EngineSpec(_Strict):
     decoders: int = Field(1, ge=1, le=64)
     writers: int = Field(2, ge=1, le=64)
     inference_threads: Optional[int] = Field(None, ge=1, le=256)
+    batch_size: int = Field(1, ge=1, le=256)     # views (tiles, images) per model call
     max_image_pixels: int = Field(200_000_000, ge=1)
 
 

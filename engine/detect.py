@@ -18,7 +18,7 @@ import numpy as np
 from engine.config import Config, ModelSpec
 from engine.models import ModelCard, create_adapter, load_card, resolve_model
 from engine.types import Detections, Frame
-from kernels import (box_to_int, crop_view, cutout_windows, merge_boxes, merge_instances, resize_bilinear,
+from kernels import (box_to_int, cluster_boxes, crop_view, cutout_windows, merge_instances, resize_bilinear,
                      scale_boxes, seam_window)
 
 __all__ = ["Detector", "ModelSlot", "build_models", "View"]
@@ -101,6 +101,7 @@ class Detector:
         self.slots = slots
         self.names = names
         self.wrap = cfg.image_type == "360"
+        self.batch_size = cfg.engine.batch_size
 
     def views(self, h: int, w: int, slot: ModelSlot | None = None) -> list[View]:
         views = [View(0, 0, h, w, full=True)]
@@ -128,17 +129,42 @@ class Detector:
         return min(1.0, need)
 
     def __call__(self, frame: Frame) -> Detections:
-        t0 = time.perf_counter()
-        h, w = frame.full_size
-        parts = []
-        for slot in self.slots:
-            per_view = [self._run_view(slot, frame, v) for v in self.views(h, w, slot)]
-            parts.append(self._merge_views(slot, per_view))
-        dets = self._concat(parts)
-        frame.timings["detect"] = time.perf_counter() - t0
-        return dets
+        return self.detect_batch([frame])[0]
 
-    def _run_view(self, slot: ModelSlot, frame: Frame, v: View) -> _ViewResult:
+    def detect_batch(self, frames: list[Frame]) -> list[Detections]:
+        """Detections for several frames. Views of the same model and input shape, from any of
+        the frames, go through the model together in batches of up to `batch_size`."""
+        t0 = time.perf_counter()
+        tasks = []                                          # (frame idx, slot idx, view, crop, given)
+        for fi, frame in enumerate(frames):
+            h, w = frame.full_size
+            for si, slot in enumerate(self.slots):
+                for v in self.views(h, w, slot):
+                    crop, given = self._prepare(slot, frame, v)
+                    tasks.append((fi, si, v, crop, given))
+        raws = [None] * len(tasks)
+        groups: dict[tuple, list[int]] = {}
+        for k, (_, si, _, crop, given) in enumerate(tasks):
+            groups.setdefault((si, crop.shape, crop.dtype.str, given), []).append(k)
+        for (si, _, _, given), idx in groups.items():
+            for c in range(0, len(idx), self.batch_size):
+                chunk = idx[c:c + self.batch_size]
+                outs = self.slots[si].adapter.batch([tasks[k][3] for k in chunk], given)
+                for k, raw in zip(chunk, outs):
+                    raws[k] = raw
+        per: dict[tuple[int, int], list[_ViewResult]] = {}
+        for (fi, si, v, crop, given), raw in zip(tasks, raws):
+            per.setdefault((fi, si), []).append(
+                self._map(self.slots[si], frames[fi].full_size, v, crop.shape[1], given, raw))
+        out = [self._concat([self._merge_views(slot, per.get((fi, si), []))
+                             for si, slot in enumerate(self.slots)]) for fi in range(len(frames))]
+        share = (time.perf_counter() - t0) / max(1, len(frames))
+        for frame in frames:
+            frame.timings["detect"] = share
+        return out
+
+    def _prepare(self, slot: ModelSlot, frame: Frame, v: View):
+        """The view's pixels as the model gets them, and their scale (model px per full-res px)."""
         h, w = frame.full_size
         fs = frame.scale
         fw = frame.pixels.shape[1]
@@ -151,10 +177,14 @@ class Detector:
         if slot.card.input.mode == "scale" and abs(target - fs) > 1e-6:
             crop = resize_bilinear(crop, max(1, round(v.h * target)), max(1, round(v.w * target)))
             given = target
-        raw = slot.adapter(np.ascontiguousarray(crop), given)
+        return np.ascontiguousarray(crop), given
+
+    def _map(self, slot: ModelSlot, full_size, v: View, crop_w: int, given: float, raw) -> _ViewResult:
+        """Adapter output (view pixels) -> full-image pixels; masks sampled box-locally."""
+        h, w = full_size
         keep = np.nonzero(np.isin(raw.classes, slot.anonymise_ids))[0]
         b = raw.boxes[keep].astype(np.float32) / given
-        cw = crop.shape[1] / given                          # view width in full-res pixels
+        cw = crop_w / given                                 # view width in full-res pixels
         if v.flip:
             b = np.stack([cw - b[:, 2], b[:, 1], cw - b[:, 0], b[:, 3]], 1)
         b += np.array([v.x, v.y, v.x, v.y], np.float32)
@@ -170,7 +200,7 @@ class Detector:
                 xs = (np.arange(x0, x1, dtype=np.float32) + 0.5 - v.x)
                 xs = np.where(xs < 0, xs + w, xs) * given if self.wrap else xs * given
                 if v.flip:
-                    xs = crop.shape[1] - xs
+                    xs = crop_w - xs
                 masks.append(raw.mask_prob(int(i), ys, xs) > slot.card.mask_threshold)
                 mboxes.append((x0, y0, x1, y1))
             mboxes = np.array(mboxes, np.int64).reshape(-1, 4)
@@ -190,7 +220,10 @@ class Detector:
     def _merge_views(self, slot: ModelSlot, per_view: list[_ViewResult]):
         """Segmenters: instance merge across views (the union of the masks is unchanged).
         Box detectors: every box is drawn; the merged clusters are what is counted."""
-        views = np.concatenate([np.full(len(r.boxes), k) for k, r in enumerate(per_view)]) if per_view else np.zeros(0)
+        if not per_view:
+            e = np.zeros(0, np.int64)
+            return np.zeros((0, 4), np.float32), e.astype(np.float32), e.astype(np.int32), None, None, e, "box"
+        views = np.concatenate([np.full(len(r.boxes), k) for k, r in enumerate(per_view)])
         b = np.concatenate([r.boxes for r in per_view]).reshape(-1, 4)
         s = np.concatenate([r.scores for r in per_view])
         c = np.concatenate([r.classes for r in per_view]).astype(np.int32)
@@ -200,8 +233,9 @@ class Detector:
             mi = merge_instances(b, s, c, masks, mb, views)
             return (mi.boxes, mi.scores, slot.name_ids[mi.classes] if len(mi.classes) else mi.classes,
                     mi.masks, mi.mask_boxes, np.arange(len(mi.boxes)), "mask")
-        _, _, _, groups = merge_boxes(b, s, c, method=slot.card.merge, iou_threshold=slot.card.nms_iou,
-                                      num_passes=2 if slot.card.tta_flip else None)
+        # Counting across views: a box cut by a tile edge lies mostly inside the whole box from
+        # another view (intersection over the smaller box), transitively; every box is drawn.
+        groups = cluster_boxes(b, c, views, threshold=0.5, overlap="ios")
         counted = np.array([g[int(np.argmax(s[g]))] for g in groups], np.int64)
         return (b, s, slot.name_ids[c] if len(c) else c, None, None, counted, slot.card.mask_shape)
 

@@ -58,9 +58,11 @@ class _Stage:
     """
 
     def __init__(self, name: str, fn: Callable, inq: queue.Queue, outq: queue.Queue,
-                 failq: queue.Queue, workers: int, stop: threading.Event):
+                 failq: queue.Queue, workers: int, stop: threading.Event, batch_fn: Optional[Callable] = None,
+                 batch_size: int = 1):
         self.name, self.fn, self.inq, self.outq, self.failq = name, fn, inq, outq, failq
         self.stop = stop
+        self.batch_fn, self.batch_size = batch_fn, batch_size
         self._alive = workers
         self._lock = threading.Lock()
         self.threads = [threading.Thread(target=self._loop, name=f"sladd-{name}-{i}", daemon=True)
@@ -84,20 +86,51 @@ class _Stage:
                 return
             if self.stop.is_set():
                 continue                             # drain without work after a stop
-            job = item[0].job if isinstance(item, tuple) else getattr(item, "job", item)
+            if self.batch_fn is not None and self.batch_size > 1:
+                self._run_batch(item)
+            else:
+                self._one(item)
+
+    def _run_batch(self, first) -> None:
+        """Take what is already queued (up to batch_size) and run it as one batch; never waits
+        for a batch to fill. An end marker met on the way is put back for the loop."""
+        items, ended = [first], False
+        while len(items) < self.batch_size:
             try:
-                out = self.fn(item)
-            except ImageError as exc:
-                _put(self.failq, Failure(job, self.name, str(exc)), self.stop)
-                continue
-            except MemoryError:
-                _put(self.failq, Failure(job, self.name, "out of memory"), self.stop)
-                continue
-            except Exception as exc:  # noqa: BLE001 - one image's failure must not end the run
-                LOG.debug("%s failed on %s:\n%s", self.name, job.key, traceback.format_exc())
-                _put(self.failq, Failure(job, self.name, f"{type(exc).__name__}: {exc}"), self.stop)
-                continue
+                nxt = self.inq.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is _END:
+                ended = True
+                break
+            items.append(nxt)
+        try:
+            outs = list(self.batch_fn(items))
+        except Exception:  # noqa: BLE001 - retry one by one so one bad image fails alone
+            LOG.debug("%s batch of %d failed, retrying one by one:\n%s", self.name, len(items), traceback.format_exc())
+            outs = None
+            for item in items:
+                self._one(item)
+        for out in outs or ():
             _put(self.outq, out, self.stop)
+        if ended:
+            self.inq.put(_END)                       # seen again by the loop, which forwards it
+
+    def _one(self, item):
+        job = item[0].job if isinstance(item, tuple) else getattr(item, "job", item)
+        try:
+            out = self.fn(item)
+        except ImageError as exc:
+            _put(self.failq, Failure(job, self.name, str(exc)), self.stop)
+            return
+        except MemoryError:
+            _put(self.failq, Failure(job, self.name, "out of memory"), self.stop)
+            return
+        except Exception as exc:  # noqa: BLE001 - one image's failure must not end the run
+            LOG.debug("%s failed on %s:\n%s", self.name, job.key, traceback.format_exc())
+            _put(self.failq, Failure(job, self.name, f"{type(exc).__name__}: {exc}"), self.stop)
+            return
+        _put(self.outq, out, self.stop)
 
 
 def _put(q: queue.Queue, item, stop: Optional[threading.Event]):
@@ -115,12 +148,13 @@ class Pipeline:
 
     def __init__(self, *, tree: Tree, ledger: Ledger, make_decoder: Callable, detector, make_writer: Callable,
                  queue_size: int = 8, decoders: int = 1, writers: int = 2, force: bool = False,
-                 retry_failed: bool = False, progress=None):
+                 retry_failed: bool = False, progress=None, batch_size: int = 1):
         self.tree, self.ledger = tree, ledger
         self.make_decoder, self.detector, self.make_writer = make_decoder, detector, make_writer
         self.queue_size, self.n_decoders, self.n_writers = queue_size, decoders, writers
         self.force, self.retry_failed = force, retry_failed
         self.progress = progress
+        self.batch_size = batch_size
         self.stop = threading.Event()
         self.stats = RunStats()
         self._tls = threading.local()
@@ -147,6 +181,9 @@ class Pipeline:
 
     def _detect(self, frame):
         return frame, self.detector(frame)
+
+    def _detect_batch(self, frames):
+        return list(zip(frames, self.detector.detect_batch(frames)))
 
     def _write(self, item):
         frame, dets = item
@@ -245,7 +282,9 @@ class Pipeline:
                                            queue.Queue(q * 4), queue.Queue())
         stages = [
             _Stage("decode", self._decode, jobq, frameq, failq, self.n_decoders, self.stop),
-            _Stage("detect", self._detect, frameq, detq, failq, 1, self.stop),
+            _Stage("detect", self._detect, frameq, detq, failq, 1, self.stop,
+                   batch_fn=getattr(self.detector, "detect_batch", None) and self._detect_batch,
+                   batch_size=self.batch_size),
             _Stage("write", self._write, detq, resq, failq, self.n_writers, self.stop),
         ]
         walker = threading.Thread(target=self._walk, args=(jobq, failq), name="sladd-walk", daemon=True)

@@ -89,7 +89,7 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
     pipe = Pipeline(tree=tree, ledger=ledger, make_decoder=make_decoder, detector=detector,
                     make_writer=lambda: Writer(cfg, make_decoder()), queue_size=cfg.engine.queue_size,
                     decoders=cfg.engine.decoders, writers=cfg.engine.writers, force=force,
-                    retry_failed=retry_failed, progress=progress)
+                    retry_failed=retry_failed, progress=progress, batch_size=cfg.engine.batch_size)
     if progress is not None:
         import threading
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from kernels.boxes import iou_matrix
 
-__all__ = ["MergedInstances", "merge_instances", "merge_boxes", "class_counts", "BOX_MERGES"]
+__all__ = ["MergedInstances", "merge_instances", "merge_boxes", "cluster_boxes", "class_counts", "BOX_MERGES"]
 
 BOX_MERGES = ("nms", "wbf", "envelope")
 
@@ -132,18 +132,32 @@ def _iou(a: np.ndarray, b: np.ndarray, convention: str) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
+def _ios(a: np.ndarray, b: np.ndarray, convention: str) -> np.ndarray:
+    """Intersection over the smaller box: 1 when one box lies inside the other."""
+    d = 1 if convention == "int" else 0
+    tl = np.maximum(a[:, None, :2], b[None, :, :2])
+    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(br - tl + d, 0, None).prod(-1)
+    small = np.minimum(_area(a, convention)[:, None], _area(b, convention)[None, :])
+    return np.where(small > 0, inter / np.where(small > 0, small, 1), 0.0)
+
+
 def merge_boxes(boxes, scores, classes, *, method: str = "nms", iou_threshold: float = 0.5,
                 pre_score: float = 0.0, post_score: float = 0.0, area: str = "float",
-                num_passes: Optional[int] = None):
+                num_passes: Optional[int] = None, overlap: str = "iou", views=None):
     """Merge boxes of the same class: `nms` keeps the best of each cluster, `wbf` averages a
     cluster's boxes weighted by score (score = mean over `num_passes` if given, as WBF does for
     several models/passes), `envelope` takes the cluster's enclosing box (score = max).
 
     pre_score drops boxes before merging, post_score after. area: "float" (x2 - x1) or "int"
-    (x2 - x1 + 1, pixel-inclusive integer boxes). Returns (boxes, scores, classes, groups).
+    (x2 - x1 + 1, pixel-inclusive integer boxes). overlap: "iou", or "ios" (intersection over
+    the smaller box: a partial box from a tile edge lies inside the whole one). views: (N,)
+    view ids; boxes of the same view are never merged. Returns (boxes, scores, classes, groups).
     """
     if method not in BOX_MERGES:
         raise ValueError(f"unknown box merge {method!r}; valid: {', '.join(BOX_MERGES)}")
+    if overlap not in ("iou", "ios"):
+        raise ValueError(f"overlap must be 'iou' or 'ios', got {overlap!r}")
     if area not in ("float", "int"):
         raise ValueError(f"area must be 'float' or 'int', got {area!r}")
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
@@ -153,7 +167,10 @@ def merge_boxes(boxes, scores, classes, *, method: str = "nms", iou_threshold: f
     for c in np.unique(classes[idx]):
         members = idx[classes[idx] == c]
         order = members[np.argsort(-scores[members], kind="stable")]
-        iou = _iou(boxes[order], boxes[order], area)
+        iou = (_ios if overlap == "ios" else _iou)(boxes[order], boxes[order], area)
+        if views is not None:
+            v = np.asarray(views)[order]
+            iou = np.where((v[:, None] == v[None, :]) & ~np.eye(len(order), dtype=bool), 0.0, iou)
         taken = np.zeros(len(order), bool)
         for k in range(len(order)):               # greedy clustering around the best box
             if taken[k]:
@@ -176,6 +193,21 @@ def merge_boxes(boxes, scores, classes, *, method: str = "nms", iou_threshold: f
     keep = [i for i, s in enumerate(out_s) if s >= post_score]
     return (np.array([out_b[i] for i in keep], np.float32).reshape(-1, 4), np.array([out_s[i] for i in keep], np.float32),
             np.array([out_c[i] for i in keep], np.int32), [out_g[i] for i in keep])
+
+
+def cluster_boxes(boxes, classes, views, *, threshold: float = 0.5, overlap: str = "ios") -> list[list[int]]:
+    """Group boxes of the same class from *different* views that overlap (>= threshold),
+    transitively: the box-detector counterpart of `merge_instances`, used to count each object
+    once when a full pass and several tiles (or a mirrored pass) all saw it."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    classes, views = np.asarray(classes), np.asarray(views)
+    uf = _UnionFind(len(boxes))
+    if len(boxes) > 1:
+        ov = (_ios if overlap == "ios" else _iou)(boxes, boxes, "float")
+        ok = (ov >= threshold) & (views[:, None] != views[None, :]) & (classes[:, None] == classes[None, :])
+        for i, j in zip(*np.nonzero(np.triu(ok, 1))):
+            uf.union(int(i), int(j))
+    return uf.groups()
 
 
 def class_counts(classes, names) -> dict[str, str]:

@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from kernels import class_counts, crop_view, cutout_windows, merge_boxes, merge_instances, seam_window, wrap_regions
+from kernels import class_counts, cluster_boxes, crop_view, cutout_windows, merge_boxes, merge_instances, seam_window, wrap_regions
 
 
 def _reference_merge(full_masks, classes, scores, views):
@@ -124,3 +124,24 @@ def test_wrap_regions_split_at_both_edges():
     assert sorted((x, r.shape[1]) for _, x, r in right) == [(0, 5), (395, 5)]
     left = wrap_regions([(5, -4, m)], 400)
     assert sorted((x, r.shape[1]) for _, x, r in left) == [(0, 6), (396, 4)]
+
+
+def test_partial_box_from_a_tile_edge_counts_once_across_views():
+    whole = [100, 100, 160, 180]
+    part = [100, 100, 128, 180]                         # the same face cut by a window edge
+    other = [150, 100, 210, 180]                        # a neighbour, same view as `whole`
+    b = np.array([whole, part, other], np.float32)
+    s = np.array([0.9, 0.6, 0.8], np.float32)
+    _, _, _, g = merge_boxes(b, s, [0, 0, 0], iou_threshold=0.5, overlap="ios", views=[0, 1, 0])
+    assert sorted(map(sorted, g)) == [[0, 1], [2]]
+    _, _, _, g = merge_boxes(b, s, [0, 0, 0], iou_threshold=0.5, overlap="iou", views=[0, 1, 0])
+    assert len(g) == 3                                  # IoU 0.47: plain NMS would count it twice
+
+
+def test_cluster_boxes_is_transitive_across_views_only():
+    b = np.array([[0, 0, 80, 100], [0, 0, 70, 100], [60, 0, 82, 70], [200, 0, 260, 80], [210, 0, 270, 80]],
+                 np.float32)
+    groups = cluster_boxes(b, [0, 0, 0, 0, 0], views=[1, 0, 2, 0, 0], threshold=0.5)
+    # 0-1 and 0-2 overlap across views (2 is a sliver inside 0 but not enough inside 1); 3 and 4
+    # are two objects of one view.
+    assert sorted(map(sorted, groups)) == [[0, 1, 2], [3], [4]]

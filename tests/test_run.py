@@ -227,3 +227,26 @@ def test_stream_is_bounded(tmp_path):
     assert stats.unchanged == 40 and stats.failed == 0
     # frame queue (2) + detect queue (2) + result queue (8) + one item held by each stage (3)
     assert peak[0] <= 2 + 2 + 8 + 3
+
+
+def test_batched_detection_equals_one_by_one(tree, tmp_path):
+    """engine.batch_size > 1: frames and tiles go through the model together, same results."""
+    inp, _ = tree
+    cfg1, _ = load_config()
+    cfgb, _ = load_config(overrides={"engine": {"batch_size": 3}, "use_cutouts": True,
+                                     "cutout_dim_downscale": [2, 2], "cutout_step_factor": [240, 320]})
+    cfgc, _ = load_config(overrides={"use_cutouts": True, "cutout_dim_downscale": [2, 2],
+                                     "cutout_step_factor": [240, 320]})
+    for cfg, name in ((cfg1, "one"), (cfgb, "batched"), (cfgc, "cutouts")):
+        stats = run(cfg, inp, tmp_path / name)
+        assert stats.failed == 4 and stats.anonymised == 2
+    a, b, c = (_detections(tmp_path / n) for n in ("one", "batched", "cutouts"))
+    assert a == b == c and a["a/face1.jpg"] == {"face": 2}   # tiles' partial faces counted once
+    for key in GOOD:
+        assert (tmp_path / "batched" / key).read_bytes() == (tmp_path / "cutouts" / key).read_bytes()
+
+
+def _detections(out):
+    import json
+    with sqlite3.connect(ledger_path(out)) as db:
+        return {k: json.loads(d) for k, d in db.execute("SELECT key, detections FROM images WHERE status='done'")}

@@ -40,3 +40,7 @@ class Adapter:
 
     def __call__(self, view: np.ndarray, view_scale: float) -> RawDetections:
         raise NotImplementedError
+
+    def batch(self, views: list[np.ndarray], view_scale: float) -> list[RawDetections]:
+        """Several views of one shape. Families whose graph takes a batch override this."""
+        return [self(v, view_scale) for v in views]

@@ -13,8 +13,8 @@ from kernels import nms
 __all__ = ["CenterFaceAdapter", "fix_centerface_graph"]
 
 
-def fix_centerface_graph(model, height: int, width: int):
-    """Return a copy of the CenterFace ModelProto with a fixed `1x3xHxW` input.
+def fix_centerface_graph(model, height: int, width: int, batch: int = 1):
+    """Return a copy of the CenterFace ModelProto with a fixed `Nx3xHxW` input.
 
     The shipped graph declares a `10x3x32x32` input and lists all its weights among the graph
     inputs. Weights listed as inputs may be overridden at run time, so ONNX Runtime cannot
@@ -34,10 +34,10 @@ def fix_centerface_graph(model, height: int, width: int):
     unused = [t for t in m.graph.initializer if t.name not in used]     # BN step counters
     for t in unused:
         m.graph.initializer.remove(t)
-    _set_dims(m.graph.input[0], [1, 3, height, width])
+    _set_dims(m.graph.input[0], [batch, 3, height, width])
     for out in m.graph.output:                          # heatmap, scale, offset, landmarks: stride 4
         dims = out.type.tensor_type.shape.dim
-        _set_dims(out, [1, dims[1].dim_value, height // 4, width // 4])
+        _set_dims(out, [batch, dims[1].dim_value, height // 4, width // 4])
     return m
 
 
@@ -62,27 +62,30 @@ class CenterFaceAdapter(Adapter):
     def view_scale(self, h: int, w: int) -> float:
         return self.card.input.scale
 
-    def _session(self, h: int, w: int):
-        key = (h, w)
+    def _session(self, h: int, w: int, n: int = 1):
+        key = (n, h, w)
         if key in self._sessions:
             self._sessions.move_to_end(key)
             return self._sessions[key]
-        sess = self.runtime.session(fix_centerface_graph(self._proto, h, w).SerializeToString())
+        sess = self.runtime.session(fix_centerface_graph(self._proto, h, w, n).SerializeToString())
         self._sessions[key] = sess
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
         return sess
 
     def __call__(self, view: np.ndarray, view_scale: float) -> RawDetections:
-        h, w = view.shape[:2]
+        return self.batch([view], view_scale)[0]
+
+    def batch(self, views: list[np.ndarray], view_scale: float) -> list[RawDetections]:
+        """Views of one shape `(h, w, 3)` in one call, padded (not stretched) to multiples of 32."""
+        h, w = views[0].shape[:2]
         m = self.card.input.multiple
         ih, iw = max(m, math.ceil(h / m) * m), max(m, math.ceil(w / m) * m)
-        # Pad (not stretch) to the multiple of 32: pixels stay 1:1 with the view.
-        blob = np.zeros((1, 3, ih, iw), np.float32)
-        src = view if view.dtype == np.float32 else view.astype(np.float32)
-        blob[0, :, :h, :w] = src.transpose(2, 0, 1)
-        heat, scale, offset, _ = self._session(ih, iw).run(None, {self._input: blob})
-        return self.decode(heat, scale, offset, (h, w))
+        blob = np.zeros((len(views), 3, ih, iw), np.float32)
+        for i, v in enumerate(views):
+            blob[i, :, :h, :w] = v.transpose(2, 0, 1)
+        heat, scale, offset, _ = self._session(ih, iw, len(views)).run(None, {self._input: blob})
+        return [self.decode(heat[i:i + 1], scale[i:i + 1], offset[i:i + 1], (h, w)) for i in range(len(views))]
 
     def decode(self, heat, scale, offset, size_hw) -> RawDetections:
         """Vectorised CenterFace decoding (stride 4), boxes clipped to the unpadded view."""

@@ -74,16 +74,28 @@ class YoloSegAdapter(Adapter):
     def __init__(self, card, model_path, runtime):
         super().__init__(card, model_path, runtime)
         self.session = runtime.session(model_path)
-        self.input_name = self.session.get_inputs()[0].name
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
         self.size = tuple(card.input.size)
+        # Ultralytics exports have a fixed batch of 1 unless exported with dynamic=True.
+        self.dynamic_batch = not (isinstance(inp.shape[0], int) and inp.shape[0] == 1)
 
     def view_scale(self, h: int, w: int) -> float:
         return min(self.size[0] / h, self.size[1] / w)
 
     def __call__(self, view: np.ndarray, view_scale: float) -> RawDetections:
-        canvas, scale = letterbox(view, self.size, self.card.input.pad_value)
-        blob = (canvas.transpose(2, 0, 1)[None] / 255.0).astype(np.float32)
+        return self._run([view])[0]
+
+    def batch(self, views: list[np.ndarray], view_scale: float) -> list[RawDetections]:
+        if not self.dynamic_batch:
+            return [self._run([v])[0] for v in views]
+        return self._run(views)
+
+    def _run(self, views: list[np.ndarray]) -> list[RawDetections]:
+        boxed = [letterbox(v, self.size, self.card.input.pad_value) for v in views]
+        blob = (np.stack([c.transpose(2, 0, 1) for c, _ in boxed]) / 255.0).astype(np.float32)
         pred, protos = self.session.run(None, {self.input_name: blob})[:2]
-        return decode_yolo_seg(pred[0], protos[0], num_classes=len(self.card.class_names),
-                               score_threshold=self.card.score_threshold, iou=self.card.nms_iou,
-                               input_hw=self.size, scale=scale, view_hw=view.shape[:2])
+        return [decode_yolo_seg(pred[i], protos[i], num_classes=len(self.card.class_names),
+                                score_threshold=self.card.score_threshold, iou=self.card.nms_iou,
+                                input_hw=self.size, scale=scale, view_hw=v.shape[:2])
+                for i, ((_, scale), v) in enumerate(zip(boxed, views))]
