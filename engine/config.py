@@ -50,6 +50,7 @@ class ModelSpec(_Strict):
     input_size: Optional[tuple[int, int]] = None
     classes: Optional[list[str]] = None     # overrides the card's anonymised classes
     tta_flip: Optional[bool] = None         # also run on the mirrored image (test-time augmentation)
+    merge: Optional[Literal["nms", "wbf", "envelope"]] = None   # see the model card's `merge`
 
 
 class OutputSpec(_Strict):

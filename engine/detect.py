@@ -12,13 +12,14 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from engine.config import Config, ModelSpec
 from engine.models import ModelCard, create_adapter, load_card, resolve_model
 from engine.types import Detections, Frame
-from kernels import (box_to_int, cluster_boxes, crop_view, cutout_windows, merge_instances, resize_bilinear,
+from kernels import (box_to_int, cluster_boxes, crop_view, cutout_windows, merge_boxes, merge_instances, resize_bilinear,
                      scale_boxes, seam_window)
 
 __all__ = ["Detector", "ModelSlot", "build_models", "View"]
@@ -55,6 +56,8 @@ def _effective_card(card: ModelCard, spec: ModelSpec) -> ModelCard:
         upd["anonymise"] = list(spec.classes)
     if spec.tta_flip is not None:
         upd["tta_flip"] = spec.tta_flip
+    if spec.merge is not None:
+        upd["merge"] = spec.merge
     inp = {}
     if spec.scale is not None:
         inp["scale"] = spec.scale
@@ -82,6 +85,18 @@ def build_models(cfg: Config, runtime) -> tuple[list[ModelSlot], tuple[str, ...]
         LOG.info("model %s (%s) from %s: anonymises %s, score >= %.2f", card.name, card.family, path,
                  ", ".join(card.anonymise), card.score_threshold)
     return slots, tuple(names)
+
+
+class _Part(NamedTuple):
+    """One model's merged detections for one image (classes already mapped to Detector.names)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    masks: list | None
+    mask_boxes: np.ndarray | None
+    counted: np.ndarray
+    shape: str
 
 
 @dataclass
@@ -222,7 +237,7 @@ class Detector:
         Box detectors: every box is drawn; the merged clusters are what is counted."""
         if not per_view:
             e = np.zeros(0, np.int64)
-            return np.zeros((0, 4), np.float32), e.astype(np.float32), e.astype(np.int32), None, None, e, "box"
+            return _Part(np.zeros((0, 4), np.float32), e.astype(np.float32), e.astype(np.int32), None, None, e, "box")
         views = np.concatenate([np.full(len(r.boxes), k) for k, r in enumerate(per_view)])
         b = np.concatenate([r.boxes for r in per_view]).reshape(-1, 4)
         s = np.concatenate([r.scores for r in per_view])
@@ -231,30 +246,39 @@ class Detector:
             masks = [m for r in per_view for m in r.masks]
             mb = np.concatenate([r.mask_boxes for r in per_view]).reshape(-1, 4)
             mi = merge_instances(b, s, c, masks, mb, views)
-            return (mi.boxes, mi.scores, slot.name_ids[mi.classes] if len(mi.classes) else mi.classes,
-                    mi.masks, mi.mask_boxes, np.arange(len(mi.boxes)), "mask")
+            return _Part(mi.boxes, mi.scores, slot.name_ids[mi.classes] if len(mi.classes) else mi.classes,
+                         mi.masks, mi.mask_boxes, np.arange(len(mi.boxes)), "mask")
+        if slot.card.merge is not None:
+            card = slot.card
+            mb, ms, mc, _ = merge_boxes(b, s, c, method=card.merge, iou_threshold=card.merge_iou,
+                                        pre_score=card.merge_pre_score, post_score=card.merge_post_score,
+                                        area=card.box_area, num_passes=2 if card.tta_flip else None)
+            return _Part(mb, ms, slot.name_ids[mc] if len(mc) else mc, None, None, np.arange(len(mb)),
+                         card.mask_shape)
         # Counting across views: a box cut by a tile edge lies mostly inside the whole box from
         # another view (intersection over the smaller box), transitively; every box is drawn.
         groups = cluster_boxes(b, c, views, threshold=0.5, overlap="ios")
         counted = np.array([g[int(np.argmax(s[g]))] for g in groups], np.int64)
-        return (b, s, slot.name_ids[c] if len(c) else c, None, None, counted, slot.card.mask_shape)
+        return _Part(b, s, slot.name_ids[c] if len(c) else c, None, None, counted, slot.card.mask_shape)
 
-    def _concat(self, parts) -> Detections:
-        boxes, scores, classes, shapes, counted, masks, mboxes = [], [], [], [], [], [], []
-        any_masks = any(p[3] is not None for p in parts)
-        offset = 0
-        for b, s, c, m, mb, cnt, shape in parts:
-            boxes.append(b); scores.append(s); classes.append(c)
-            counted.append(cnt + offset)
-            offset += len(b)
-            shapes.extend([shape] * len(b))
+    def _concat(self, parts: list[_Part]) -> Detections:
+        any_masks = any(p.masks is not None for p in parts)
+        masks, mboxes, shapes, counted, offset = [], [], [], [], 0
+        for p in parts:
+            counted.append(p.counted + offset)
+            offset += len(p.boxes)
+            shapes.extend([p.shape] * len(p.boxes))
             if any_masks:
-                masks.extend(m if m is not None else [None] * len(b))
-                mboxes.append(mb if mb is not None else np.zeros((len(b), 4), np.int64))
-        cat = lambda xs, shape, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(shape, dt)
+                masks.extend(p.masks if p.masks is not None else [None] * len(p.boxes))
+                mboxes.append(p.mask_boxes if p.mask_boxes is not None else np.zeros((len(p.boxes), 4), np.int64))
+
+        def cat(xs, shape, dt):
+            return np.concatenate(xs).astype(dt) if xs else np.zeros(shape, dt)
+
         return Detections(
-            boxes=cat(boxes, (0, 4), np.float32).reshape(-1, 4), scores=cat(scores, (0,), np.float32),
-            classes=cat(classes, (0,), np.int32), names=self.names,
+            boxes=cat([p.boxes for p in parts], (0, 4), np.float32).reshape(-1, 4),
+            scores=cat([p.scores for p in parts], (0,), np.float32),
+            classes=cat([p.classes for p in parts], (0,), np.int32), names=self.names,
             masks=masks if any_masks else None,
             mask_boxes=cat(mboxes, (0, 4), np.int64).reshape(-1, 4) if any_masks else None,
             shapes=tuple(shapes), counted=cat(counted, (0,), np.int64))

@@ -75,3 +75,19 @@ def test_mirrored_pass_agrees_with_the_plain_pass(tmp_path, portrait):
     b = Detector(tta, *build_models(tta, rt))(frame)
     assert len(a) == 1 and len(b) == 2 and b.counts() == {"face": 1}
     assert np.abs(b.boxes[0] - b.boxes[1]).max() < 12      # the mirrored box maps back onto the face
+
+
+def test_mirrored_pass_with_envelope_merge_draws_one_enclosing_box(portrait):
+    from engine.config import Config, ModelSpec
+    px = np.asarray(portrait)
+    rt = create_runtime("onnxruntime", device="cpu")
+    job = Job(path=None, key="k", output=None, archive=None, error_dir=None, size=0, mtime_ns=0)
+    frame = Frame(job=job, data=b"", pixels=px, scale=1.0, full_size=px.shape[:2], orientation=1, segments=[],
+                  quality=92, subsampling=2)
+    raw_cfg = Config(models=[ModelSpec(card="centerface", tta_flip=True)])
+    env_cfg = Config(models=[ModelSpec(card="centerface", tta_flip=True, merge="envelope")])
+    raw = Detector(raw_cfg, *build_models(raw_cfg, rt))(frame)
+    env = Detector(env_cfg, *build_models(env_cfg, rt))(frame)
+    assert len(env) == 1 and env.counts() == {"face": 1}
+    assert np.allclose(env.boxes[0, :2], raw.boxes[:, :2].min(0), atol=1e-3)
+    assert np.allclose(env.boxes[0, 2:], raw.boxes[:, 2:].max(0), atol=1e-3)

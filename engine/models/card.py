@@ -52,7 +52,13 @@ class ModelCard(_Strict):
     nms_iou: float = Field(0.5, gt=0, le=1)
     box_scale: float = Field(1.0, gt=0, le=4)
     mask_shape: Literal["box", "ellipse"] = "box"
-    merge: Literal["nms", "wbf", "envelope"] = "nms"   # how boxes from several views are counted
+    # Box detectors over several views (tiles, mirrored pass): null = draw every box and count
+    # overlapping ones once; nms / wbf / envelope = draw and count the merged boxes (BlurScene).
+    merge: Optional[Literal["nms", "wbf", "envelope"]] = None
+    merge_iou: float = Field(0.5, gt=0, le=1)
+    merge_pre_score: float = Field(0.0, ge=0, le=1)
+    merge_post_score: float = Field(0.0, ge=0, le=1)
+    box_area: Literal["float", "int"] = "float"
     tta_flip: bool = False                         # also run each view mirrored
     mask_threshold: float = Field(0.5, gt=0, lt=1)
     num_mask_coeffs: int = Field(32, ge=1)
