@@ -83,7 +83,7 @@ def _cmd_run(args, input_dir: Path, output_dir: Path, archive_dir, log_dir, cfg_
     progress = Progress(tty=tty, enabled=not args.quiet)
     try:
         stats = run(cfg, input_dir, output_dir, archive_dir, force=args.force, retry_failed=args.retry_failed,
-                    progress=progress)
+                    progress=progress, config_file=cfg_path)
     except KeyboardInterrupt:
         progress.close()
         LOG.error("interrupted; images in flight are recorded as unfinished and redone on the next run")

@@ -102,7 +102,7 @@ class TurboDecoder:
         return Frame(job=job, data=data, pixels=pixels, scale=float(self.scale), full_size=full,
                      orientation=orientation, segments=[s for _, s in info.segments],
                      quality=estimate_quality(info.luma_table), subsampling=subsampling,
-                     timings={"decode": time.perf_counter() - t0})
+                     timings={"decode": time.perf_counter() - t0}, exif=info.exif)
 
     def decode_pixels(self, data: bytes, scale: Fraction = Fraction(1)) -> np.ndarray:
         """(H*scale, W*scale, 3) uint8 RGB in *stored* orientation."""

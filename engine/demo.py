@@ -19,6 +19,15 @@ _REFLINK_XML = ("\ufeff<?xml version=\"1.0\" encoding=\"utf-8\"?><AdditionalInfo
                 "<Longitude>10.3951</Longitude><Altitude>60.5</Altitude></GnssInfo></AdditionalInfoNorway2>")
 
 
+# A planar camera's ImageProperties (tag 40055): acquisition path, base line, road values.
+_PROPS_XML = ("\ufeff<?xml version=\"1.0\" encoding=\"utf-8\"?><ImageProperties Date=\"2022-06-01T12:00:00\">"
+              "<ImageName>C:\\DATA\\ViaPPS\\2022_06_01\\EV00006\\S1\\D1\\F1_2022_06_01\\{name}</ImageName>"
+              "<BaseLinePosition>1306</BaseLinePosition><BaseLineTickInterval>227</BaseLineTickInterval>"
+              "<BaseLineTickOffset>0</BaseLineTickOffset><TiltPoint>1341</TiltPoint><Tilt>0</Tilt>"
+              "<VegComValues><VCCountyNo>50</VCCountyNo><VCMeter>{meter}</VCMeter></VegComValues>"
+              "<Surroundings><Driver>Demo Driver</Driver><CarID>DEMO1</CarID></Surroundings></ImageProperties>")
+
+
 def sample_portrait() -> Path:
     """Path of matplotlib's `grace_hopper.jpg`, located without importing matplotlib."""
     spec = importlib.util.find_spec("matplotlib")
@@ -62,13 +71,16 @@ def paste_portrait(scene: np.ndarray, portrait: Image.Image, x: int, y: int, hei
 
 
 def jpeg_with_exif(pixels: np.ndarray, path: Path, *, quality: int = 92, orientation: int | None = None,
-                   reflink_xml: str | None = None, model: str = "sladd-demo",
+                   reflink_xml: str | None = None, properties_xml: str | None = None, model: str = "sladd-demo",
                    datetime_original: str = "2022:06:01 12:00:00") -> Path:
-    """Write a 4:2:0 JPEG with EXIF (Model, DateTimeOriginal, optional Orientation and tag 40056)."""
+    """Write a 4:2:0 JPEG with EXIF (Model, DateTimeOriginal, optional Orientation and the
+    vendor tags 40055 ImageProperties / 40056 ReflinkInfo)."""
     exif = Image.Exif()
     exif[0x0110] = model
     if orientation is not None:
         exif[0x0112] = orientation
+    if properties_xml is not None:
+        exif[40055] = properties_xml.encode("utf-8")
     if reflink_xml is not None:
         exif[40056] = reflink_xml.encode("utf-8")
     exif.get_ifd(0x8769)[0x9003] = datetime_original
@@ -86,14 +98,16 @@ def build_demo_tree(root: Path, seed: int = 0) -> Path:
         shutil.rmtree(root)
     src = sample_portrait()
     portrait = Image.open(src)
-    road_dir = root / "2022" / "EV00006" / "S1" / "D1" / "F1_2022_06_01"
+    # Under a `tilSladding` folder, as the road administration's trees are (exif_top_dir).
+    road_dir = root / "tilSladding" / "2022" / "EV00006" / "S1" / "D1" / "F1_2022_06_01"
     scene = road_scene(2048, 2448, seed)
     # People at several distances: face heights from ~30 px (far) to ~120 px (near).
     for x, y, hgt in ((400, 900, 90), (1500, 880, 140), (1900, 1000, 300)):
         paste_portrait(scene, portrait, x, y, hgt)
-    jpeg_with_exif(scene, road_dir / "EV00006_S1D1_m01234_f1.jpg", reflink_xml=_REFLINK_XML)
-    jpeg_with_exif(road_scene(2048, 2448, seed + 1), road_dir / "EV00006_S1D1_m01244_f1.jpg",
-                   reflink_xml=_REFLINK_XML)
+    for name, pixels, meter in (("EV00006_S1D1_m01234_f1.jpg", scene, "1234.0"),
+                                ("EV00006_S1D1_m01244_f1.jpg", road_scene(2048, 2448, seed + 1), "1244.0")):
+        jpeg_with_exif(pixels, road_dir / name, reflink_xml=_REFLINK_XML,
+                       properties_xml=_PROPS_XML.format(name=name, meter=meter))
     (root / "portretter").mkdir(parents=True)
     shutil.copyfile(src, root / "portretter" / "grace_hopper.jpg")
     # Stored sideways with EXIF orientation 6 (rotate 90° clockwise to display), odd name.

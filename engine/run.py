@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from engine.config import Config
+from engine.config import CONFIG_DIR, Config
+from engine.meta.record import MetaContext
 from engine.decode import create_decoder
 from engine.detect import Detector, build_models
 from engine.ledger import Ledger
@@ -25,9 +26,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3
 
 # Keys that later work items act on; a non-default value is reported, never silently ignored.
 _NOT_YET = {
-    "remote_json": "JSON metadata files", "local_json": "JSON metadata files", "archive_json": "JSON metadata files",
-    "remote_preview": "previews", "local_preview": "previews", "archive_preview": "previews",
-    "separate_preview_directory": "previews", "write_exif_to_db": "database rows",
+    "write_exif_to_db": "database rows",
     "uncaught_exception_email": "e-mail", "processing_error_email": "e-mail", "finished_email": "e-mail",
 }
 
@@ -66,11 +65,24 @@ def _report_unimplemented(cfg: Config) -> None:
                         "only the anonymised images and the ledger are written", what, key)
 
 
+def check_run_config(cfg: Config, archive_dir: Optional[Path]) -> None:
+    """The reference's check_config rules that depend on the command line."""
+    if archive_dir is None:
+        for key in ("archive_json", "archive_preview"):
+            if getattr(cfg, key):
+                raise ValueError(f"{key}: true needs an archive folder (-a ARCHIVE); set it to false or pass -a")
+    if (cfg.remote_preview or cfg.local_preview or cfg.archive_preview or cfg.separate_preview_directory) \
+            and cfg.preview_dim is None:
+        raise ValueError("previews are enabled but preview_dim is null; set preview_dim: [width, height]")
+
+
 def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Path] = None, *,
-        force: bool = False, retry_failed: bool = False, progress: Optional[Progress] = None) -> RunStats:
+        force: bool = False, retry_failed: bool = False, progress: Optional[Progress] = None,
+        config_file: Optional[Path] = None) -> RunStats:
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise FileNotFoundError(f"input folder {input_dir} does not exist or is not a folder")
+    check_run_config(cfg, archive_dir)
     if cfg.delete_input:
         raise ValueError("delete_input: true is not supported by this version (inputs would be deleted "
                          "without the durability checks it needs); set it to false")
@@ -86,8 +98,9 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
     def make_decoder():
         return _ScaledDecoder(detector, cfg.engine.max_image_pixels)
 
+    meta = MetaContext.from_config(cfg, config_file or CONFIG_DIR / "default.yml")
     pipe = Pipeline(tree=tree, ledger=ledger, make_decoder=make_decoder, detector=detector,
-                    make_writer=lambda: Writer(cfg, make_decoder()), queue_size=cfg.engine.queue_size,
+                    make_writer=lambda: Writer(cfg, make_decoder(), meta=meta), queue_size=cfg.engine.queue_size,
                     decoders=cfg.engine.decoders, writers=cfg.engine.writers, force=force,
                     retry_failed=retry_failed, progress=progress, batch_size=cfg.engine.batch_size)
     if progress is not None:

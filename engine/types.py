@@ -50,6 +50,13 @@ class Frame:
     quality: Optional[int]
     subsampling: int
     timings: dict[str, float] = field(default_factory=dict)
+    exif: Optional[bytes] = None           # TIFF payload of the EXIF APP1 segment
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        """(W, H) as stored in the file (before EXIF orientation), as the reference reported."""
+        h, w = self.full_size
+        return (w, h) if self.orientation < 5 else (h, w)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Write stage: anonymise and encode, keep the input's metadata segments, write atomically."""
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -8,12 +9,17 @@ import numpy as np
 from engine.config import Config
 from engine.decode import turbojpeg
 from engine.fsutil import copy_atomic, write_atomic
-from engine.jpeg import set_orientation
+from engine.jpeg import set_orientation, splice_segments
 from engine.mask import Masker
+from engine.meta.exif import read_exif
+from engine.meta.outputs import crop_preview, targets_for, write_json_files, write_previews
+from engine.meta.record import build_record, dumps
 from engine.types import Detections, Frame, Result
-from engine.jpeg import splice_segments
+from kernels import class_counts
 
 __all__ = ["Writer", "ENCODERS", "TurboEncoder"]
+
+LOG = logging.getLogger("sladd")
 
 
 class TurboEncoder:
@@ -33,13 +39,15 @@ ENCODERS = {"turbojpeg": TurboEncoder}
 
 
 class Writer:
-    """One per write worker. `decoder` re-decodes at full size frames decoded at a DCT scale."""
+    """One per write worker. `decoder` re-decodes at full size frames decoded at a DCT scale;
+    `meta` (a MetaContext) turns on the metadata JSON and previews."""
 
-    def __init__(self, cfg: Config, decoder, encoder=None):
+    def __init__(self, cfg: Config, decoder, encoder=None, meta=None):
         self.cfg = cfg
         self.decoder = decoder
         self.encoder = encoder or TurboEncoder()
         self.masker = Masker(cfg)
+        self.meta = meta
 
     def quality(self, frame: Frame) -> int:
         q = self.cfg.output.quality
@@ -48,11 +56,11 @@ class Writer:
             return frame.quality if frame.quality is not None else self.cfg.output.min_quality
         return int(q)
 
-    def render(self, frame: Frame, dets: Detections) -> tuple[bytes, bool]:
-        """The output JPEG bytes and whether pixels were changed."""
+    def render(self, frame: Frame, dets: Detections, need_pixels: bool = False):
+        """(output JPEG bytes, pixels changed?, anonymised display pixels or None)."""
         if len(dets) == 0 or not self.cfg.draw_mask:
             if self.cfg.output.copy_unmasked:
-                return frame.data, False
+                return frame.data, False, (self.decoder.full_pixels(frame) if need_pixels else None)
             pixels = self.decoder.full_pixels(frame)
             masked = False
         else:
@@ -69,18 +77,40 @@ class Writer:
             segments = [set_orientation(s, 1) if s[4:10] == b"Exif\x00\x00" else s for s in segments]
         data = splice_segments(encoded, segments)
         frame.timings["encode"] = time.perf_counter() - t0
-        return data, masked
+        return data, masked, pixels
 
     def __call__(self, frame: Frame, dets: Detections) -> Result:
-        data, masked = self.render(frame, dets)
-        t0 = time.perf_counter()
         job = frame.job
+        targets = targets_for(self.cfg, job) if self.meta is not None else None
+        data, masked, pixels = self.render(frame, dets, need_pixels=bool(targets and targets.previews))
+        t0 = time.perf_counter()
         outputs = []
         write_atomic(job.output, data)
         outputs.append(str(job.output))
         if job.archive is not None:
             copy_atomic(job.path, job.archive)
             outputs.append(str(job.archive))
+        counts = class_counts(dets.classes[dets.counted] if dets.counted is not None else dets.classes, dets.names)
+        if targets is not None:
+            outputs += self._metadata(frame, pixels, counts, targets)
         frame.timings["write"] = time.perf_counter() - t0
-        return Result(job=job, outputs=outputs, detections=dets.counts(), masked=masked,
+        return Result(job=job, outputs=outputs, detections={k: int(v) for k, v in counts.items()}, masked=masked,
                       timings=dict(frame.timings))
+
+    def _metadata(self, frame: Frame, pixels, counts: dict, targets) -> list[str]:
+        t0 = time.perf_counter()
+        out = []
+        if targets.json:
+            w, h = frame.stored_size
+            record, warnings = build_record(read_exif(frame.exif), w, h, str(frame.job.path), self.meta,
+                                            file_path=frame.job.path, detections=counts,
+                                            preview_name=f"{frame.job.path.stem}_preview.jpg")
+            for msg in warnings:
+                LOG.debug("%s: %s", frame.job.key, msg)
+            out += write_json_files(dumps(record), targets.json)
+        if targets.previews:
+            crop = crop_preview(pixels, self.cfg.preview_dim, self.cfg.preview_center)
+            jpeg = self.encoder.encode(crop, self.quality(frame), 2)
+            out += write_previews(jpeg, targets.previews)
+        frame.timings["metadata"] = time.perf_counter() - t0
+        return out
