@@ -39,12 +39,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dir", type=Path, default=Path("demo"), help="where to build the demo (default ./demo)")
     _common_run_args(d)
 
+    j = sub.add_parser("json", help="write the metadata JSON of every image (no model; create_json)")
+    _tree_args(j, output_required=False)
+    pv = sub.add_parser("preview", help="write previews of every (unmasked) image (create_preview)")
+    _tree_args(pv, output_required=False)
+    c = sub.add_parser("check", help="report per image whether every expected output exists (check_folders)")
+    _tree_args(c, output_required=True)
+    c.add_argument("--missing-only", action="store_true", help="list only images with a missing output")
+
     m = sub.add_parser("models", help="install or list models")
     msub = m.add_subparsers(dest="models_command", required=True)
     f = msub.add_parser("fetch", help="install a shipped card's model file into the models cache")
     f.add_argument("name")
     msub.add_parser("list", help="list shipped model cards and whether their files are installed")
     return p
+
+
+def _tree_args(p: argparse.ArgumentParser, output_required: bool) -> None:
+    p.add_argument("-i", "--input", required=True, type=Path, help="input folder (walked recursively)")
+    p.add_argument("-o", "--output", required=output_required, type=Path, default=None, help="output folder")
+    p.add_argument("-a", "--archive", type=Path, default=None, help="archive folder")
+    p.add_argument("-k", "--config", type=Path, default=None, help="YAML file overriding the keys it names")
+    p.add_argument("--profile", choices=["default", "360"], default=None, help="shipped profile under -k")
+    p.add_argument("--device", default=None, help=argparse.SUPPRESS)
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:
@@ -119,6 +136,8 @@ def main(argv=None) -> int:
             print("sladd: -a/--archive must differ from -o/--output", file=sys.stderr)
             return 2
         return _cmd_run(args, args.input, args.output, args.archive, args.log_dir, cfg_path)
+    if args.command in ("json", "preview", "check"):
+        return _cmd_meta(args, cfg, cfg_path)
     if args.command == "demo":
         from engine.demo import build_demo_tree
 
@@ -129,6 +148,41 @@ def main(argv=None) -> int:
         print(f"demo output: {(root / 'output').resolve()}  (compare with {inp.resolve()})", file=sys.stderr)
         return code
     return 2
+
+
+def _cmd_meta(args, cfg, cfg_path) -> int:
+    from engine.meta.commands import OUTPUT_KINDS, check_tree, make_json, make_previews
+
+    logging.getLogger("sladd").setLevel(logging.INFO)
+    if not args.input.is_dir():
+        print(f"sladd {args.command}: input folder {args.input} does not exist", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "json":
+            st = make_json(cfg, cfg_path, args.input, args.output, args.archive)
+            print(f"{st.images} images, {st.written} JSON files written, {st.failed} failed", file=sys.stderr)
+            return 1 if st.failed else 0
+        if args.command == "preview":
+            st = make_previews(cfg, args.input, args.output, args.archive)
+            print(f"{st.images} images, {st.written} previews written, {st.failed} failed", file=sys.stderr)
+            return 1 if st.failed else 0
+    except ValueError as exc:
+        print(f"sladd {args.command}: {exc}", file=sys.stderr)
+        return 2
+    totals = {k: {"OK": 0, "Missing": 0, "None": 0} for k in OUTPUT_KINDS}
+    incomplete = 0
+    print("key\t" + "\t".join(OUTPUT_KINDS))
+    for key, row in check_tree(cfg, args.input, args.output, args.archive):
+        for k, v in row.items():
+            totals[k][v] += 1
+        missing = "Missing" in row.values()
+        incomplete += missing
+        if missing or not args.missing_only:
+            print(key + "\t" + "\t".join(row[k] for k in OUTPUT_KINDS))
+    print("totals\t" + "\t".join(f"OK {t['OK']} / Missing {t['Missing']} / None {t['None']}"
+                                  for t in totals.values()))
+    print(f"{incomplete} image(s) with a missing output", file=sys.stderr)
+    return 1 if incomplete else 0
 
 
 def _cmd_models(args) -> int:
