@@ -62,6 +62,7 @@ def _tree_args(p: argparse.ArgumentParser, output_required: bool) -> None:
     p.add_argument("-k", "--config", type=Path, default=None, help="YAML file overriding the keys it names")
     p.add_argument("--profile", choices=["default", "360"], default=None, help="shipped profile under -k")
     p.add_argument("--device", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--old-metadata", action="store_true", help="pre-2022 metadata variant (metadata.format: old)")
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:
@@ -71,13 +72,16 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="redo images the ledger marks done")
     p.add_argument("--retry-failed", action="store_true", help="retry images that failed in an earlier run")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; warnings and the summary only")
+    p.add_argument("--old-metadata", action="store_true", help="pre-2022 metadata variant (metadata.format: old)")
 
 
 def _load(args):
     from engine.config import load_config
 
-    overrides = {"engine": {"device": args.device}} if args.device else None
-    return load_config(getattr(args, "config", None), profile=args.profile, overrides=overrides)
+    overrides = {"engine": {"device": args.device}} if args.device else {}
+    if getattr(args, "old_metadata", False):
+        overrides["metadata"] = {"format": "old"}
+    return load_config(getattr(args, "config", None), profile=args.profile, overrides=overrides or None)
 
 
 def _cmd_run(args, input_dir: Path, output_dir: Path, archive_dir, log_dir, cfg_path) -> int:

@@ -87,6 +87,11 @@ class MaskSpec(_Strict):
     mode: Optional[Literal["pixelate"]] = None      # None = the reference keys decide
 
 
+class MetadataSpec(_Strict):
+    # "old": the pre-2022 variant (ImageProperties first; the reference's anonymise_old).
+    format: Literal["v2", "old"] = "v2"
+
+
 class EngineSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     queue_size: int = Field(8, ge=1, le=1024)
@@ -147,6 +152,7 @@ class Config(_Strict):
     models: list[ModelSpec] = [ModelSpec(card="centerface")]
     output: OutputSpec = OutputSpec()
     mask: MaskSpec = MaskSpec()
+    metadata: MetadataSpec = MetadataSpec()
     engine: EngineSpec = EngineSpec()
 
     @field_validator("mask_color")

@@ -257,3 +257,58 @@ def test_county_numbers_old_and_new(elem, fylke):
 def test_split_path_both_separators():
     assert split_path(r"C:\a\b/c.jpg") == ["C:", "a", "b", "c.jpg"]
     assert split_path("/a/b/c.jpg") == ["a", "b", "c.jpg"]
+
+
+# --- the older variant (§1.9) -------------------------------------------------------------------
+OLD_PROPS = BOM + ("<?xml version=\"1.0\" encoding=\"utf-8\"?>"
+                   "<ImageProperties Date=\"2020-06-02T09:42:46.3948628\">"
+                   "<ImageName>C:\\DATA\\2020_06_02\\FV00013\\S1\\D1\\F1_2020_06_02\\FV00013_S1D1_m00014_f1.jpg</ImageName>"
+                   "<Speed>{speed}</Speed><Heading>302.295333221872</Heading>"
+                   "<GeoTag><dLatitude>61.214710343813685</dLatitude><dLongitude>6.5663939242382572</dLongitude>"
+                   "<dAltitude>48.856250803013438</dAltitude></GeoTag>"
+                   "<VegComValues><VCCounty>Vestland</VCCounty><VCArea>DRAGSVIK FK X55</VCArea>"
+                   "<VCCountyNo>46</VCCountyNo><VCRoad>FV013</VCRoad><VCHP>S1D1</VCHP><VCLaneName>1</VCLaneName>"
+                   "<VCMeter>14.34</VCMeter></VegComValues></ImageProperties>")
+
+
+def _old_ctx(**kw):
+    return _ctx(old_format=True, **kw)
+
+
+def test_old_variant_image_properties_first():
+    e = Image.Exif()
+    e[40055] = OLD_PROPS.format(speed="12.3456").encode("utf-8")
+    e.get_ifd(0x8769)[0x9003] = "2020:06:02 09:42:00"           # ignored: @Date came first
+    d, _ = build_record(_exif_of(_jpeg(e)), 2448, 2048, "/x/tilSladding/2020/FV00013_S1D1_m00014_f1.jpg",
+                        _old_ctx())
+    assert list(d) == list(KEYS)
+    expect = {"exif_kvalitet": "2", "exif_tid": "2020-06-02T09:42:46.3948628", "exif_dato": "2020-06-02",
+              "exif_gpsposisjon": "srid=4326;POINT Z( 6.5663939242382572 61.214710343813685 48.856250803013438 )",
+              "exif_altitude": "48.856250803013438", "exif_speed_ms": "12.35", "exif_heading": "302.295333221872",
+              "exif_vegkat": "F", "exif_vegstat": "V", "exif_vegnr": "13", "exif_strekning": "1",
+              "exif_delstrekning": "1", "exif_feltkode": "1", "exif_strekningsnavn": "DRAGSVIK FK X55",
+              "exif_fylke": "46", "exif_meter": "14.34", "exif_strekningreferanse": "S1/D1",
+              "exif_mappenavn": "C:/DATA/2020_06_02/FV00013/S1/D1/F1_2020_06_02",
+              "exif_filnavn": "FV00013_S1D1_m00014_f1.jpg", "exif_roadident": "FV13 14 1",
+              "bildeid": "2020-06-02T09.42.46_FV00013_S1D1_m00014_Planar_1", "mappenavn": "Vegbilder/2020"}
+    for k, v in expect.items():
+        assert d[k] == v, k
+
+
+def test_old_variant_nan_speed_and_no_geotag():
+    props = OLD_PROPS.format(speed="NaN").replace("<GeoTag>", "<X>").replace("</GeoTag>", "</X>")
+    e = Image.Exif()
+    e[40055] = props.encode("utf-8")
+    d, _ = build_record(_exif_of(_jpeg(e)), 64, 32, "/a/b.jpg", _old_ctx())
+    assert d["exif_speed_ms"] is None and d["exif_kvalitet"] == "1" and d["exif_gpsposisjon"] is None
+
+
+def test_old_variant_file_name_only():
+    e = Image.Exif()
+    e.get_ifd(0x8769)[0x9003] = "2018:06:21 10:00:00"
+    path = "/data/tilSladding/06/2018/06_Ev134/Hp05_Damaasen/F1_2018_06_21/Fy06_Ev134_hp05_f1_m04478.jpg"
+    d, _ = build_record(_exif_of(_jpeg(e)), 64, 32, path, _old_ctx())
+    assert d["exif_kvalitet"] == "1" and d["exif_hp"] == "5" and d["exif_meter"] == "4478"
+    assert (d["exif_vegkat"], d["exif_vegstat"], d["exif_vegnr"]) == ("E", "V", "134")
+    assert d["exif_fylke"] == "6" and d["exif_feltkode"] == "1"
+    assert d["exif_roadident"] == "EV134 HP5 m4478"

@@ -38,7 +38,8 @@ class MetaContext:
 
     def __init__(self, *, image_type="Planar", data_eier=None, fylkesnummer=None, force_fylke=False,
                  exif_mappenavn="Vegbilder/{relative_input_dir}", exif_top_dir="tilSladding",
-                 remove_imagetype_filepath=False, versjon="P0.2_K19700101", preview_enabled=False):
+                 remove_imagetype_filepath=False, versjon="P0.2_K19700101", preview_enabled=False,
+                 old_format=False):
         self.image_type = image_type
         self.data_eier = data_eier
         self.fylkesnummer = fylkesnummer
@@ -48,6 +49,7 @@ class MetaContext:
         self.remove_imagetype_filepath = remove_imagetype_filepath
         self.versjon = versjon
         self.preview_enabled = preview_enabled
+        self.old_format = old_format
 
     @classmethod
     def from_config(cls, cfg, config_file: Path) -> "MetaContext":
@@ -56,7 +58,8 @@ class MetaContext:
                    remove_imagetype_filepath=cfg.remove_imagetype_filepath,
                    versjon=versjon(cfg.application_version, config_file),
                    preview_enabled=bool(cfg.remote_preview or cfg.local_preview or cfg.archive_preview
-                                        or cfg.separate_preview_directory))
+                                        or cfg.separate_preview_directory),
+                   old_format=cfg.metadata.format == "old")
 
 
 def template() -> dict:
@@ -282,12 +285,17 @@ def _gps_fallback(d: dict, gps: dict) -> None:
 def build_record(exif: ExifData, width: int, height: int, image_path: str, ctx: MetaContext, *,
                  file_path: Optional[Path] = None, detections: Optional[dict] = None,
                  preview_name: Optional[str] = None) -> tuple[dict, list[str]]:
-    """The JSON dict for one image, and warnings about it.
+    """The JSON dict for one image, and warnings about it (the older variant when
+    `ctx.old_format`; see engine.meta.old).
 
     image_path  the path as the tree names it (Windows or POSIX; used for road fields, mappenavn)
     file_path   the real file (for its timestamps when there is no DateTimeOriginal)
     detections  {class name: count} in class-id order, or None when no model ran
     """
+    if ctx.old_format:
+        from engine.meta.old import build_record_old
+        return build_record_old(exif, width, height, image_path, ctx, file_path=file_path, detections=detections,
+                                preview_name=preview_name)
     d = template()
     d["exif_imagetype"] = ctx.image_type
     d["exif_imagewidth"], d["exif_imageheight"] = str(width), str(height)
