@@ -312,3 +312,10 @@ def test_old_variant_file_name_only():
     assert (d["exif_vegkat"], d["exif_vegstat"], d["exif_vegnr"]) == ("E", "V", "134")
     assert d["exif_fylke"] == "6" and d["exif_feltkode"] == "1"
     assert d["exif_roadident"] == "EV134 HP5 m4478"
+
+
+def test_xptitle_utf16_kept_as_the_reference_read_it():
+    e = Image.Exif()
+    e[0x9C9B] = "Bilde fra ViaPhoto Recorder\x00".encode("utf-16-le")
+    d, _ = build_record(_exif_of(_jpeg(e)), 64, 32, "/a/b.jpg", _ctx())
+    assert d["exif_xptitle"] == "Bilde fra ViaPhoto Recorder\x00"
