@@ -119,6 +119,8 @@ def _cmd_run(args, input_dir: Path, output_dir: Path, archive_dir, log_dir, cfg_
         # The summary always reaches the console, whatever the log level, and the log file.
         LOG.info(line, extra=FILE_ONLY)
         print(line, file=sys.stderr)
+    if stats.fatal:
+        return EXIT_ABORTED
     return EXIT_FAILED if (stats.failed or stats.skipped_failed) else EXIT_OK
 
 

@@ -92,6 +92,16 @@ class MetadataSpec(_Strict):
     format: Literal["v2", "old"] = "v2"
 
 
+class DatabaseSpec(_Strict):
+    # null: an embedded SQLite file, OUTPUT/.sladd/<table_name>.sqlite. Otherwise
+    # postgresql://USER@HOST[:PORT]/DB or oracle://USER@HOST[:PORT]/SERVICE (or sqlite:///FILE).
+    url: Optional[str] = None
+    password_env: str = "SLADD_DB_PASSWORD"     # the password comes from this variable, never the file
+    table_definition: Optional[str] = None      # shipped name or YAML path; default: table_name
+    encrypted_config: Optional[str] = None      # the reference's db_config.py (Fernet, key in ORACLE_KEY)
+    create_table: bool = True                   # CREATE TABLE IF NOT EXISTS on SQLite/PostgreSQL
+
+
 class EngineSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     queue_size: int = Field(8, ge=1, le=1024)
@@ -153,6 +163,7 @@ class Config(_Strict):
     output: OutputSpec = OutputSpec()
     mask: MaskSpec = MaskSpec()
     metadata: MetadataSpec = MetadataSpec()
+    database: DatabaseSpec = DatabaseSpec()
     engine: EngineSpec = EngineSpec()
 
     @field_validator("mask_color")

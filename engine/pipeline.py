@@ -42,6 +42,10 @@ class RunStats:
     unchanged: int = 0           # written, nothing to mask (copied byte for byte)
     failed: int = 0
     detections: dict = field(default_factory=dict)
+    db_written: int = 0
+    db_rejected: int = 0
+    db_pending: int = 0
+    fatal: Optional[str] = None    # why the run stopped early, if it did
     seconds: float = 0.0
     stage_seconds: dict = field(default_factory=dict)
 
@@ -148,13 +152,14 @@ class Pipeline:
 
     def __init__(self, *, tree: Tree, ledger: Ledger, make_decoder: Callable, detector, make_writer: Callable,
                  queue_size: int = 8, decoders: int = 1, writers: int = 2, force: bool = False,
-                 retry_failed: bool = False, progress=None, batch_size: int = 1):
+                 retry_failed: bool = False, progress=None, batch_size: int = 1, db=None):
         self.tree, self.ledger = tree, ledger
         self.make_decoder, self.detector, self.make_writer = make_decoder, detector, make_writer
         self.queue_size, self.n_decoders, self.n_writers = queue_size, decoders, writers
         self.force, self.retry_failed = force, retry_failed
         self.progress = progress
         self.batch_size = batch_size
+        self.db = db
         self.stop = threading.Event()
         self.stats = RunStats()
         self._tls = threading.local()
@@ -258,8 +263,26 @@ class Pipeline:
         for k, v in r.timings.items():
             self.stats.stage_seconds[k] = self.stats.stage_seconds.get(k, 0.0) + v
         self.ledger.mark_done(r.job, r.outputs, r.detections, r.timings)
+        if self.db is not None and r.record is not None:
+            reason = self.db.add(r.record)
+            if reason:
+                # Fix 6: the row is rejected, not the image (its JSON and image are written).
+                self.stats.db_rejected += 1
+                LOG.warning("database row for %s rejected: %s", r.job.key, reason)
+            elif self.db.pending() >= self.db.batch:
+                self._flush_db()
         LOG.debug("done %s: %s, %s", r.job.key, r.detections or "nothing found",
                   " ".join(f"{k}={v * 1000:.0f}ms" for k, v in r.timings.items()))
+
+    def _flush_db(self, all_rows: bool = False) -> None:
+        from engine.db.sink import DatabaseLimitExceeded
+
+        try:
+            self.stats.db_written += self.db.flush(all_rows=all_rows)
+        except DatabaseLimitExceeded as exc:
+            self.stats.fatal = str(exc)
+            LOG.error("stopping the run: %s", exc)
+            self.stop.set()
 
     def cleanup_interrupted(self) -> int:
         """Remove temporary files of images a previous run left half-done."""
@@ -277,6 +300,9 @@ class Pipeline:
     def run(self) -> RunStats:
         t_start = time.perf_counter()
         self.cleanup_interrupted()
+        if self.db is not None and self.db.pending():
+            LOG.info("sending %d database row(s) left by an earlier run", self.db.pending())
+            self._flush_db(all_rows=True)
         q = self.queue_size
         jobq, frameq, detq, resq, failq = (queue.Queue(q), queue.Queue(q), queue.Queue(q),
                                            queue.Queue(q * 4), queue.Queue())
@@ -299,6 +325,10 @@ class Pipeline:
             self._drain(resq, failq)
             raise
         finally:
+            if self.db is not None:
+                if not self.stats.fatal:
+                    self._flush_db(all_rows=True)
+                self.stats.db_pending = self.db.pending()
             self.stats.seconds = time.perf_counter() - t_start
         return self.stats
 

@@ -26,7 +26,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3
 
 # Keys that later work items act on; a non-default value is reported, never silently ignored.
 _NOT_YET = {
-    "write_exif_to_db": "database rows",
     "uncaught_exception_email": "e-mail", "processing_error_email": "e-mail", "finished_email": "e-mail",
 }
 
@@ -99,10 +98,19 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
         return _ScaledDecoder(detector, cfg.engine.max_image_pixels)
 
     meta = MetaContext.from_config(cfg, config_file or CONFIG_DIR / "default.yml")
+    db = None
+    if cfg.write_exif_to_db:
+        from engine.db.connect import sink_from_config
+
+        db = sink_from_config(cfg, output_dir, ledger_path(output_dir).parent / "db_spool.sqlite")
+        if not cfg.data_eier and any(c.formatter == "Dataeier" and c.not_null for c in db.table.columns):
+            LOG.warning("data_eier is null but column Dataeier is NOT NULL: every database row will be rejected "
+                        "(the images and JSON are still written); set data_eier")
     pipe = Pipeline(tree=tree, ledger=ledger, make_decoder=make_decoder, detector=detector,
-                    make_writer=lambda: Writer(cfg, make_decoder(), meta=meta), queue_size=cfg.engine.queue_size,
+                    make_writer=lambda: Writer(cfg, make_decoder(), meta=meta, db=db is not None),
+                    queue_size=cfg.engine.queue_size,
                     decoders=cfg.engine.decoders, writers=cfg.engine.writers, force=force,
-                    retry_failed=retry_failed, progress=progress, batch_size=cfg.engine.batch_size)
+                    retry_failed=retry_failed, progress=progress, batch_size=cfg.engine.batch_size, db=db)
     if progress is not None:
         import threading
 
@@ -112,6 +120,8 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
         return pipe.run()
     finally:
         ledger.close()
+        if db is not None:
+            db.close()
 
 
 class _ScaledDecoder:
@@ -150,10 +160,13 @@ def summary_lines(stats: RunStats, input_dir, output_dir, archive_dir, ledger: P
         f"Skipped, done earlier: {stats.skipped_done}",
         f"Skipped, failed earlier (use --retry-failed): {stats.skipped_failed}",
         f"Failed: {stats.failed}",
+        f"DB rows written {stats.db_written}, rejected {stats.db_rejected}, pending {stats.db_pending}",
         f"Objects found: {', '.join(f'{k} {v}' for k, v in sorted(stats.detections.items())) or 'none'}",
         f"Total time spent: {stats.seconds:.1f} s ({rate:.2f} images/s)",
         f"Ledger: {ledger}",
     ]
+    if stats.fatal:
+        lines.append(f"Run stopped early: {stats.fatal}")
     if stats.failed:
         lines.append(f"Failed images are listed in the ledger and copied to {Path(output_dir).resolve()}_error")
     return lines

@@ -109,6 +109,7 @@ class Result:
     detections: dict[str, int]
     masked: bool
     timings: dict[str, float]
+    record: Optional[dict] = None          # the metadata JSON record (for database rows)
 
 
 @dataclass

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -42,8 +43,9 @@ class Writer:
     """One per write worker. `decoder` re-decodes at full size frames decoded at a DCT scale;
     `meta` (a MetaContext) turns on the metadata JSON and previews."""
 
-    def __init__(self, cfg: Config, decoder, encoder=None, meta=None):
+    def __init__(self, cfg: Config, decoder, encoder=None, meta=None, db: bool = False):
         self.cfg = cfg
+        self.db = db
         self.decoder = decoder
         self.encoder = encoder or TurboEncoder()
         self.masker = Masker(cfg)
@@ -91,26 +93,29 @@ class Writer:
             copy_atomic(job.path, job.archive)
             outputs.append(str(job.archive))
         counts = class_counts(dets.classes[dets.counted] if dets.counted is not None else dets.classes, dets.names)
+        record = None
         if targets is not None:
-            outputs += self._metadata(frame, pixels, counts, targets)
+            more, record = self._metadata(frame, pixels, counts, targets)
+            outputs += more
         frame.timings["write"] = time.perf_counter() - t0
         return Result(job=job, outputs=outputs, detections={k: int(v) for k, v in counts.items()}, masked=masked,
-                      timings=dict(frame.timings))
+                      timings=dict(frame.timings), record=record)
 
-    def _metadata(self, frame: Frame, pixels, counts: dict, targets) -> list[str]:
+    def _metadata(self, frame: Frame, pixels, counts: dict, targets) -> tuple[list[str], Optional[dict]]:
         t0 = time.perf_counter()
-        out = []
-        if targets.json:
+        out, record = [], None
+        if targets.json or self.db:
             w, h = frame.stored_size
             record, warnings = build_record(read_exif(frame.exif), w, h, str(frame.job.path), self.meta,
                                             file_path=frame.job.path, detections=counts,
                                             preview_name=f"{frame.job.path.stem}_preview.jpg")
             for msg in warnings:
                 LOG.debug("%s: %s", frame.job.key, msg)
+        if targets.json:
             out += write_json_files(dumps(record), targets.json)
         if targets.previews:
             crop = crop_preview(pixels, self.cfg.preview_dim, self.cfg.preview_center)
             jpeg = self.encoder.encode(crop, self.quality(frame), 2)
             out += write_previews(jpeg, targets.previews)
         frame.timings["metadata"] = time.perf_counter() - t0
-        return out
+        return out, record
