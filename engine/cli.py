@@ -47,6 +47,35 @@ def build_parser() -> argparse.ArgumentParser:
     _tree_args(c, output_required=True)
     c.add_argument("--missing-only", action="store_true", help="list only images with a missing output")
 
+    db = sub.add_parser("db", help="database tables and rows (the reference's db scripts)")
+    dsub = db.add_subparsers(dest="db_command", required=True)
+    for name, hlp in (("create-table", "create the table of table_name / database.table_definition"),
+                      ("insert-geom-metadata", "register geometry columns in USER_SDO_GEOM_METADATA (Oracle)"),
+                      ("execute-sql", "run one SQL statement (string or --file)"),
+                      ("load-json", "load a folder of metadata JSON files as rows (json_to_db)"),
+                      ("flush", "send the rows a run left pending in OUTPUT/.sladd/db_spool.sqlite"),
+                      ("create-config", "write a db config with the password Fernet-encrypted (key ORACLE_KEY)")):
+        d = dsub.add_parser(name, help=hlp)
+        d.add_argument("-k", "--config", type=Path, default=None, help="YAML file overriding the keys it names")
+        d.add_argument("--profile", choices=["default", "360"], default=None)
+        d.add_argument("-o", "--output", type=Path, default=None,
+                       help="output folder of a run (where the embedded SQLite database and the spool live)")
+        if name == "create-table":
+            d.add_argument("--drop", action="store_true", help="drop the table first")
+        if name == "execute-sql":
+            d.add_argument("sql", nargs="?", default=None)
+            d.add_argument("--file", type=Path, default=None)
+        if name == "flush":
+            d.add_argument("--retry-refused", action="store_true", help="send rows the database refused again")
+        if name == "load-json":
+            d.add_argument("folder", type=Path)
+            d.add_argument("-a", "--archive", type=Path, default=None, help="move loaded JSON files here (mirrored)")
+        if name == "create-config":
+            for arg in ("--user", "--password", "--dsn", "--table-name"):
+                d.add_argument(arg, required=True)
+            d.add_argument("--schema", default=None)
+            d.add_argument("--out", type=Path, default=Path("db_config.py"))
+
     m = sub.add_parser("models", help="install or list models")
     msub = m.add_subparsers(dest="models_command", required=True)
     f = msub.add_parser("fetch", help="install a shipped card's model file into the models cache")
@@ -78,7 +107,7 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
 def _load(args):
     from engine.config import load_config
 
-    overrides = {"engine": {"device": args.device}} if args.device else {}
+    overrides = {"engine": {"device": args.device}} if getattr(args, "device", None) else {}
     if getattr(args, "old_metadata", False):
         overrides["metadata"] = {"format": "old"}
     return load_config(getattr(args, "config", None), profile=args.profile, overrides=overrides or None)
@@ -144,6 +173,8 @@ def main(argv=None) -> int:
         return _cmd_run(args, args.input, args.output, args.archive, args.log_dir, cfg_path)
     if args.command in ("json", "preview", "check"):
         return _cmd_meta(args, cfg, cfg_path)
+    if args.command == "db":
+        return _cmd_db(args, cfg)
     if args.command == "demo":
         from engine.demo import build_demo_tree
 
@@ -189,6 +220,45 @@ def _cmd_meta(args, cfg, cfg_path) -> int:
                                   for t in totals.values()))
     print(f"{incomplete} image(s) with a missing output", file=sys.stderr)
     return 1 if incomplete else 0
+
+
+def _cmd_db(args, cfg) -> int:
+    from engine.db import commands as dbc
+
+    logging.getLogger("sladd").setLevel(logging.INFO)
+    c = args.db_command
+    try:
+        if c == "create-config":
+            dbc.create_config(args.out, user=args.user, password=args.password, dsn=args.dsn, schema=args.schema,
+                              table_name=args.table_name)
+            print(f"wrote {args.out}", file=sys.stderr)
+        elif c == "create-table":
+            print(";\n".join(dbc.create_table(cfg, args.output, drop=args.drop)))
+        elif c == "insert-geom-metadata":
+            print(";\n".join(dbc.insert_geom_metadata(cfg, args.output)))
+        elif c == "execute-sql":
+            if (args.sql is None) == (args.file is None):
+                print("sladd db execute-sql: give either SQL or --file", file=sys.stderr)
+                return 2
+            sql = args.sql if args.sql is not None else args.file.read_text(encoding="utf-8")
+            for row in dbc.execute_sql(cfg, args.output, sql):
+                print("\t".join("" if v is None else str(v) for v in row))
+        elif c == "load-json":
+            added, rejected = dbc.load_json(cfg, args.output, args.folder, args.archive)
+            print(f"{added} rows written, {rejected} rejected", file=sys.stderr)
+            return 1 if rejected else 0
+        elif c == "flush":
+            sent, pending, refused = dbc.flush(cfg, args.output, retry_refused=args.retry_refused)
+            print(f"{sent} rows sent, {pending} still pending, {refused} refused by the database "
+                  "(kept in the spool; --retry-refused)", file=sys.stderr)
+            return 1 if (pending or refused) else 0
+    except (ValueError, ImportError, OSError) as exc:
+        print(f"sladd db {c}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - database errors: report, do not trace back
+        print(f"sladd db {c}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_models(args) -> int:

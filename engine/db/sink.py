@@ -65,6 +65,8 @@ class DbSink:
         self._spool = sqlite3.connect(str(spool), check_same_thread=False, timeout=30)
         self._spool.execute("PRAGMA journal_mode=WAL")
         self._spool.execute("CREATE TABLE IF NOT EXISTS spool (pk TEXT PRIMARY KEY, row TEXT NOT NULL)")
+        # Rows the database refused are kept here with the error, never dropped.
+        self._spool.execute("CREATE TABLE IF NOT EXISTS refused (pk TEXT PRIMARY KEY, row TEXT NOT NULL, error TEXT)")
         self._spool.commit()
         self._create = create
 
@@ -153,7 +155,9 @@ class DbSink:
                 return sent
 
     def _one_by_one(self, rows) -> int:
-        """The connection works but the batch failed: isolate the rows the database refuses."""
+        """The connection works but the batch failed: isolate the rows the database refuses.
+        Refused rows move to the spool's `refused` table with the error (`sladd db flush
+        --retry-refused` sends them again once the cause is fixed)."""
         ok = 0
         for pk, row in rows:
             try:
@@ -163,13 +167,30 @@ class DbSink:
                     self._con = None
                     return ok
                 self.rejected += 1
-                LOG.error("database refused the row %s: %s", pk, str(exc).strip().splitlines()[0])
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                LOG.error("database refused the row %s: %s (kept in the spool's refused rows)", pk, msg)
+                with self._lock:
+                    self._spool.execute("INSERT OR REPLACE INTO refused (pk, row, error) VALUES (?, ?, ?)",
+                                        (pk, encode_row(row), msg))
+                    self._spool.commit()
             else:
                 ok += 1
                 self.written += 1
             self._delete([pk])
         self._check_limits()
         return ok
+
+    def refused(self) -> int:
+        with self._lock:
+            return self._spool.execute("SELECT COUNT(*) FROM refused").fetchone()[0]
+
+    def retry_refused(self) -> int:
+        """Move refused rows back into the queue. Returns how many."""
+        with self._lock:
+            n = self._spool.execute("INSERT OR REPLACE INTO spool (pk, row) SELECT pk, row FROM refused").rowcount
+            self._spool.execute("DELETE FROM refused")
+            self._spool.commit()
+        return n
 
     def _alive(self) -> bool:
         if self._con is None:
@@ -200,6 +221,7 @@ class DbSink:
     def close(self) -> None:
         if self._con is not None:
             try:
+                self._con.rollback()
                 self._con.close()
             except Exception:  # noqa: BLE001
                 pass
