@@ -307,3 +307,31 @@ def test_rows_the_database_refuses_are_kept_not_dropped(tmp_path):
     assert sink.retry_refused() == 2 and sink.flush(all_rows=True) == 2
     assert sqlite3.connect(db).execute('SELECT COUNT(*) FROM "VEGBILDER"').fetchone()[0] == 2
     sink.close()
+
+
+def test_pending_rows_beyond_db_max_cache_size_stop_the_run(road_tree, tmp_path, capsys):
+    broken = tmp_path / "no-such-dir" / "db.sqlite"
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f'write_exif_to_db: true\ndata_eier: "SVV"\ndb_max_n_accumulated_rows: 1\n'
+                   f'db_max_cache_size: 1\ndatabase: {{url: "sqlite:///{broken}"}}\nengine: {{writers: 1}}\n')
+    out = tmp_path / "out"
+    assert main(["run", "-i", str(road_tree), "-o", str(out), "-k", str(cfg), "-q"]) == 3
+    assert "db_max_cache_size=1" in capsys.readouterr().err
+    spool = sqlite3.connect(out / ".sladd" / "db_spool.sqlite")
+    assert spool.execute("SELECT COUNT(*) FROM spool").fetchone()[0] >= 2          # kept, not dropped
+
+
+def test_create_table_and_execute_sql_commands(tmp_path, capsys):
+    db = tmp_path / "t.sqlite"
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f'database: {{url: "sqlite:///{db}"}}\n')
+    assert main(["db", "create-table", "-k", str(cfg)]) == 0
+    assert main(["db", "execute-sql", "-k", str(cfg), "SELECT COUNT(*) FROM VEGBILDER"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "0"
+    bad = tmp_path / "bad.yml"
+    bad.write_text("pk_column: ID\ncolumns:\n  - {name: ID, dtype: VARCHAR(8), formatter: Nope}\n")
+    with pytest.raises(ValueError, match="unknown formatter 'Nope'"):
+        load_table(str(bad))
+    bad.write_text("pk_column: ID\ncolumns:\n  - {name: P, dtype: SDO_GEOMETRY, formatter: Posisjon_2d}\n")
+    with pytest.raises(ValueError, match="spatial_metadata"):
+        load_table(str(bad))
