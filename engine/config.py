@@ -120,7 +120,7 @@ class Config(_Strict):
     image_type: str = "Planar"
     draw_mask: bool = True
     delete_input: bool = False
-    file_access_retry_seconds: float = Field(10, ge=0)
+    file_access_retry_seconds: float = Field(10, gt=0)
     file_access_timeout_seconds: float = Field(60, ge=0)
     datetime_format: str = "%Y-%m-%d %H.%M.%S"
     log_file_name: str = "{datetime}_{hostname}.log"

@@ -5,7 +5,8 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["PARTIAL_SUFFIX", "partial_name", "write_atomic", "copy_atomic", "remove_partials"]
+__all__ = ["PARTIAL_SUFFIX", "partial_name", "write_atomic", "copy_atomic", "remove_partials", "wait_for_path",
+           "PathNotReachable"]
 
 PARTIAL_SUFFIX = ".sladd-partial"
 
@@ -68,3 +69,24 @@ def remove_partials(paths) -> int:
             t.unlink()
             n += 1
     return n
+
+
+class PathNotReachable(OSError):
+    pass
+
+
+def wait_for_path(path: Path, retry: float, timeout: float, what: str = "path", stop=None) -> None:
+    """Wait for `path` to exist, checking every `retry` seconds for up to `timeout` seconds
+    (the reference's file_access_retry_seconds / file_access_timeout_seconds)."""
+    import logging
+    import time
+
+    log = logging.getLogger("sladd")
+    waited = 0.0
+    while not Path(path).exists():
+        if waited >= timeout or (stop is not None and stop.is_set()):
+            raise PathNotReachable(f"{what} {path} not reachable after {waited:.0f} s "
+                                   f"(file_access_timeout_seconds={timeout:g})")
+        log.warning("%s %s not reachable; retrying in %g s", what, path, retry)
+        time.sleep(retry)
+        waited += retry

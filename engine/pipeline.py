@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from engine.decode import read_bytes
-from engine.fsutil import remove_partials, write_atomic
+from engine.fsutil import PARTIAL_SUFFIX, PathNotReachable, wait_for_path, write_atomic
+from glob import escape as glob_escape
 from engine.ledger import DONE, FAILED, Ledger
 from engine.types import Failure, ImageError, Job, Result
 from engine.walk import Tree
@@ -152,7 +153,9 @@ class Pipeline:
 
     def __init__(self, *, tree: Tree, ledger: Ledger, make_decoder: Callable, detector, make_writer: Callable,
                  queue_size: int = 8, decoders: int = 1, writers: int = 2, force: bool = False,
-                 retry_failed: bool = False, progress=None, batch_size: int = 1, db=None):
+                 retry_failed: bool = False, progress=None, batch_size: int = 1, db=None,
+                 delete_input: bool = False, retry_seconds: float = 10.0, timeout_seconds: float = 60.0,
+                 enospc_limit: int = 3):
         self.tree, self.ledger = tree, ledger
         self.make_decoder, self.detector, self.make_writer = make_decoder, detector, make_writer
         self.queue_size, self.n_decoders, self.n_writers = queue_size, decoders, writers
@@ -160,6 +163,9 @@ class Pipeline:
         self.progress = progress
         self.batch_size = batch_size
         self.db = db
+        self.delete_input = delete_input
+        self.retry_seconds, self.timeout_seconds = retry_seconds, timeout_seconds
+        self.enospc_limit, self._enospc = enospc_limit, 0
         self.stop = threading.Event()
         self.stats = RunStats()
         self._tls = threading.local()
@@ -178,7 +184,11 @@ class Pipeline:
     # --- stage functions -----------------------------------------------------------------------
     def _decode(self, job: Job):
         t0 = time.perf_counter()
+        self._reachable(job.path.parent, "input folder")
         data = read_bytes(job.path)
+        if len(data) != job.size:
+            # Another process is writing it: fail now; its new mtime makes the next run redo it.
+            raise ImageError(f"file changed while being read ({job.size} bytes when found, {len(data)} read)")
         t_read = time.perf_counter() - t0
         frame = self._decoder().decode(job, data)
         frame.timings["read"] = t_read
@@ -192,7 +202,17 @@ class Pipeline:
 
     def _write(self, item):
         frame, dets = item
+        self._reachable(self.tree.output, "output folder")
         return self._writer()(frame, dets)
+
+    def _reachable(self, path: Path, what: str) -> None:
+        """Network shares come and go: wait for `path` (reference §6), then fail this image."""
+        if path.exists():
+            return
+        try:
+            wait_for_path(path, self.retry_seconds, self.timeout_seconds, what, self.stop)
+        except PathNotReachable as exc:
+            raise ImageError(str(exc)) from None
 
     # --- walking ---------------------------------------------------------------------------------
     def _should_skip(self, job: Job) -> Optional[str]:
@@ -221,6 +241,8 @@ class Pipeline:
                 skip = self._should_skip(job)
                 if skip == DONE:
                     self.stats.skipped_done += 1
+                    if self.delete_input:            # a run stopped between write and delete
+                        self._delete_input(job, self.ledger.get(job.key)["outputs"])
                     self._tick()
                     continue
                 if skip == FAILED:
@@ -242,6 +264,13 @@ class Pipeline:
     def _record_failure(self, f: Failure):
         self.stats.failed += 1
         LOG.error("FAILED %s (%s): %s", f.job.path, f.stage, f.reason)
+        if "[Errno 28]" in f.reason or "No space left" in f.reason:
+            self._enospc += 1
+            if self._enospc >= self.enospc_limit and not self.stats.fatal:
+                self.stats.fatal = (f"no space left on the output device ({self._enospc} images in a row could not be "
+                                    "written); free space, then rerun to continue")
+                LOG.error("stopping the run: %s", self.stats.fatal)
+                self.stop.set()
         self.ledger.mark_failed(f.job, f.stage, f.reason, f.timings)
         try:
             # The reference's error tree: a copy of the input and <stem>_error.txt.
@@ -262,17 +291,44 @@ class Pipeline:
             self.stats.detections[k] = self.stats.detections.get(k, 0) + v
         for k, v in r.timings.items():
             self.stats.stage_seconds[k] = self.stats.stage_seconds.get(k, 0.0) + v
-        self.ledger.mark_done(r.job, r.outputs, r.detections, r.timings)
         if self.db is not None and r.record is not None:
+            # Spooled before the ledger says done: a crash in between redoes the image, and the
+            # upsert keeps the row single; the other order could lose the row.
             reason = self.db.add(r.record)
             if reason:
                 # Fix 6: the row is rejected, not the image (its JSON and image are written).
                 self.stats.db_rejected += 1
                 LOG.warning("database row for %s rejected: %s", r.job.key, reason)
-            elif self.db.pending() >= self.db.batch:
-                self._flush_db()
+        self.ledger.mark_done(r.job, r.outputs, r.detections, r.timings)
+        self._enospc = 0
+        if self.delete_input:
+            self._delete_input(r.job, r.outputs)
+        if self.db is not None and self.db.pending() >= self.db.batch:
+            self._flush_db()
         LOG.debug("done %s: %s, %s", r.job.key, r.detections or "nothing found",
                   " ".join(f"{k}={v * 1000:.0f}ms" for k, v in r.timings.items()))
+
+    def _delete_input(self, job: Job, outputs: list[str]) -> None:
+        """delete_input: remove the input once every expected output exists (they were fsync'ed
+        before the ledger marked the image done), then its emptied folders up to the root."""
+        missing = [p for p in outputs if not os.path.isfile(p) or os.path.getsize(p) == 0]
+        if missing or job.archive is None or not job.archive.is_file():
+            LOG.error("not deleting %s: outputs missing: %s", job.path, missing or [str(job.archive)])
+            return
+        try:
+            job.path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            LOG.error("could not delete the input %s: %s", job.path, exc)
+            return
+        d = job.path.parent
+        while d != self.tree.input and self.tree.input in d.parents:
+            try:
+                d.rmdir()                           # only succeeds when empty
+            except OSError:
+                break
+            d = d.parent
 
     def _flush_db(self, all_rows: bool = False) -> None:
         from engine.db.sink import DatabaseLimitExceeded
@@ -285,14 +341,18 @@ class Pipeline:
             self.stop.set()
 
     def cleanup_interrupted(self) -> int:
-        """Remove temporary files of images a previous run left half-done."""
+        """Remove temporary files (image, archive copy, JSON, previews) of images a previous
+        run left half-done."""
         n = 0
         for key in self.ledger.interrupted():
             rel = Path(key)
-            targets = [self.tree.output / rel]
+            dirs = [self.tree.output / rel.parent, self.tree.input / rel.parent]
             if self.tree.archive is not None:
-                targets.append(self.tree.archive / rel)
-            n += remove_partials(targets)
+                dirs.append(self.tree.archive / rel.parent)
+            for d in dirs:
+                for p in d.glob(f".{glob_escape(rel.stem)}*{PARTIAL_SUFFIX}") if d.is_dir() else ():
+                    p.unlink(missing_ok=True)
+                    n += 1
         if n:
             LOG.warning("removed %d temporary file(s) left by an interrupted run", n)
         return n

@@ -79,12 +79,18 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
         force: bool = False, retry_failed: bool = False, progress: Optional[Progress] = None,
         config_file: Optional[Path] = None) -> RunStats:
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    if not input_dir.is_dir():
-        raise FileNotFoundError(f"input folder {input_dir} does not exist or is not a folder")
     check_run_config(cfg, archive_dir)
-    if cfg.delete_input:
-        raise ValueError("delete_input: true is not supported by this version (inputs would be deleted "
-                         "without the durability checks it needs); set it to false")
+    if cfg.delete_input and archive_dir is None:
+        raise ValueError("delete_input: true needs an archive folder (-a ARCHIVE), as in the reference: the "
+                         "original is kept there before the input is removed")
+    if not input_dir.exists():
+        from engine.fsutil import PathNotReachable, wait_for_path
+        try:
+            wait_for_path(input_dir, cfg.file_access_retry_seconds, cfg.file_access_timeout_seconds, "input folder")
+        except PathNotReachable as exc:
+            raise FileNotFoundError(str(exc)) from None
+    if not input_dir.is_dir():
+        raise FileNotFoundError(f"input folder {input_dir} is not a folder")
     _report_unimplemented(cfg)
     device = choose_device(cfg.engine.device)
     runtime = create_runtime("onnxruntime", device=device, threads=cfg.engine.inference_threads)
@@ -110,7 +116,9 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
                     make_writer=lambda: Writer(cfg, make_decoder(), meta=meta, db=db is not None),
                     queue_size=cfg.engine.queue_size,
                     decoders=cfg.engine.decoders, writers=cfg.engine.writers, force=force,
-                    retry_failed=retry_failed, progress=progress, batch_size=cfg.engine.batch_size, db=db)
+                    retry_failed=retry_failed, progress=progress, batch_size=cfg.engine.batch_size, db=db,
+                    delete_input=cfg.delete_input, retry_seconds=cfg.file_access_retry_seconds,
+                    timeout_seconds=cfg.file_access_timeout_seconds)
     if progress is not None:
         import threading
 

@@ -194,8 +194,10 @@ def test_bad_config_exits_2_with_message(tree, tmp_path, capsys):
 
 
 def test_missing_input_folder_aborts(tmp_path, capsys):
-    assert main(["run", "-i", str(tmp_path / "nope"), "-o", str(tmp_path / "o"), "-q"]) == 3
-    assert "does not exist" in capsys.readouterr().err
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("file_access_retry_seconds: 0.1\nfile_access_timeout_seconds: 0.3\n")
+    assert main(["run", "-i", str(tmp_path / "nope"), "-o", str(tmp_path / "o"), "-k", str(cfg), "-q"]) == 3
+    assert "not reachable after" in capsys.readouterr().err
 
 
 def test_stream_is_bounded(tmp_path):

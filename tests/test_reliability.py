@@ -1,0 +1,246 @@
+"""Faults inflicted on purpose: kill -9, interrupted deletes, missing shares, a full disk,
+hostile files, failing models. Nothing may be lost, duplicated or published unmasked."""
+import errno
+import io
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.cli import main
+from engine.config import load_config
+from engine.pipeline import ledger_path
+from engine.run import run
+from tests.conftest import jpeg_bytes, scene_with_faces
+
+
+def _tree(root, portrait, n=10):
+    for i in range(n):
+        img, _ = scene_with_faces(portrait, h=240, w=320, faces=((40 + 5 * i, 20, 150),), seed=i)
+        d = root / f"d{i % 3}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"img_{i:02d}.jpg").write_bytes(jpeg_bytes(img, quality=90))
+    return root
+
+
+def _cfg(tmp_path, text=""):
+    f = tmp_path / "cfg.yml"
+    f.write_text("file_access_retry_seconds: 0.1\nfile_access_timeout_seconds: 0.5\n" + text)
+    return f
+
+
+def _assert_complete(inp, out, ledger_rows=True):
+    inputs = sorted(p.relative_to(inp) for p in inp.rglob("*.jpg"))
+    outputs = sorted(p.relative_to(out) for p in out.rglob("*.jpg"))
+    assert inputs == outputs, "every input exactly once in the output"
+    assert not list(out.rglob("*.sladd-partial")), "no temporary files left"
+    for rel in inputs:
+        a = np.asarray(Image.open(inp / rel).convert("RGB")).astype(int)
+        b = np.asarray(Image.open(out / rel).convert("RGB")).astype(int)
+        assert np.abs(a - b).max() > 30, f"{rel} was published without its mask"
+    if ledger_rows:
+        with sqlite3.connect(ledger_path(out)) as db:
+            rows = dict(db.execute("SELECT key, status FROM images"))
+        assert rows == {str(r): "done" for r in inputs}
+
+
+def test_kill_9_at_random_points_then_rerun(tmp_path, portrait):
+    inp, out = _tree(tmp_path / "in", portrait, 30), tmp_path / "out"
+    cfg = _cfg(tmp_path, 'write_exif_to_db: true\ndata_eier: "SVV"\ndatabase: {table_definition: '
+                         f'{tmp_path / "t.yml"}}}\n')
+    (tmp_path / "t.yml").write_text("pk_column: ID\ncolumns:\n  - {name: ID, dtype: VARCHAR(256), formatter: "
+                                    "text:exif_filnavn, extra: PRIMARY KEY}\n  - {name: Tid, dtype: VARCHAR(64), "
+                                    "formatter: text:exif_tid}\n")
+    cmd = [sys.executable, "-m", "engine.cli", "run", "-i", str(inp), "-o", str(out), "-k", str(cfg), "-q"]
+    rng = random.Random(1234)
+    kills = 0
+    t = time.perf_counter()
+    subprocess.run(cmd + ["--force"], capture_output=True)           # how long a whole run takes here
+    span = time.perf_counter() - t
+    for _ in range(6):
+        # --force: every killed run is in the middle of real work (writing, ledger, spool).
+        p = subprocess.Popen(cmd + ["--force"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        time.sleep(rng.uniform(0.3, 0.95) * span)
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            kills += 1
+        p.wait()
+    assert kills >= 1, "the test must actually interrupt runs"
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    _assert_complete(inp, out)
+    with sqlite3.connect(out / ".sladd" / "VEGBILDER.sqlite") as db:
+        ids = [r[0] for r in db.execute('SELECT "ID" FROM "VEGBILDER"')]
+    assert sorted(ids) == sorted(p.name for p in inp.rglob("*.jpg")), "one database row per image, no duplicates"
+
+
+def test_model_failure_fails_the_image_and_writes_nothing(tmp_path, portrait, monkeypatch):
+    from engine.models.centerface import CenterFaceAdapter
+    inp, out = _tree(tmp_path / "in", portrait, 3), tmp_path / "out"
+    real = CenterFaceAdapter.batch
+
+    def flaky(self, views, scale):
+        if views[0].shape[1] == 320 and views[0][0, 0, 0] == views[0][0, 0, 0] and flaky.calls == 1:
+            flaky.calls += 1
+            raise RuntimeError("injected inference failure")
+        flaky.calls += 1
+        return real(self, views, scale)
+    flaky.calls = 0
+    monkeypatch.setattr(CenterFaceAdapter, "batch", flaky)
+    cfg, _ = load_config(_cfg(tmp_path))
+    st = run(cfg, inp, out)
+    assert st.failed == 1 and st.anonymised == 2
+    with sqlite3.connect(ledger_path(out)) as db:
+        failed = db.execute("SELECT key, error FROM images WHERE status='failed'").fetchall()
+    assert len(failed) == 1 and "injected inference failure" in failed[0][1]
+    assert not (out / failed[0][0]).exists()
+
+
+def test_masking_failure_fails_the_image(tmp_path, portrait, monkeypatch):
+    from engine.mask import Masker
+    inp, out = _tree(tmp_path / "in", portrait, 2), tmp_path / "out"
+    monkeypatch.setattr(Masker, "__call__", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    cfg, _ = load_config(_cfg(tmp_path))
+    st = run(cfg, inp, out)
+    assert st.failed == 2 and not list(out.rglob("*.jpg"))
+
+
+def test_delete_input_after_outputs_and_after_an_interruption(tmp_path, portrait, monkeypatch):
+    inp, out, arch = _tree(tmp_path / "in", portrait, 4), tmp_path / "out", tmp_path / "arch"
+    originals = {p.relative_to(inp): p.read_bytes() for p in inp.rglob("*.jpg")}
+    cfg, _ = load_config(_cfg(tmp_path, "delete_input: true\n"))
+    from engine.pipeline import Pipeline
+    real = Pipeline._delete_input
+
+    def crash_once(self, job, outputs):
+        if not crash_once.done:
+            crash_once.done = True
+            raise KeyboardInterrupt                   # the run dies between write and delete
+        return real(self, job, outputs)
+    crash_once.done = False
+    monkeypatch.setattr(Pipeline, "_delete_input", crash_once)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, inp, out, arch)
+    assert any(inp.rglob("*.jpg"))                    # nothing deleted yet for the interrupted image
+    run(cfg, inp, out, arch)
+    assert not list(inp.rglob("*.jpg")) and not [p for p in inp.iterdir()], "inputs and emptied folders removed"
+    assert inp.is_dir()                               # never the input root itself
+    for rel, data in originals.items():
+        assert (arch / rel).read_bytes() == data and (out / rel).is_file()
+
+
+def test_delete_input_needs_an_archive(tmp_path, portrait, capsys):
+    inp = _tree(tmp_path / "in", portrait, 1)
+    cfg = _cfg(tmp_path, "delete_input: true\n")
+    assert main(["run", "-i", str(inp), "-o", str(tmp_path / "out"), "-k", str(cfg), "-q"]) == 3
+    assert "archive" in capsys.readouterr().err and list(inp.rglob("*.jpg"))
+
+
+def test_input_share_that_appears_late(tmp_path, portrait):
+    staging = _tree(tmp_path / "staging", portrait, 2)
+    inp = tmp_path / "share"
+    threading.Timer(0.6, lambda: staging.rename(inp)).start()
+    cfg = _cfg(tmp_path, "file_access_timeout_seconds: 5\n")
+    assert main(["run", "-i", str(inp), "-o", str(tmp_path / "out"), "-k", str(cfg), "-q"]) == 0
+    _assert_complete(inp, tmp_path / "out")
+
+
+def test_output_share_that_vanishes_fails_images_not_the_run(tmp_path, portrait, monkeypatch):
+    inp, out = _tree(tmp_path / "in", portrait, 2), tmp_path / "out"
+    from engine.pipeline import Pipeline
+    real = Pipeline._write
+
+    def vanish(self, item):
+        import shutil
+        shutil.rmtree(self.tree.output, ignore_errors=True)     # the share went away
+        return real(self, item)
+    monkeypatch.setattr(Pipeline, "_write", vanish)
+    cfg, _ = load_config(_cfg(tmp_path))
+    st = run(cfg, inp, out)
+    assert st.failed == 2 and st.fatal is None
+
+
+def test_full_disk_fails_images_cleanly_then_stops(tmp_path, portrait, monkeypatch):
+    inp, out = _tree(tmp_path / "in", portrait, 6), tmp_path / "out"
+    import engine.fsutil as fsutil
+    real_open = open
+
+    def enospc_open(path, mode="r", *a, **k):
+        if "w" in mode and str(path).endswith(".sladd-partial") and str(out) in str(path) and ".sladd/" not in str(path):
+            fh = real_open(path, mode, *a, **k)
+            fh.write(b"\xff\xd8 partial")
+            fh.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *a, **k)
+    monkeypatch.setattr(fsutil, "open", enospc_open, raising=False)
+    cfg, _ = load_config(_cfg(tmp_path, "engine: {writers: 1}\n"))
+    st = run(cfg, inp, out)
+    assert st.fatal and "no space left" in st.fatal
+    assert 3 <= st.failed <= 6 and st.anonymised == 0
+    assert not [p for p in out.rglob("*") if p.is_file() and ".sladd" not in p.parts], "no truncated file left"
+
+
+@pytest.mark.parametrize("kind", ["webp", "tiff", "broken_exif", "changed", "permission", "symlink_loop"])
+def test_hostile_inputs_fail_cleanly_or_work(tmp_path, portrait, kind, monkeypatch):
+    inp, out = _tree(tmp_path / "in", portrait, 1), tmp_path / "out"
+    img, _ = scene_with_faces(portrait, h=240, w=320, faces=((40, 20, 150),))
+    bad = inp / "bad.jpg"
+    expect_fail = True
+    if kind in ("webp", "tiff"):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, kind.upper())
+        bad.write_bytes(buf.getvalue())
+    elif kind == "broken_exif":
+        data = bytearray(jpeg_bytes(img, exif=b"Exif\x00\x00II*\x00\xff\xff\xff\x7f" + b"\x00" * 20))
+        bad.write_bytes(bytes(data))
+        expect_fail = False                          # unreadable EXIF: still anonymised, metadata warns
+    elif kind == "changed":
+        bad.write_bytes(jpeg_bytes(img))
+        import engine.pipeline as pl
+        real = pl.read_bytes
+        monkeypatch.setattr(pl, "read_bytes", lambda p: real(p)[:-10] if p.name == "bad.jpg" else real(p))
+    elif kind == "permission":
+        bad.write_bytes(jpeg_bytes(img))
+        import engine.pipeline as pl
+        real = pl.read_bytes
+
+        def denied(p):
+            if p.name == "bad.jpg":
+                from engine.decode import read_bytes
+                import builtins
+                orig = builtins.open
+                try:
+                    builtins.open = lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "denied"))
+                    return read_bytes(p)
+                finally:
+                    builtins.open = orig
+            return real(p)
+        monkeypatch.setattr(pl, "read_bytes", denied)
+    elif kind == "symlink_loop":
+        (inp / "loop").symlink_to(inp, target_is_directory=True)
+        expect_fail = False
+    cfg, _ = load_config(_cfg(tmp_path))
+    st = run(cfg, inp, out)
+    assert st.anonymised >= 1
+    if kind == "symlink_loop":
+        assert st.found == 1 and st.failed == 0      # the loop is not followed
+        return
+    with sqlite3.connect(ledger_path(out)) as db:
+        status, error = db.execute("SELECT status, error FROM images WHERE key='bad.jpg'").fetchone()
+    if expect_fail:
+        assert status == "failed" and error and not (out / "bad.jpg").exists()
+        reason = {"webp": "not a JPEG", "tiff": "not a JPEG", "changed": "changed while being read",
+                  "permission": "permission denied"}[kind]
+        assert reason in error
+    else:
+        assert status == "done"
+        res = np.asarray(Image.open(out / "bad.jpg").convert("RGB")).astype(int)
+        assert np.abs(res - img.astype(int)).max() > 30          # the face was masked
