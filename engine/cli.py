@@ -130,10 +130,13 @@ def _cmd_run(args, input_dir: Path, output_dir: Path, archive_dir, log_dir, cfg_
              "#" * 40, "#" * 40, extra=FILE_ONLY)
     if log_file:
         LOG.info("log file: %s", log_file)
+    from engine.notify import Notifier
+
+    notifier = Notifier(cfg, log_file)
     progress = Progress(tty=tty, enabled=not args.quiet)
     try:
         stats = run(cfg, input_dir, output_dir, archive_dir, force=args.force, retry_failed=args.retry_failed,
-                    progress=progress, config_file=cfg_path)
+                    progress=progress, config_file=cfg_path, notifier=notifier)
     except KeyboardInterrupt:
         progress.close()
         LOG.error("interrupted; images in flight are recorded as unfinished and redone on the next run")
@@ -141,13 +144,22 @@ def _cmd_run(args, input_dir: Path, output_dir: Path, archive_dir, log_dir, cfg_
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
         progress.close()
         LOG.error("%s", exc)
+        notifier.crashed(exc, f"{type(exc).__name__}: {exc}")
         return EXIT_ABORTED
+    except Exception as exc:  # noqa: BLE001 - an uncaught error: mail it (if asked), then raise
+        import traceback
+        progress.close()
+        LOG.critical("uncaught %s", type(exc).__name__, exc_info=True)
+        notifier.crashed(exc, traceback.format_exc())
+        raise
     progress.close()
     LOG.info("-" * 150, extra=FILE_ONLY)
-    for line in summary_lines(stats, input_dir, output_dir, archive_dir, ledger_path(output_dir)):
+    lines = summary_lines(stats, input_dir, output_dir, archive_dir, ledger_path(output_dir))
+    for line in lines:
         # The summary always reaches the console, whatever the log level, and the log file.
         LOG.info(line, extra=FILE_ONLY)
         print(line, file=sys.stderr)
+    notifier.finished("\n".join(lines))
     if stats.fatal:
         return EXIT_ABORTED
     return EXIT_FAILED if (stats.failed or stats.skipped_failed) else EXIT_OK

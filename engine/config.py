@@ -102,6 +102,18 @@ class DatabaseSpec(_Strict):
     create_table: bool = True                   # CREATE TABLE IF NOT EXISTS on SQLite/PostgreSQL
 
 
+class EmailSpec(_Strict):
+    # The reference kept these in config/email_config.py; here they are config keys.
+    smtp_host: Optional[str] = None
+    port: int = Field(25, ge=1, le=65535)
+    from_address: str = "sladd@localhost"
+    to_addresses: list[str] = []
+    starttls: bool = False
+    cafile: Optional[str] = None                  # CA bundle to trust for STARTTLS (default: the system's)
+    username: Optional[str] = None
+    password_env: str = "SLADD_SMTP_PASSWORD"     # the SMTP password is read from this variable
+
+
 class EngineSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     queue_size: int = Field(8, ge=1, le=1024)
@@ -164,6 +176,7 @@ class Config(_Strict):
     mask: MaskSpec = MaskSpec()
     metadata: MetadataSpec = MetadataSpec()
     database: DatabaseSpec = DatabaseSpec()
+    email: EmailSpec = EmailSpec()
     engine: EngineSpec = EngineSpec()
 
     @field_validator("mask_color")

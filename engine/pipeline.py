@@ -155,7 +155,7 @@ class Pipeline:
                  queue_size: int = 8, decoders: int = 1, writers: int = 2, force: bool = False,
                  retry_failed: bool = False, progress=None, batch_size: int = 1, db=None,
                  delete_input: bool = False, retry_seconds: float = 10.0, timeout_seconds: float = 60.0,
-                 enospc_limit: int = 3):
+                 enospc_limit: int = 3, notifier=None):
         self.tree, self.ledger = tree, ledger
         self.make_decoder, self.detector, self.make_writer = make_decoder, detector, make_writer
         self.queue_size, self.n_decoders, self.n_writers = queue_size, decoders, writers
@@ -164,6 +164,7 @@ class Pipeline:
         self.batch_size = batch_size
         self.db = db
         self.delete_input = delete_input
+        self.notifier = notifier
         self.retry_seconds, self.timeout_seconds = retry_seconds, timeout_seconds
         self.enospc_limit, self._enospc = enospc_limit, 0
         self.stop = threading.Event()
@@ -281,6 +282,8 @@ class Pipeline:
                          f"{f.job.path}\nstage: {f.stage}\nerror: {f.reason}\n".encode("utf-8"))
         except OSError as exc:
             LOG.error("could not write the error copy for %s: %s", f.job.path, exc)
+        if self.notifier is not None:
+            self.notifier.processing_error(f"{f.job.path}\nstage: {f.stage}\nerror: {f.reason}")
 
     def _record_result(self, r: Result):
         if r.masked:

@@ -25,9 +25,7 @@ LOG = logging.getLogger("sladd")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3
 
 # Keys that later work items act on; a non-default value is reported, never silently ignored.
-_NOT_YET = {
-    "uncaught_exception_email": "e-mail", "processing_error_email": "e-mail", "finished_email": "e-mail",
-}
+_NOT_YET: dict[str, str] = {}
 
 
 def choose_device(requested: str) -> str:
@@ -77,7 +75,7 @@ def check_run_config(cfg: Config, archive_dir: Optional[Path]) -> None:
 
 def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Path] = None, *,
         force: bool = False, retry_failed: bool = False, progress: Optional[Progress] = None,
-        config_file: Optional[Path] = None) -> RunStats:
+        config_file: Optional[Path] = None, notifier=None) -> RunStats:
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     check_run_config(cfg, archive_dir)
     if cfg.delete_input and archive_dir is None:
@@ -118,7 +116,7 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
                     decoders=cfg.engine.decoders, writers=cfg.engine.writers, force=force,
                     retry_failed=retry_failed, progress=progress, batch_size=cfg.engine.batch_size, db=db,
                     delete_input=cfg.delete_input, retry_seconds=cfg.file_access_retry_seconds,
-                    timeout_seconds=cfg.file_access_timeout_seconds)
+                    timeout_seconds=cfg.file_access_timeout_seconds, notifier=notifier)
     if progress is not None:
         import threading
 

@@ -222,6 +222,7 @@ def test_stream_is_bounded(tmp_path):
                 in_flight.discard(frame.job.key)
             return Result(job=frame.job, outputs=[], detections={}, masked=False, timings={})
 
+    (tmp_path / "out").mkdir()
     tree = Tree(inp, tmp_path / "out", None, [".jpg"])
     pipe = Pipeline(tree=tree, ledger=Ledger(tmp_path / "l.sqlite"), make_decoder=Dec, detector=lambda f: None,
                     make_writer=Wr, queue_size=2, decoders=1, writers=1)
