@@ -244,3 +244,31 @@ def test_hostile_inputs_fail_cleanly_or_work(tmp_path, portrait, kind, monkeypat
         assert status == "done"
         res = np.asarray(Image.open(out / "bad.jpg").convert("RGB")).astype(int)
         assert np.abs(res - img.astype(int)).max() > 30          # the face was masked
+
+
+def test_12_bit_jpeg_is_refused_with_its_reason(tmp_path, portrait):
+    inp, out = _tree(tmp_path / "in", portrait, 1), tmp_path / "out"
+    data = bytearray(jpeg_bytes(np.zeros((64, 64, 3), np.uint8) + 128))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 4] = 12                                  # sample precision 12 bits
+    (inp / "twelve.jpg").write_bytes(bytes(data))
+    cfg, _ = load_config(_cfg(tmp_path))
+    st = run(cfg, inp, out)
+    assert st.failed == 1 and st.anonymised == 1
+    with sqlite3.connect(ledger_path(out)) as db:
+        (error,) = db.execute("SELECT error FROM images WHERE key='twelve.jpg'").fetchone()
+    assert "precision" in error.lower() and not (out / "twelve.jpg").exists()
+
+
+def test_log_file_has_config_errors_and_summary(tmp_path, portrait):
+    inp = _tree(tmp_path / "in", portrait, 1)
+    (inp / "broken.jpg").write_bytes(b"\xff\xd8\xff")
+    logs = tmp_path / "logs"
+    main(["run", "-i", str(inp), "-o", str(tmp_path / "out"), "-k", str(_cfg(tmp_path)), "-l", str(logs), "-q"])
+    (log,) = logs.glob("*.log")
+    import re
+    import socket
+    assert re.fullmatch(rf"\d{{4}}-\d{{2}}-\d{{2}}_\d{{6}}_{re.escape(socket.gethostname())}\.log", log.name)
+    text = log.read_text(encoding="utf-8")
+    assert "#" * 40 + " CONFIG START " + "#" * 40 in text and "mask_dilation_pixels: 4" in text
+    assert f"FAILED {inp / 'broken.jpg'}" in text and "Anonymisation finished" in text and "Failed: 1" in text
