@@ -148,7 +148,55 @@ def main(argv=None):
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with open(RESULTS, "a") as fh:
             fh.write(json.dumps(row) + "\n")
-    print(report(rows))
+    text = report(rows)
+    print(text)
+    (RESULTS.parent / "latest.md").write_text(text + "\n", encoding="utf-8")
+    write_csv(rows, RESULTS.parent / "latest.csv")
+    plot(rows, RESULTS.parent / "stages.png")
+
+
+def write_csv(rows, path: Path) -> None:
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["time", "cpu", "cores", "image", "images", "scale", "stage", "images_per_s", "p50_ms", "p95_ms",
+                    "faces_found", "faces_total"])
+        for r in rows:
+            stages = dict(r["stages"])
+            if "pipeline" in r:
+                stages["sladd run"] = {"images_per_s": r["pipeline"]["images_per_s"], "p50_ms": "", "p95_ms": ""}
+            for name, st in stages.items():
+                w.writerow([r["time"], r["machine"]["cpu"], r["machine"]["cores"], r["image"], r["images"],
+                            r["scale"], name, st["images_per_s"], st["p50_ms"], st["p95_ms"], r["faces_found"],
+                            r["faces_total"]])
+
+
+def plot(rows, path: Path) -> None:
+    """Bar chart of images/s per stage (log scale), one group per inference scale."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib missing: no plot)")
+        return
+    names = ["decode", "detect", "mask+encode"] + (["sladd run"] if "pipeline" in rows[0] else [])
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
+    width = 0.8 / len(rows)
+    for k, r in enumerate(rows):
+        vals = [r["stages"][n]["images_per_s"] if n in r["stages"] else r["pipeline"]["images_per_s"] for n in names]
+        xs = [i + k * width for i in range(len(names))]
+        ax.bar(xs, vals, width, label=f"scale {r['scale']} ({r['faces_found']}/{r['faces_total']} faces)")
+    ax.set_xticks([i + width * (len(rows) - 1) / 2 for i in range(len(names))], names)
+    ax.set_yscale("log")
+    ax.set_ylabel("images/s")
+    m = rows[0]["machine"]
+    ax.set_title(f"sladd, {rows[0]['image']} JPEGs, {m['cores']} CPU cores, no GPU", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _mb(v) -> str:
