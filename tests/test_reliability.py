@@ -272,3 +272,26 @@ def test_log_file_has_config_errors_and_summary(tmp_path, portrait):
     text = log.read_text(encoding="utf-8")
     assert "#" * 40 + " CONFIG START " + "#" * 40 in text and "mask_dilation_pixels: 4" in text
     assert f"FAILED {inp / 'broken.jpg'}" in text and "Anonymisation finished" in text and "Failed: 1" in text
+
+
+DATA = __import__("pathlib").Path(__file__).parent / "data"
+
+
+def test_arithmetic_coded_jpeg_is_processed_and_ycck_refused(tmp_path, portrait):
+    inp, out = _tree(tmp_path / "in", portrait, 1), tmp_path / "out"
+    (inp / "arith.jpg").write_bytes((DATA / "arithmetic_96x128.jpg").read_bytes())
+    (inp / "ycck.jpg").write_bytes((DATA / "ycck_96x128.jpg").read_bytes())
+    cfg, _ = load_config(_cfg(tmp_path))
+    st = run(cfg, inp, out)
+    with sqlite3.connect(ledger_path(out)) as db:
+        rows = {k: (s, e) for k, s, e in db.execute("SELECT key, status, error FROM images")}
+    assert rows["arith.jpg"][0] == "done"
+    # Nothing to mask: copied byte for byte, and it decodes as Pillow decodes it.
+    assert (out / "arith.jpg").read_bytes() == (inp / "arith.jpg").read_bytes()
+    from engine.decode import TurboDecoder
+    from engine.types import Job
+    frame = TurboDecoder().decode(Job(inp / "arith.jpg", "a", out, None, out, 0, 0), (inp / "arith.jpg").read_bytes())
+    ref = np.asarray(Image.open(inp / "arith.jpg").convert("RGB")).astype(int)
+    assert np.abs(frame.pixels.astype(int) - ref).max() <= 3
+    assert rows["ycck.jpg"][0] == "failed" and "CMYK/YCCK" in rows["ycck.jpg"][1]
+    assert st.anonymised == 1 and not (out / "ycck.jpg").exists()
