@@ -1,6 +1,6 @@
 """Stage and pipeline benchmark on a road-style corpus (see benchmarks/corpus.py).
 
-    python -m benchmarks.bench --corpus benchmarks/_corpus/2448 [--scales 1.0,0.75,0.5] [--runs 3]
+    python -m benchmarks.bench --corpus benchmarks/_corpus/2448 [--settings centerface-fast,centerface:1.0] [--runs 3]
 
 Each stage is timed alone (after a warm-up) over the corpus, then `sladd run` end to end; the
 report gives images/s, p50/p95 latency, the end-to-end / slowest-stage ratio, face recall per
@@ -124,7 +124,8 @@ def pipeline(corpus: Path, runs: int, config: Path) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description="sladd stage + pipeline benchmark")
     ap.add_argument("--corpus", type=Path, required=True)
-    ap.add_argument("--scales", default="1.0", help="CenterFace inference scales to compare")
+    ap.add_argument("--settings", default="centerface-fast,centerface:1.0",
+                    help="comma-separated CARD[:SCALE] settings to compare")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-pipeline", action="store_true")
     args = ap.parse_args(argv)
@@ -132,15 +133,18 @@ def main(argv=None):
     truth = json.loads((args.corpus / "faces.json").read_text())
     h, w = TurboDecoder().tj.decode_header(files[0].read_bytes())[1::-1]
     rows = []
-    for scale in (float(s) for s in args.scales.split(",")):
-        overrides = {"models": [{"card": "centerface", "scale": scale}]}
+    for setting in args.settings.split(","):
+        card, _, scale = setting.partition(":")
+        spec = {"card": card, **({"scale": float(scale)} if scale else {})}
+        overrides = {"models": [spec]}
         cfg, _ = load_config(overrides=overrides)
         cfg_file = Path(tempfile.mkdtemp(prefix="sladd-bench-cfg-")) / "bench.yml"
         cfg_file.write_text(json.dumps({**overrides, "remote_json": False}))
         stages, dets = stage_times(cfg, files, args.runs)
         found, total = recall(dets, files, truth)
         row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(), "image": f"{w}x{h}",
-               "images": len(files), "model": "centerface", "scale": scale, "stages": stages,
+               "images": len(files), "model": card, "scale": float(scale) if scale else None,
+               "setting": setting, "stages": stages,
                "faces_found": found, "faces_total": total}
         if not args.no_pipeline:
             row["pipeline"] = pipeline(args.corpus, args.runs, cfg_file)
@@ -162,7 +166,7 @@ def write_csv(rows, path: Path) -> None:
 
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["time", "cpu", "cores", "image", "images", "scale", "stage", "images_per_s", "p50_ms", "p95_ms",
+        w.writerow(["time", "cpu", "cores", "image", "images", "setting", "stage", "images_per_s", "p50_ms", "p95_ms",
                     "faces_found", "faces_total"])
         for r in rows:
             stages = dict(r["stages"])
@@ -170,7 +174,7 @@ def write_csv(rows, path: Path) -> None:
                 stages["sladd run"] = {"images_per_s": r["pipeline"]["images_per_s"], "p50_ms": "", "p95_ms": ""}
             for name, st in stages.items():
                 w.writerow([r["time"], r["machine"]["cpu"], r["machine"]["cores"], r["image"], r["images"],
-                            r["scale"], name, st["images_per_s"], st["p50_ms"], st["p95_ms"], r["faces_found"],
+                            r["setting"], name, st["images_per_s"], st["p50_ms"], st["p95_ms"], r["faces_found"],
                             r["faces_total"]])
 
 
@@ -189,7 +193,7 @@ def plot(rows, path: Path) -> None:
     for k, r in enumerate(rows):
         vals = [r["stages"][n]["images_per_s"] if n in r["stages"] else r["pipeline"]["images_per_s"] for n in names]
         xs = [i + k * width for i in range(len(names))]
-        ax.bar(xs, vals, width, label=f"scale {r['scale']} ({r['faces_found']}/{r['faces_total']} faces)")
+        ax.bar(xs, vals, width, label=f"{r['setting']} ({r['faces_found']}/{r['faces_total']} faces)")
     ax.set_xticks([i + width * (len(rows) - 1) / 2 for i in range(len(names))], names)
     ax.set_yscale("log")
     ax.set_ylabel("images/s")
@@ -209,14 +213,14 @@ def report(rows) -> str:
     m = rows[0]["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, no GPU; onnxruntime {m['onnxruntime']}, "
              f"PyTurboJPEG {m['PyTurboJPEG']}; {rows[0]['images']} images {rows[0]['image']}", "",
-             "| scale | faces found | read | decode | detect | mask+encode | `sladd run` img/s | run / slowest stage | run peak RSS |",
+             "| setting | faces found | read | decode | detect | mask+encode | `sladd run` img/s | run / slowest stage | run peak RSS |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["stages"]
         cell = lambda k: f"{s[k]['images_per_s']:.1f} img/s (p95 {s[k]['p95_ms']:.0f} ms)"
         pipe = r.get("pipeline", {}).get("images_per_s")
         ratio = r.get("pipeline_vs_slowest_stage")
-        lines.append(f"| {r['scale']} | {r['faces_found']}/{r['faces_total']} | {cell('read')} | {cell('decode')} | "
+        lines.append(f"| {r['setting']} | {r['faces_found']}/{r['faces_total']} | {cell('read')} | {cell('decode')} | "
                      f"{cell('detect')} | {cell('mask+encode')} | "
                      f"{f'{pipe:.2f}' if pipe else '-'} | {f'{ratio:.0%}' if ratio else '-'} | "
                      f"{_mb(r.get('pipeline', {}).get('peak_rss_mb'))} |")

@@ -65,10 +65,10 @@ def run_deface(py: Path, corpus: Path, scale: str | None) -> tuple[float, dict]:
     return seconds, {f.name: work / f"{f.stem}_anonymized.jpg" for f in files}
 
 
-def run_sladd(corpus: Path, extra: list[str]) -> tuple[float, Path]:
+def run_sladd(corpus: Path, extra: list[str], card: str = "centerface") -> tuple[float, Path]:
     out = Path(tempfile.mkdtemp(prefix="peer-sladd-"))
     cfg = out.parent / (out.name + ".yml")
-    cfg.write_text("remote_json: false\n")
+    cfg.write_text(f"remote_json: false\nmodels: [{{card: {card}}}]\n")
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "engine.cli", "run", "-i", str(corpus), "-o", str(out), "-k", str(cfg),
                     "-q", *extra], check=True, capture_output=True)
@@ -84,13 +84,15 @@ def main(argv=None):
     n = len(truth)
     py = peer_python()
     rows = []
-    t, out = run_sladd(args.corpus, [])
-    rows.append(("sladd (default, native resolution)", t, faces_anonymised(args.corpus, out, truth)))
     t, outs = run_deface(py, args.corpus, None)
     rows.append(("deface 1.5.0 default (full resolution)", t, faces_anonymised(args.corpus, outs, truth)))
     t, outs = run_deface(py, args.corpus, args.deface_scale)
     rows.append((f"deface 1.5.0 --scale {args.deface_scale}", t, faces_anonymised(args.corpus, outs, truth)))
-    base = rows[1][1]
+    t, out = run_sladd(args.corpus, [])
+    rows.append(("sladd, card centerface (default: native resolution)", t, faces_anonymised(args.corpus, out, truth)))
+    t, out = run_sladd(args.corpus, [], card="centerface-fast")
+    rows.append(("sladd, card centerface-fast (coarse-to-fine)", t, faces_anonymised(args.corpus, out, truth)))
+    base = rows[0][1]
     print(f"{n} images from {args.corpus}; every command timed whole (process start and model load included)\n")
     print("| tool | s/image | images/s | vs deface default | faces anonymised | PSNR outside faces (median) |")
     print("|---|---|---|---|---|---|")

@@ -171,7 +171,7 @@ class Config(_Strict):
     table_name: Optional[str] = "VEGBILDER"
     table_primary_key: str = "bildeid"
     # --- sladd sections ----------------------------------------------------------------------
-    models: list[ModelSpec] = [ModelSpec(card="centerface")]
+    models: list[ModelSpec] = [ModelSpec(card="centerface-fast")]
     output: OutputSpec = OutputSpec()
     mask: MaskSpec = MaskSpec()
     metadata: MetadataSpec = MetadataSpec()

@@ -17,10 +17,10 @@ from typing import NamedTuple
 import numpy as np
 
 from engine.config import Config, ModelSpec
-from engine.models import ModelCard, create_adapter, load_card, resolve_model
+from engine.models import ModelCard, RawDetections, create_adapter, load_card, resolve_model
 from engine.types import Detections, Frame
-from kernels import (box_to_int, cluster_boxes, crop_view, cutout_windows, merge_boxes, merge_instances, resize_bilinear,
-                     scale_boxes, seam_window)
+from kernels import (box_to_int, cluster_boxes, crop_view, cutout_windows, downscale_mean, merge_boxes,
+                     merge_instances, resize_bilinear, scale_boxes, seam_window)
 
 __all__ = ["Detector", "ModelSlot", "build_models", "View"]
 
@@ -46,6 +46,28 @@ class ModelSlot:
     adapter: object
     anonymise_ids: np.ndarray          # model class ids that are anonymised
     name_ids: np.ndarray               # model class id -> index into Detector.names
+
+
+_BUCKETS = (128, 192, 256, 384, 512, 768, 1024)
+
+
+def _crops(boxes: np.ndarray, context: float, min_crop: int, h: int, w: int) -> list[tuple[int, int, int, int]]:
+    """Square crops (x0, y0, x1, y1) of `context` x each box's longer side (at least `min_crop`),
+    clipped to the image. A crop lying inside another is dropped; overlapping crops are kept
+    apart (merging them grew into large rectangles that cost more than they saved)."""
+    rects = []
+    for x1, y1, x2, y2 in boxes.tolist():
+        side = max(min_crop, context * max(x2 - x1, y2 - y1))
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        rects.append([max(0, int(cx - side / 2)), max(0, int(cy - side / 2)),
+                      min(w, int(math.ceil(cx + side / 2))), min(h, int(math.ceil(cy + side / 2)))])
+    rects.sort(key=lambda r: (r[2] - r[0]) * (r[3] - r[1]), reverse=True)
+    kept: list = []
+    for r in rects:
+        if not any(k[0] <= r[0] and k[1] <= r[1] and r[2] <= k[2] and r[3] <= k[3] for k in kept):
+            kept.append(r)
+    rects = kept
+    return [tuple(r) for r in rects if r[2] > r[0] and r[3] > r[1]]
 
 
 def _effective_card(card: ModelCard, spec: ModelSpec) -> ModelCard:
@@ -151,9 +173,13 @@ class Detector:
         the frames, go through the model together in batches of up to `batch_size`."""
         t0 = time.perf_counter()
         tasks = []                                          # (frame idx, slot idx, view, crop, given)
+        per: dict[tuple[int, int], list[_ViewResult]] = {}
         for fi, frame in enumerate(frames):
             h, w = frame.full_size
             for si, slot in enumerate(self.slots):
+                if slot.card.cascade is not None:
+                    per[(fi, si)] = self._cascade(slot, frame)
+                    continue
                 for v in self.views(h, w, slot):
                     crop, given = self._prepare(slot, frame, v)
                     tasks.append((fi, si, v, crop, given))
@@ -167,7 +193,6 @@ class Detector:
                 outs = self.slots[si].adapter.batch([tasks[k][3] for k in chunk], given)
                 for k, raw in zip(chunk, outs):
                     raws[k] = raw
-        per: dict[tuple[int, int], list[_ViewResult]] = {}
         for (fi, si, v, crop, given), raw in zip(tasks, raws):
             per.setdefault((fi, si), []).append(
                 self._map(self.slots[si], frames[fi].full_size, v, crop.shape[1], given, raw))
@@ -176,6 +201,43 @@ class Detector:
         share = (time.perf_counter() - t0) / max(1, len(frames))
         for frame in frames:
             frame.timings["detect"] = share
+        return out
+
+    def _cascade(self, slot: ModelSlot, frame: Frame) -> list[_ViewResult]:
+        """Coarse-to-fine (card `cascade`), over every view (full image, cutouts, 360° seam):
+        candidates from a low-resolution pass with a low threshold; the small ones are looked
+        at again at native resolution in a crop around them. (No mirrored pass here.)"""
+        h, w = frame.full_size
+        out = []
+        for v in self.views(h, w):
+            vp = crop_view(frame.pixels, v.y, v.x, v.h, v.w) if not v.full else frame.pixels
+            out += self._cascade_view(slot, v, vp, (h, w))
+        return out
+
+    def _cascade_view(self, slot: ModelSlot, v: View, vp: np.ndarray, full_size) -> list[_ViewResult]:
+        cs, card = slot.card.cascade, slot.card
+        vh, vw = vp.shape[:2]
+        f = round(1 / cs.scale)
+        coarse = downscale_mean(vp, f) if abs(f * cs.scale - 1) < 1e-6 else \
+            resize_bilinear(vp, max(1, round(vh * cs.scale)), max(1, round(vw * cs.scale)))
+        given = coarse.shape[1] / vw
+        raw = slot.adapter.batch([np.ascontiguousarray(coarse)], given, threshold=cs.threshold)[0]
+        strong = raw.scores >= card.score_threshold
+        out = [self._map(slot, full_size, v, coarse.shape[1], given,
+                         RawDetections(raw.boxes[strong], raw.scores[strong], raw.classes[strong]))]
+        cand = raw.boxes / given
+        small = (cand[:, 2:] - cand[:, :2]).max(1) <= cs.max_refine if len(cand) else np.zeros(0, bool)
+        for x0, y0, x1, y1 in _crops(cand[small], cs.context, cs.min_crop, vh, vw):
+            # Crops are padded (top-left aligned) to a few square sizes: the graph has fixed
+            # dimensions, and a new size costs a new session.
+            side = next((b for b in _BUCKETS if b >= max(y1 - y0, x1 - x0)), None)
+            crop = vp[y0:y1, x0:x1]
+            if side is not None:
+                canvas = np.zeros((side, side, 3), np.uint8)
+                canvas[:y1 - y0, :x1 - x0] = crop
+                crop = canvas
+            fine = slot.adapter.batch([np.ascontiguousarray(crop)], 1.0)[0]
+            out.append(self._map(slot, full_size, View(v.y + y0, v.x + x0, y1 - y0, x1 - x0), crop.shape[1], 1.0, fine))
         return out
 
     def _prepare(self, slot: ModelSlot, frame: Frame, v: View):

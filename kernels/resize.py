@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from kernels._xp import get_array_module
 
-__all__ = ["resize_bilinear", "letterbox"]
+__all__ = ["resize_bilinear", "letterbox", "downscale_mean"]
 
 
 def _axis(xp, n_in: int, n_out: int):
@@ -49,3 +49,17 @@ def letterbox(src, size_hw: tuple[int, int], pad_value: float = 114.0):
     canvas = xp.full((th, tw, src.shape[2]), pad_value, xp.float32)
     canvas[:nh, :nw] = resize_bilinear(src, nh, nw) if (nh, nw) != (h, w) else src
     return canvas, scale
+
+
+def downscale_mean(src, factor: int):
+    """Integer-factor downscale by block means: `(H, W, C)` -> float32 `(H//f, W//f, C)`.
+    Exact area averaging (no aliasing); sums f*f strided views, which is much faster than a
+    mean over a reshaped array's non-contiguous axes."""
+    xp = get_array_module(src)
+    h, w = src.shape[0] // factor * factor, src.shape[1] // factor * factor
+    acc = xp.zeros((h // factor, w // factor) + src.shape[2:], xp.float32)
+    for dy in range(factor):
+        for dx in range(factor):
+            acc += src[dy:h:factor, dx:w:factor]
+    acc *= 1.0 / (factor * factor)
+    return acc

@@ -165,3 +165,30 @@ def test_card_naming_unknown_class_is_rejected(tmp_path):
                  "anonymise: [plate]\n")
     with pytest.raises(ValueError, match="plate"):
         load_card(str(p))
+
+
+def test_cascade_finds_the_small_faces_native_resolution_finds(runtime, portrait):
+    """centerface-fast (half-resolution candidates, native-resolution crops) against the
+    native-resolution pass on 30-40 px faces, the size road images have."""
+    from tests.conftest import scene_with_faces
+    img, boxes = scene_with_faces(portrait, h=1200, w=1600, faces=((100, 500, 90), (700, 600, 110), (1300, 450, 100)))
+    frame = _frame(img)
+    found = {}
+    for card in ("centerface", "centerface-fast"):
+        cfg = Config(models=[ModelSpec(card=card)])
+        d = Detector(cfg, *build_models(cfg, runtime))(frame)
+        found[card] = d.boxes[d.counted]
+    assert len(found["centerface"]) == 3 and len(found["centerface-fast"]) == 3
+    a = found["centerface"][np.argsort(found["centerface"][:, 0])]
+    b = found["centerface-fast"][np.argsort(found["centerface-fast"][:, 0])]
+    assert np.abs(a - b).max() < 6                       # the same faces, boxes within a few pixels
+    assert all(20 <= (y2 - y1) / 1.3 <= 50 for _, y1, _, y2 in a)       # they are 30-40 px faces
+
+
+def test_cascade_crops():
+    from engine.detect import _crops
+    boxes = np.array([[100, 100, 130, 140], [105, 105, 125, 135], [900, 10, 910, 20]], np.float32)
+    crops = _crops(boxes, context=3.0, min_crop=96, h=1000, w=950)
+    assert (55, 60, 175, 180) in crops                    # 3 x the 40 px side around the first face
+    assert len(crops) == 2                               # the second box's crop lies inside the first
+    assert any(c[2] == 950 and c[1] == 0 for c in crops)  # clipped at the image edge

@@ -41,6 +41,10 @@ class Adapter:
     def __call__(self, view: np.ndarray, view_scale: float) -> RawDetections:
         raise NotImplementedError
 
-    def batch(self, views: list[np.ndarray], view_scale: float) -> list[RawDetections]:
-        """Several views of one shape. Families whose graph takes a batch override this."""
+    def batch(self, views: list[np.ndarray], view_scale: float, threshold: float | None = None) -> list[RawDetections]:
+        """Several views of one shape. Families whose graph takes a batch override this.
+        `threshold` (a lower candidate threshold for cascades) is honoured by families that
+        support it (centerface)."""
+        if threshold is not None:
+            raise ValueError(f"family {self.family!r} does not support a cascade (threshold override)")
         return [self(v, view_scale) for v in views]

@@ -37,6 +37,20 @@ class InputSpec(_Strict):
         return self
 
 
+class CascadeSpec(_Strict):
+    """Coarse-to-fine detection: a pass at `scale` with a low `threshold` proposes candidates;
+    each up to `max_refine` px (native resolution) is looked at again at native resolution in a
+    crop of `context` x its size (at least `min_crop` px); larger faces are plain at the coarse
+    scale and decided there. Kept: native-resolution detections, plus coarse ones above the
+    card's threshold."""
+
+    scale: float = Field(0.5, gt=0, lt=1)
+    threshold: float = Field(0.05, gt=0, lt=1)
+    context: float = Field(3.0, ge=1, le=20)
+    min_crop: int = Field(96, ge=32, le=4096)
+    max_refine: int = Field(96, ge=8, le=4096)
+
+
 class ModelCard(_Strict):
     name: str
     family: str
@@ -60,6 +74,7 @@ class ModelCard(_Strict):
     merge_post_score: float = Field(0.0, ge=0, le=1)
     box_area: Literal["float", "int"] = "float"
     tta_flip: bool = False                         # also run each view mirrored
+    cascade: Optional[CascadeSpec] = None          # coarse-to-fine (see CascadeSpec)
     mask_threshold: float = Field(0.5, gt=0, lt=1)
     num_mask_coeffs: int = Field(32, ge=1)
     path: Optional[Path] = None                   # where the card was read from

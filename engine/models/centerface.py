@@ -50,7 +50,7 @@ def _set_dims(value_info, dims) -> None:
 
 class CenterFaceAdapter(Adapter):
     family = "centerface"
-    max_sessions = 4
+    max_sessions = 12        # full-frame sizes plus the cascade's crop buckets
 
     def __init__(self, card, model_path, runtime):
         super().__init__(card, model_path, runtime)
@@ -76,8 +76,9 @@ class CenterFaceAdapter(Adapter):
     def __call__(self, view: np.ndarray, view_scale: float) -> RawDetections:
         return self.batch([view], view_scale)[0]
 
-    def batch(self, views: list[np.ndarray], view_scale: float) -> list[RawDetections]:
-        """Views of one shape `(h, w, 3)` in one call, padded (not stretched) to multiples of 32."""
+    def batch(self, views: list[np.ndarray], view_scale: float, threshold: float | None = None) -> list[RawDetections]:
+        """Views of one shape `(h, w, 3)` in one call, padded (not stretched) to multiples of 32.
+        `threshold` overrides the card's score threshold (the cascade's candidate pass)."""
         h, w = views[0].shape[:2]
         m = self.card.input.multiple
         ih, iw = max(m, math.ceil(h / m) * m), max(m, math.ceil(w / m) * m)
@@ -85,12 +86,13 @@ class CenterFaceAdapter(Adapter):
         for i, v in enumerate(views):
             blob[i, :, :h, :w] = v.transpose(2, 0, 1)
         heat, scale, offset, _ = self._session(ih, iw, len(views)).run(None, {self._input: blob})
-        return [self.decode(heat[i:i + 1], scale[i:i + 1], offset[i:i + 1], (h, w)) for i in range(len(views))]
+        return [self.decode(heat[i:i + 1], scale[i:i + 1], offset[i:i + 1], (h, w), threshold)
+                for i in range(len(views))]
 
-    def decode(self, heat, scale, offset, size_hw) -> RawDetections:
+    def decode(self, heat, scale, offset, size_hw, threshold: float | None = None) -> RawDetections:
         """Vectorised CenterFace decoding (stride 4), boxes clipped to the unpadded view."""
         h, w = size_hw
-        thr = self.card.score_threshold
+        thr = self.card.score_threshold if threshold is None else threshold
         ys, xs = np.nonzero(heat[0, 0] > thr)
         if ys.size == 0:
             return RawDetections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32))

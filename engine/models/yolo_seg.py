@@ -86,7 +86,9 @@ class YoloSegAdapter(Adapter):
     def __call__(self, view: np.ndarray, view_scale: float) -> RawDetections:
         return self._run([view])[0]
 
-    def batch(self, views: list[np.ndarray], view_scale: float) -> list[RawDetections]:
+    def batch(self, views: list[np.ndarray], view_scale: float, threshold: float | None = None) -> list[RawDetections]:
+        if threshold is not None:
+            raise ValueError("yolo-seg does not support a cascade")
         if not self.dynamic_batch:
             return [self._run([v])[0] for v in views]
         return self._run(views)
