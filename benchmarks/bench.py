@@ -77,7 +77,7 @@ def stage_times(cfg, files: list[Path], runs: int) -> tuple[dict, list]:
     frames = [decoder.decode(_job(p), d) for p, d in zip(files, datas)]
     for f in frames[:2]:
         detector(f)                                       # warm-up: ORT's first run is slow
-    out = {k: [] for k in ("read", "decode", "detect", "mask+encode")}
+    out = {k: [] for k in ("read", "decode", "detect", "mask+encode", "encode")}
     dets = []
     for _ in range(runs):
         dets = []
@@ -87,6 +87,8 @@ def stage_times(cfg, files: list[Path], runs: int) -> tuple[dict, list]:
             t = time.perf_counter(); det = detector(f); out["detect"].append(time.perf_counter() - t)
             g = dataclasses.replace(f, pixels=f.pixels.copy(), timings={})   # render draws in place
             t = time.perf_counter(); writer.render(g, det); out["mask+encode"].append(time.perf_counter() - t)
+            t = time.perf_counter(); writer.encoder.encode(f.pixels, f.quality or 90, f.subsampling)
+            out["encode"].append(time.perf_counter() - t)
             dets.append(det)
     return {k: _stats(v) for k, v in out.items()}, dets
 
@@ -106,18 +108,24 @@ def pipeline(corpus: Path, runs: int, config: Path) -> dict:
     import subprocess
     import sys
 
-    rates, rss = [], 0
+    rates, rss, cpu = [], 0, []
     for _ in range(runs):
         out = Path(tempfile.mkdtemp(prefix="sladd-bench-"))
         try:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
             subprocess.run([sys.executable, "-m", "engine.cli", "run", "-i", str(corpus), "-o", str(out),
                             "-k", str(config), "-q"], check=True, capture_output=True)
-            rates.append(len(list(corpus.glob("*.jpg"))) / (time.perf_counter() - t))
-            rss = max(rss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+            wall = time.perf_counter() - t
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            rates.append(len(list(corpus.glob("*.jpg"))) / wall)
+            used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            cpu.append(used / wall / (os.cpu_count() or 1))
+            rss = max(rss, after.ru_maxrss / 1024)
         finally:
             shutil.rmtree(out, ignore_errors=True)
     return {"images_per_s": statistics.median(rates), "runs": rates, "peak_rss_mb": rss,
+            "cpu_utilisation": statistics.median(cpu),
             "note": "includes process start, model load and ORT warm-up"}
 
 
@@ -205,6 +213,10 @@ def plot(rows, path: Path) -> None:
     plt.close(fig)
 
 
+def _pct(v) -> str:
+    return f"{v:.0%}" if v else "-"
+
+
 def _mb(v) -> str:
     return f"{v:.0f} MB" if v else "-"
 
@@ -213,16 +225,17 @@ def report(rows) -> str:
     m = rows[0]["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, no GPU; onnxruntime {m['onnxruntime']}, "
              f"PyTurboJPEG {m['PyTurboJPEG']}; {rows[0]['images']} images {rows[0]['image']}", "",
-             "| setting | faces found | read | decode | detect | mask+encode | `sladd run` img/s | run / slowest stage | run peak RSS |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| setting | faces found | read | decode | detect | mask+encode | encode | `sladd run` img/s | run / slowest stage | run CPU | run peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["stages"]
         cell = lambda k: f"{s[k]['images_per_s']:.1f} img/s (p95 {s[k]['p95_ms']:.0f} ms)"
         pipe = r.get("pipeline", {}).get("images_per_s")
         ratio = r.get("pipeline_vs_slowest_stage")
         lines.append(f"| {r['setting']} | {r['faces_found']}/{r['faces_total']} | {cell('read')} | {cell('decode')} | "
-                     f"{cell('detect')} | {cell('mask+encode')} | "
+                     f"{cell('detect')} | {cell('mask+encode')} | {cell('encode')} | "
                      f"{f'{pipe:.2f}' if pipe else '-'} | {f'{ratio:.0%}' if ratio else '-'} | "
+                     f"{_pct(r.get('pipeline', {}).get('cpu_utilisation'))} | "
                      f"{_mb(r.get('pipeline', {}).get('peak_rss_mb'))} |")
     return "\n".join(lines)
 
