@@ -122,7 +122,12 @@ class TurboDecoder:
         return apply_orientation(self.decode_pixels(frame.data), frame.orientation)
 
 
-DECODERS = {"turbojpeg": TurboDecoder}
+def _dali(**kwargs):
+    from engine.decode_dali import DaliDecoder    # lazy: DALI is an optional extra
+    return DaliDecoder(**kwargs)
+
+
+DECODERS = {"turbojpeg": TurboDecoder, "dali": _dali}
 
 
 def create_decoder(name: str, **kwargs):

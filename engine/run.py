@@ -99,7 +99,7 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
     ledger = Ledger(ledger_path(output_dir))
 
     def make_decoder():
-        return _ScaledDecoder(detector, cfg.engine.max_image_pixels)
+        return _ScaledDecoder(detector, cfg.engine.max_image_pixels, cfg.engine.decoder)
 
     meta = MetaContext.from_config(cfg, config_file or CONFIG_DIR / "default.yml")
     db = None
@@ -131,22 +131,25 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
 
 
 class _ScaledDecoder:
-    """TurboJPEG decoder whose DCT scale is chosen per image from what the models need."""
+    """The configured decoder; with TurboJPEG the DCT scale is chosen per image from what the
+    models need (DALI always decodes at full resolution)."""
 
-    def __init__(self, detector: Detector, max_pixels: int):
-        self._inner = create_decoder("turbojpeg", min_scale=1.0, max_pixels=max_pixels)
+    def __init__(self, detector: Detector, max_pixels: int, name: str = "turbojpeg"):
+        self._inner = create_decoder(name, min_scale=1.0, max_pixels=max_pixels)
+        self.name = name
         self.detector = detector
 
     def decode(self, job, data):
-        from fractions import Fraction
+        if self.name == "turbojpeg":
+            from fractions import Fraction
 
-        from engine.jpeg import parse_jpeg
+            from engine.jpeg import parse_jpeg
 
-        info = parse_jpeg(data)
-        need = self.detector.needed_scale(info.height, info.width)
-        ok = sorted(f for f in (Fraction(n, d) for n, d in self._inner.tj.scaling_factors)
-                    if Fraction(need).limit_denominator(64) <= f <= 1)
-        self._inner.scale = ok[0] if ok else Fraction(1)
+            info = parse_jpeg(data)
+            need = self.detector.needed_scale(info.height, info.width)
+            ok = sorted(f for f in (Fraction(n, d) for n, d in self._inner.tj.scaling_factors)
+                        if Fraction(need).limit_denominator(64) <= f <= 1)
+            self._inner.scale = ok[0] if ok else Fraction(1)
         return self._inner.decode(job, data)
 
     def full_pixels(self, frame):

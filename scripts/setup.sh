@@ -34,6 +34,9 @@ echo "[setup] pip install -e .[cpu,db,test,demo]"
 case "${1:-}" in
   demo) shift; exec .venv/bin/sladd demo "$@" ;;
   test) shift
+    # DALI's CPU-only mode runs the DALI decoder's tests without a GPU (a ~0.4 GB wheel).
+    echo "[setup] pip install -e .[dali]"
+    .venv/bin/python -m pip install -q -e ".[dali]"
     # The PostgreSQL/PostGIS tests need a real server on localhost (installed and started here).
     if pg_env=$(bash scripts/postgis.sh); then eval "$pg_env"; else
       echo "[setup] could not start PostgreSQL (needs root or sudo): its tests will be skipped" >&2; fi

@@ -1,0 +1,69 @@
+"""The DALI decoder in DALI's CPU-only mode (device_id=None), against TurboJPEG decoding."""
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.cli import main
+from engine.decode import TurboDecoder, create_decoder
+from engine.types import ImageError, Job
+from tests.conftest import jpeg_bytes, scene_with_faces
+
+pytestmark = pytest.mark.dali
+
+try:
+    import nvidia.dali  # noqa: F401
+except ImportError:
+    if os.environ.get("CI"):
+        raise                                            # CI installs the dali extra: never skip there
+    pytest.skip("NVIDIA DALI is not installed (pip install -e '.[dali]')", allow_module_level=True)
+
+RNG = np.random.default_rng(3)
+TOLERANCE = 1                                            # grey levels, DALI vs TurboJPEG
+
+
+def _job(tmp_path):
+    return Job(tmp_path / "x.jpg", "x.jpg", tmp_path / "o.jpg", None, tmp_path, 0, 0)
+
+
+def _variants():
+    img = RNG.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    e = Image.Exif()
+    e[0x0112] = 6
+    yield "420", jpeg_bytes(img, quality=90)
+    yield "444", jpeg_bytes(img, quality=95, subsampling=0)
+    yield "gray", jpeg_bytes(img[..., 0], quality=90)
+    yield "progressive", jpeg_bytes(img, quality=90, progressive=True)
+    yield "rotated", jpeg_bytes(img, quality=90, exif=e.tobytes())
+
+
+@pytest.mark.parametrize("name,data", list(_variants()))
+def test_dali_cpu_matches_turbojpeg(tmp_path, name, data):
+    a = create_decoder("dali").decode(_job(tmp_path), data)
+    b = TurboDecoder().decode(_job(tmp_path), data)
+    assert a.pixels.shape == b.pixels.shape and a.orientation == b.orientation
+    assert np.abs(a.pixels.astype(int) - b.pixels.astype(int)).max() <= TOLERANCE, name
+
+
+def test_dali_failures_are_image_errors_and_it_recovers(tmp_path):
+    dec = create_decoder("dali")
+    data = jpeg_bytes(RNG.integers(0, 256, (256, 256, 3), dtype=np.uint8), quality=95)
+    with pytest.raises(ImageError):
+        dec.decode(_job(tmp_path), data[: len(data) // 2])
+    assert dec.decode(_job(tmp_path), data).pixels.shape == (256, 256, 3)
+
+
+def test_run_with_the_dali_decoder_gives_the_same_outputs(tmp_path, portrait):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    img, _ = scene_with_faces(portrait, h=240, w=320, faces=((40, 20, 150),))
+    (inp / "a.jpg").write_bytes(jpeg_bytes(img, quality=90))
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("engine: {decoder: dali}\n")
+    assert main(["run", "-i", str(inp), "-o", str(tmp_path / "dali"), "-k", str(cfg), "-q"]) == 0
+    assert main(["run", "-i", str(inp), "-o", str(tmp_path / "tj"), "-q"]) == 0
+    assert (tmp_path / "dali" / "a.jpg").read_bytes() == (tmp_path / "tj" / "a.jpg").read_bytes()
+    assert np.abs(np.asarray(Image.open(io.BytesIO((tmp_path / "dali" / "a.jpg").read_bytes()))).astype(int)
+                  - img.astype(int)).max() > 30          # anonymised
