@@ -34,6 +34,11 @@ from kernels import iou_matrix
 RESULTS = Path(__file__).resolve().parent / "results" / "results.jsonl"
 
 
+def _quality(path: Path):
+    from engine.jpeg import estimate_quality, parse_jpeg
+    return estimate_quality(parse_jpeg(path.read_bytes()).luma_table)
+
+
 def machine() -> dict:
     cpu = platform.processor()
     try:
@@ -162,7 +167,8 @@ def main(argv=None):
         found, total = recall(dets, files, truth)
         row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(), "image": f"{w}x{h}",
                "images": len(files), "model": card, "scale": float(scale) if scale else None,
-               "setting": setting, "stages": stages,
+               "setting": setting, "precision": "fp32", "batch": cfg.engine.batch_size,
+               "quality": _quality(files[0]), "stages": stages,
                "faces_found": found, "faces_total": total}
         if not args.no_pipeline:
             row["pipeline"] = pipeline(args.corpus, args.runs, cfg_file)
