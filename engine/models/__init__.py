@@ -2,11 +2,12 @@
 from engine.models.base import Adapter, RawDetections
 from engine.models.card import ModelCard, load_card, shipped_cards
 from engine.models.centerface import CenterFaceAdapter
+from engine.models.nanodet import NanoDetAdapter
 from engine.models.resolve import ModelNotFound, models_dir, resolve_model
 from engine.models.runtime import RUNTIMES, create_runtime
 from engine.models.yolo_seg import YoloSegAdapter
 
-MODEL_FAMILIES = {"centerface": CenterFaceAdapter, "yolo-seg": YoloSegAdapter}
+MODEL_FAMILIES = {"centerface": CenterFaceAdapter, "nanodet": NanoDetAdapter, "yolo-seg": YoloSegAdapter}
 
 
 def create_adapter(card: ModelCard, model_path, runtime) -> Adapter:

