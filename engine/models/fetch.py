@@ -149,9 +149,14 @@ def list_models() -> list[dict]:
     for name in shipped_cards():
         card = load_card(name)
         p = models_dir() / card.file
+        source = card.source.model_dump() if card.source else None
+        if card.name in RECIPES:
+            source = {"npm": NANODET["npm"], "converted_by": "tf2onnx 1.17 (sladd models fetch nanodet)"}
+            record = p.with_name(f"{card.name}.source.json")
+            if record.is_file():
+                source["installed"] = json.loads(record.read_text())
         rows.append({"name": card.name, "family": card.family, "file": str(p), "installed": p.is_file(),
-                     "license": card.license, "source": card.source.model_dump() if card.source else None,
-                     "classes": card.anonymise})
+                     "license": card.license, "source": source, "classes": card.anonymise})
     return rows
 
 
