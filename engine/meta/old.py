@@ -13,7 +13,7 @@ from typing import Optional
 
 from engine.meta.exif import ExifData, XmlNode, redact_image_properties
 from engine.meta.paths import FELT, STREKNING, filename_tokens, kryss, path_element, split_path, strip_zeros
-from engine.meta.record import (MetaContext, _file_time, _parse_into, _reflink, bildeid, mappenavn, template,
+from engine.meta.record import (MetaContext, _file_time, _parse_into, _reflink, finish_record, template,
                                 to_number)
 
 __all__ = ["build_record_old"]
@@ -177,15 +177,5 @@ def build_record_old(exif: ExifData, width: int, height: int, image_path: str, c
         warnings.append("no EXIF: metadata from the path and file times only")
         d["exif_kvalitet"] = "0"
         _from_filename(d, image_path, file_path)
-    warnings.extend(d.pop("_warnings", []))
-    d["bildeid"] = bildeid(d, ctx.image_type)
-    d["mappenavn"] = mappenavn(d, image_path, ctx, warnings)
-    if not d["exif_roadident"]:
-        d["exif_roadident"] = _roadident_old(d)
-    if ctx.force_fylke or not d["exif_fylke"]:
-        d["exif_fylke"] = str(ctx.fylkesnummer) if ctx.fylkesnummer is not None else None
-    d["detekterte_objekter"] = detections
-    d["versjon"] = ctx.versjon
-    d["exif_preview_filnavn"] = preview_name if ctx.preview_enabled else None
-    return d, warnings
+    return finish_record(d, image_path, ctx, warnings, detections, preview_name, _roadident_old)
 

@@ -334,11 +334,18 @@ def build_record(exif: ExifData, width: int, height: int, image_path: str, ctx: 
         warnings.append("no EXIF: metadata from the path and file times only")
         d["exif_kvalitet"] = "0"
         _from_path(d, image_path, file_path)
+    return finish_record(d, image_path, ctx, warnings, detections, preview_name, _roadident)
+
+
+def finish_record(d: dict, image_path: str, ctx: MetaContext, warnings: list, detections, preview_name,
+                  roadident_fn) -> tuple[dict, list[str]]:
+    """The steps every variant ends with (§1.2 step 4): bildeid, mappenavn (before the fylke
+    fallback, as the reference), a built roadident when none was read, the fylke fallback."""
     warnings.extend(d.pop("_warnings", []))
     d["bildeid"] = bildeid(d, ctx.image_type)
     d["mappenavn"] = mappenavn(d, image_path, ctx, warnings)
     if not d["exif_roadident"]:
-        d["exif_roadident"] = _roadident(d)
+        d["exif_roadident"] = roadident_fn(d)
     if ctx.force_fylke or not d["exif_fylke"]:
         d["exif_fylke"] = str(ctx.fylkesnummer) if ctx.fylkesnummer is not None else None
     d["detekterte_objekter"] = detections
