@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
             d.add_argument("--schema", default=None)
             d.add_argument("--out", type=Path, default=Path("db_config.py"))
 
+    be = sub.add_parser("build-engine", help="compile an ONNX model to a TensorRT plan (needs TensorRT and a GPU)",
+                        add_help=False)
+    be.add_argument("args", nargs=argparse.REMAINDER)
+
     m = sub.add_parser("models", help="install or list models")
     msub = m.add_subparsers(dest="models_command", required=True)
     f = msub.add_parser("fetch", help="install a shipped card's model file into the models cache")
@@ -171,6 +175,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "models":
         return _cmd_models(args)
+    if args.command == "build-engine":
+        from engine.build_cli import main as build_main
+        return build_main(args.args)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s]: %(message)s")
     try:
         cfg, cfg_path = _load(args)

@@ -1,0 +1,57 @@
+"""ONNX -> TensorRT plan compiler (`python build_engine.py` or `sladd build-engine`).
+
+    python build_engine.py MODEL.onnx --cache DIR [--precision fp16] \
+        [--profile input_1:0=1x3x416x416,8x3x416x416,16x3x416x416] [--timing-cache FILE]
+
+Needs TensorRT 10 and an NVIDIA GPU (NVIDIA's TensorRT container, see Dockerfile.gpu). Plans are
+cached by GPU, TensorRT version, precision, profiles and the ONNX file's SHA-256 (a JSON sidecar
+beside each plan): a matching plan is reused, anything else is rebuilt. INT8 calibration from a
+folder of images is not implemented yet.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _profile(text: str):
+    from engine.trt_plan import Profile, parse_shape
+
+    try:
+        name, shapes = text.split("=", 1)
+        lo, opt, hi = (parse_shape(s) for s in shapes.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--profile NAME=MIN,OPT,MAX (e.g. images=1x3x640x640,8x3x640x640,"
+                                         f"16x3x640x640): {exc}") from None
+    return Profile(name, lo, opt, hi)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="sladd build-engine", description="ONNX -> TensorRT plan, cached per GPU")
+    ap.add_argument("onnx", type=Path)
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "sladd" / "plans")
+    ap.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
+    ap.add_argument("--profile", type=_profile, action="append", default=[])
+    ap.add_argument("--timing-cache", type=Path, default=None)
+    ap.add_argument("--workspace-gb", type=float, default=4.0)
+    ap.add_argument("--force", action="store_true", help="rebuild even if a matching plan exists")
+    args = ap.parse_args(argv)
+    if not args.onnx.is_file():
+        print(f"build_engine: {args.onnx} does not exist", file=sys.stderr)
+        return 2
+    if args.precision == "int8":
+        print("build_engine: int8 calibration is not implemented yet; use fp16 or fp32", file=sys.stderr)
+        return 2
+    from engine.trt_plan import build_plan
+
+    try:
+        plan = build_plan(args.onnx, args.cache, precision=args.precision, profiles=args.profile,
+                          timing_cache=args.timing_cache, workspace_gb=args.workspace_gb, force=args.force)
+    except (ImportError, RuntimeError, ValueError) as exc:
+        print(f"build_engine: {exc}", file=sys.stderr)
+        return 2
+    print(plan)
+    return 0
+
+

@@ -1,0 +1,157 @@
+"""TensorRT plans: building (TensorRT 10 Python API) and the plan cache.
+
+A plan is specific to the GPU, the TensorRT version, the precision, the optimisation profiles
+and the ONNX file; a JSON sidecar beside each plan records all five, and a plan is reused only
+when every one matches (otherwise it is rebuilt). The cache logic is plain Python and tested
+everywhere; building needs TensorRT and a GPU (tests marked `trt`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+__all__ = ["Profile", "Sidecar", "plan_paths", "find_plan", "build_plan", "tensorrt_module", "gpu_name",
+           "parse_shape"]
+
+LOG = logging.getLogger("sladd")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One optimisation profile for input `name`: min / opt / max shapes."""
+
+    name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+@dataclass
+class Sidecar:
+    onnx_sha256: str
+    gpu: str
+    tensorrt: str
+    precision: str
+    profiles: list = field(default_factory=list)
+
+    def matches(self, other: "Sidecar") -> bool:
+        return asdict(self) == asdict(other)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """"1x3x416x416" -> (1, 3, 416, 416)."""
+    try:
+        dims = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"shape {text!r} must look like 1x3x416x416") from None
+    if not dims or any(d < 1 for d in dims):
+        raise ValueError(f"shape {text!r}: every dimension must be >= 1")
+    return dims
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tensorrt_module():
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise ImportError("TensorRT is not installed: it comes with NVIDIA's TensorRT container (Dockerfile.gpu) "
+                          "or NVIDIA's own package index, not from PyPI/Debian") from exc
+    return trt
+
+
+def gpu_name() -> str:
+    from kernels._xp import cupy_or_none
+
+    cp = cupy_or_none()
+    if cp is None:
+        raise RuntimeError("no usable CUDA GPU (CuPy found none): TensorRT plans are built on the GPU they run on")
+    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    name = props["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def plan_paths(cache_dir: Path, onnx: Path, precision: str, profiles: list[Profile], gpu: str,
+               trt_version: str) -> tuple[Path, Sidecar]:
+    """Where the plan for these settings lives, and the sidecar it must carry."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    side = Sidecar(onnx_sha256=_sha256(onnx), gpu=gpu, tensorrt=trt_version, precision=precision,
+                   profiles=[asdict(p) | {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)}
+                             for p in profiles])
+    key = hashlib.sha256(json.dumps(asdict(side), sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"{Path(onnx).stem}.{precision}.{key}.plan", side
+
+
+def find_plan(plan: Path, want: Sidecar) -> Optional[Path]:
+    """The plan if it exists and its sidecar matches `want` exactly, else None (rebuild)."""
+    meta = plan.with_suffix(".json")
+    if not (plan.is_file() and meta.is_file()):
+        return None
+    try:
+        have = Sidecar(**json.loads(meta.read_text()))
+    except (ValueError, TypeError):
+        LOG.warning("unreadable plan sidecar %s: rebuilding", meta)
+        return None
+    if not have.matches(want):
+        LOG.info("plan %s was built for %s/TensorRT %s/%s: rebuilding", plan, have.gpu, have.tensorrt, have.precision)
+        return None
+    return plan
+
+
+def build_plan(onnx: Path, cache_dir: Path, *, precision: str = "fp16", profiles: list[Profile] = (),
+               timing_cache: Optional[Path] = None, workspace_gb: float = 4.0, calibrator=None,
+               force: bool = False) -> Path:
+    """ONNX -> serialized TensorRT plan (+ sidecar), reusing a matching cached plan."""
+    trt = tensorrt_module()
+    plan, side = plan_paths(cache_dir, onnx, precision, list(profiles), gpu_name(), trt.__version__)
+    if not force and find_plan(plan, side):
+        return plan
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)                       # explicit batch is the only mode in TRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ValueError(f"TensorRT cannot parse {onnx}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "int8":
+        if calibrator is None:
+            raise ValueError("int8 needs a calibrator (a folder of sample images)")
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.int8_calibrator = calibrator
+    for p in profiles:
+        prof = builder.create_optimization_profile()
+        prof.set_shape(p.name, p.min, p.opt, p.max)
+        config.add_optimization_profile(prof)
+    cache = None
+    if timing_cache is not None:
+        blob = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
+        cache = config.create_timing_cache(blob)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT could not build a plan for {onnx} (see the messages above)")
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    tmp = plan.with_name(plan.name + ".partial")
+    tmp.write_bytes(bytes(serialized))
+    os.replace(tmp, plan)
+    plan.with_suffix(".json").write_text(json.dumps(asdict(side), indent=2))
+    if cache is not None:
+        Path(timing_cache).write_bytes(bytes(cache.serialize()))
+    return plan

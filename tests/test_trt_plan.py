@@ -1,0 +1,80 @@
+"""TensorRT plan cache: the sidecar decides reuse vs rebuild (plain Python, runs everywhere);
+building itself needs TensorRT and a GPU (`trt`)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from engine.trt_plan import Profile, find_plan, parse_shape, plan_paths
+
+PROFILES = [Profile("images", (1, 3, 640, 640), (8, 3, 640, 640), (16, 3, 640, 640))]
+
+
+def _plan(tmp_path, onnx, **kw):
+    args = dict(precision="fp16", profiles=PROFILES, gpu="NVIDIA H100 80GB HBM3", trt_version="10.3.0")
+    args.update(kw)
+    return plan_paths(tmp_path / "plans", onnx, **args)
+
+
+def test_plan_reused_only_when_everything_matches(tmp_path):
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"model v1")
+    plan, side = _plan(tmp_path, onnx)
+    assert find_plan(plan, side) is None                        # nothing built yet
+    plan.parent.mkdir(parents=True)
+    plan.write_bytes(b"plan")
+    plan.with_suffix(".json").write_text(json.dumps(side.__dict__))
+    assert find_plan(plan, side) == plan
+    for change in ({"gpu": "NVIDIA A100-SXM4-80GB"}, {"trt_version": "10.4.0"}, {"precision": "fp32"},
+                   {"profiles": [Profile("images", (1, 3, 640, 640), (4, 3, 640, 640), (8, 3, 640, 640))]}):
+        other_plan, other = _plan(tmp_path, onnx, **change)
+        assert other_plan != plan and find_plan(plan, other) is None, change
+    onnx.write_bytes(b"model v2")                               # a new ONNX file: new key
+    new_plan, new = _plan(tmp_path, onnx)
+    assert new_plan != plan and find_plan(plan, new) is None
+
+
+def test_shapes_and_precision_are_validated(tmp_path):
+    assert parse_shape("1x3x416x416") == (1, 3, 416, 416)
+    with pytest.raises(ValueError):
+        parse_shape("1x3xABC")
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"x")
+    with pytest.raises(ValueError, match="precision"):
+        _plan(tmp_path, onnx, precision="fp8")
+
+
+def test_build_engine_without_tensorrt_says_why(tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"x")
+    res = subprocess.run([sys.executable, "build_engine.py", str(onnx), "--cache", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "TensorRT is not installed" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "engine.cli", "build-engine", str(onnx), "--precision", "fp16"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "TensorRT is not installed" in res.stderr
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+def test_build_centerface_plan_and_reuse(tmp_path):
+    pytest.importorskip("tensorrt", reason="needs TensorRT (NVIDIA container)")
+    from kernels._xp import cupy_or_none
+    if cupy_or_none() is None:
+        pytest.skip("needs an NVIDIA GPU")
+    import onnx as onnx_lib
+
+    from engine.models import load_card, resolve_model
+    from engine.models.centerface import fix_centerface_graph
+    from engine.trt_plan import build_plan
+    model = tmp_path / "cf.onnx"
+    onnx_lib.save(fix_centerface_graph(onnx_lib.load(str(resolve_model(load_card("centerface")))), 640, 640), model)
+    plan = build_plan(model, tmp_path / "plans", precision="fp16")
+    mtime = plan.stat().st_mtime_ns
+    assert build_plan(model, tmp_path / "plans", precision="fp16") == plan and plan.stat().st_mtime_ns == mtime
