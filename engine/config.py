@@ -118,6 +118,7 @@ class EmailSpec(_Strict):
 class EngineSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     decoder: Literal["turbojpeg", "dali"] = "turbojpeg"   # dali: NVIDIA DALI (CPU-only mode without a GPU)
+    runtime: Literal["auto", "onnxruntime", "tensorrt"] = "auto"   # auto: tensorrt on cuda when installed
     queue_size: int = Field(8, ge=1, le=1024)
     decoders: int = Field(1, ge=1, le=64)
     writers: int = Field(2, ge=1, le=64)

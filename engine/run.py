@@ -53,6 +53,21 @@ def choose_device(requested: str) -> str:
     return "cpu"
 
 
+def choose_runtime(requested: str, device: str) -> str:
+    """`tensorrt` needs cuda; `auto` takes TensorRT on cuda when it is installed, else ONNX Runtime."""
+    if requested == "tensorrt" and device != "cuda":
+        raise RuntimeError("engine.runtime tensorrt needs a GPU (--device cuda)")
+    if requested != "auto":
+        return requested
+    if device == "cuda":
+        import importlib.util
+        if importlib.util.find_spec("tensorrt") is not None:
+            LOG.info("runtime auto -> tensorrt")
+            return "tensorrt"
+        LOG.info("runtime auto -> onnxruntime (CUDA provider; TensorRT is not installed)")
+    return "onnxruntime"
+
+
 def _report_unimplemented(cfg: Config) -> None:
     seen = set()
     for key, what in _NOT_YET.items():
@@ -91,7 +106,8 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
         raise FileNotFoundError(f"input folder {input_dir} is not a folder")
     _report_unimplemented(cfg)
     device = choose_device(cfg.engine.device)
-    runtime = create_runtime("onnxruntime", device=device, threads=cfg.engine.inference_threads)
+    runtime = create_runtime(choose_runtime(cfg.engine.runtime, device), device=device,
+                             threads=cfg.engine.inference_threads)
     slots, names = build_models(cfg, runtime)
     detector = Detector(cfg, slots, names)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -200,7 +200,6 @@ def test_cascade_crops():
 # --- nanodet ----------------------------------------------------------------------------------
 def _nanodet_graph(path):
     """A graph with NanoDet's six outputs whose values decode to known boxes."""
-    outs = []
     specs = {8: 52, 16: 26, 32: 13}
     vals = {}
     for stride, g in specs.items():

@@ -1,5 +1,5 @@
-"""Model runtimes. CPU: ONNX Runtime's CPU provider. GPU: ONNX Runtime's CUDA provider here;
-TensorRT plans (build_engine.py) are the production GPU path (issue 9)."""
+"""Model runtimes. CPU: ONNX Runtime's CPU provider. GPU: ONNX Runtime's CUDA provider with
+CuPy-bound inputs, or TensorRT plans (engine.models.gpu_runtime)."""
 from __future__ import annotations
 
 import logging
@@ -56,10 +56,19 @@ class OrtRuntime:
         # spinning off against 3.9-4.0 with it on (2 cores).
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         src = model if isinstance(model, (bytes, bytearray)) else str(model)
-        return self.ort.InferenceSession(src, sess_options=so, providers=self.providers)
+        session = self.ort.InferenceSession(src, sess_options=so, providers=self.providers)
+        if self.device == "cuda":
+            from engine.models.gpu_runtime import CupyBoundSession
+            return CupyBoundSession(session)              # inputs bound to CuPy device buffers
+        return session
 
 
-RUNTIMES = {"onnxruntime": OrtRuntime}
+def _tensorrt(**kwargs):
+    from engine.models.gpu_runtime import TrtRuntime    # lazy: TensorRT is NVIDIA-container only
+    return TrtRuntime(**kwargs)
+
+
+RUNTIMES = {"onnxruntime": OrtRuntime, "tensorrt": _tensorrt}
 
 
 def create_runtime(name: str, **kwargs):

@@ -1,0 +1,47 @@
+"""GPU runtimes against ONNX Runtime on the CPU (the oracle). Skip, with a reason, without a GPU."""
+import numpy as np
+import onnx
+import pytest
+
+from engine.models import create_runtime, load_card, resolve_model
+from engine.models.centerface import fix_centerface_graph
+from engine.run import choose_runtime
+from kernels._xp import cupy_or_none
+
+
+def _graph():
+    return fix_centerface_graph(onnx.load(str(resolve_model(load_card("centerface")))), 256, 320).SerializeToString()
+
+
+def _input():
+    return {"input.1": (np.random.default_rng(0).random((1, 3, 256, 320)) * 255).astype(np.float32)}
+
+
+def test_runtime_choice_without_a_gpu():
+    assert choose_runtime("auto", "cpu") == "onnxruntime"
+    with pytest.raises(RuntimeError, match="needs a GPU"):
+        choose_runtime("tensorrt", "cpu")
+
+
+@pytest.mark.gpu
+def test_ort_cuda_with_cupy_bound_inputs_matches_cpu():
+    import onnxruntime as ort
+    if cupy_or_none() is None or "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs an NVIDIA GPU, CuPy and onnxruntime-gpu")
+    ref = create_runtime("onnxruntime", device="cpu").session(_graph()).run(None, _input())
+    got = create_runtime("onnxruntime", device="cuda").session(_graph()).run(None, _input())
+    for a, b in zip(ref, got):
+        assert np.allclose(a, b, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+def test_tensorrt_fp16_plan_matches_cpu(tmp_path):
+    pytest.importorskip("tensorrt", reason="needs TensorRT (NVIDIA container)")
+    if cupy_or_none() is None:
+        pytest.skip("needs an NVIDIA GPU")
+    ref = create_runtime("onnxruntime", device="cpu").session(_graph()).run(None, _input())
+    sess = create_runtime("tensorrt", device="cuda", cache=tmp_path).session(_graph())
+    got = sess.run(None, _input())
+    heat_ref, heat = ref[0], got[0]
+    assert heat.shape == heat_ref.shape and np.abs(heat - heat_ref).max() < 0.02      # FP16 tolerance
