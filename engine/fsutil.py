@@ -5,7 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["PARTIAL_SUFFIX", "partial_name", "write_atomic", "copy_atomic", "remove_partials", "wait_for_path",
+__all__ = ["PARTIAL_SUFFIX", "partial_name", "write_atomic", "copy_atomic", "wait_for_path",
            "PathNotReachable"]
 
 PARTIAL_SUFFIX = ".sladd-partial"
@@ -58,17 +58,6 @@ def copy_atomic(src: Path, dst: Path) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(dst.parent)
-
-
-def remove_partials(paths) -> int:
-    """Remove the temporary siblings of `paths` left by an interrupted run. Returns the count."""
-    n = 0
-    for p in paths:
-        t = partial_name(Path(p))
-        if t.exists():
-            t.unlink()
-            n += 1
-    return n
 
 
 class PathNotReachable(OSError):

@@ -191,9 +191,8 @@ def set_orientation(segment: bytes, value: int = 1) -> bytes:
 
 def apply_orientation(pixels, orientation: int):
     """Turn stored pixels `(H, W, C)` into display orientation (EXIF 1..8). Returns a view."""
-    xp_flip = pixels[:, ::-1]
     if orientation == 2:
-        return xp_flip
+        return pixels[:, ::-1]
     if orientation == 3:
         return pixels[::-1, ::-1]
     if orientation == 4:

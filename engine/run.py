@@ -24,8 +24,6 @@ LOG = logging.getLogger("sladd")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3
 
-# Keys that later work items act on; a non-default value is reported, never silently ignored.
-_NOT_YET: dict[str, str] = {}
 
 
 def choose_device(requested: str) -> str:
@@ -68,15 +66,6 @@ def choose_runtime(requested: str, device: str) -> str:
     return "onnxruntime"
 
 
-def _report_unimplemented(cfg: Config) -> None:
-    seen = set()
-    for key, what in _NOT_YET.items():
-        if getattr(cfg, key) and what not in seen:
-            seen.add(what)
-            LOG.warning("%s (`%s` and related keys) are not produced by this version of sladd yet; "
-                        "only the anonymised images and the ledger are written", what, key)
-
-
 def check_run_config(cfg: Config, archive_dir: Optional[Path]) -> None:
     """The reference's check_config rules that depend on the command line."""
     if archive_dir is None:
@@ -104,7 +93,6 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
             raise FileNotFoundError(str(exc)) from None
     if not input_dir.is_dir():
         raise FileNotFoundError(f"input folder {input_dir} is not a folder")
-    _report_unimplemented(cfg)
     device = choose_device(cfg.engine.device)
     runtime = create_runtime(choose_runtime(cfg.engine.runtime, device), device=device,
                              threads=cfg.engine.inference_threads)
