@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from engine.models.resolve import sha256_file
+
 __all__ = ["Profile", "Sidecar", "plan_paths", "find_plan", "build_plan", "tensorrt_module", "gpu_name",
            "parse_shape"]
 
@@ -55,14 +57,6 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return dims
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def tensorrt_module():
     try:
         import tensorrt as trt
@@ -88,7 +82,7 @@ def plan_paths(cache_dir: Path, onnx: Path, precision: str, profiles: list[Profi
     """Where the plan for these settings lives, and the sidecar it must carry."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    side = Sidecar(onnx_sha256=_sha256(onnx), gpu=gpu, tensorrt=trt_version, precision=precision,
+    side = Sidecar(onnx_sha256=sha256_file(Path(onnx)), gpu=gpu, tensorrt=trt_version, precision=precision,
                    profiles=[asdict(p) | {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)}
                              for p in profiles])
     key = hashlib.sha256(json.dumps(asdict(side), sort_keys=True).encode()).hexdigest()[:16]

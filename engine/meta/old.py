@@ -13,8 +13,8 @@ from typing import Optional
 
 from engine.meta.exif import ExifData, XmlNode, redact_image_properties
 from engine.meta.paths import FELT, STREKNING, filename_tokens, kryss, path_element, split_path, strip_zeros
-from engine.meta.record import (MetaContext, _file_time, _parse_into, _reflink, finish_record, template,
-                                to_number)
+from engine.meta.record import (MetaContext, _file_time, _parse_into, _reflink, finish_record, roadident_tail,
+                                template, to_number)
 
 __all__ = ["build_record_old"]
 
@@ -125,15 +125,7 @@ def _roadident_old(d: dict) -> Optional[str]:
         section = f"S{d.get('exif_strekning') or ''}D{d.get('exif_delstrekning') or ''}"
     else:
         section = ""
-    parts = [road, section]
-    if d.get("exif_ankerpunkt"):
-        parts.append(f"M{d['exif_ankerpunkt']}")
-    if d.get("exif_sideanleggsdel"):
-        parts.append(f"AD{d['exif_sideanleggsdel']}")
-    elif d.get("exif_kryssdel"):
-        parts.append(f"KD{d['exif_kryssdel']}")
-    if d.get("exif_meter"):
-        parts.append(f"m{d['exif_meter']}")
+    parts = [road, section] + roadident_tail(d)
     return " ".join(p for p in parts if p) or None
 
 

@@ -141,15 +141,21 @@ def _roadident(d: dict) -> Optional[str]:
     parts = [p for p in (road, sd) if p]
     if not parts:
         return None
+    return " ".join(parts + roadident_tail(d))
+
+
+def roadident_tail(d: dict) -> list[str]:
+    """The anchor, junction/side-facility part and meter of a built roadident (§1.7)."""
+    tail = []
     if d.get("exif_ankerpunkt"):
-        parts.append(f"M{d['exif_ankerpunkt']}")
+        tail.append(f"M{d['exif_ankerpunkt']}")
     if d.get("exif_sideanleggsdel"):
-        parts.append(f"AD{d['exif_sideanleggsdel']}")
+        tail.append(f"AD{d['exif_sideanleggsdel']}")
     elif d.get("exif_kryssdel"):
-        parts.append(f"KD{d['exif_kryssdel']}")
+        tail.append(f"KD{d['exif_kryssdel']}")
     if d.get("exif_meter"):
-        parts.append(f"m{d['exif_meter']}")
-    return " ".join(parts)
+        tail.append(f"m{d['exif_meter']}")
+    return tail
 
 
 # --- the routes of §1.2 ------------------------------------------------------------------------
