@@ -5,8 +5,8 @@
 
 Needs TensorRT 10 and an NVIDIA GPU (NVIDIA's TensorRT container, see Dockerfile.gpu). Plans are
 cached by GPU, TensorRT version, precision, profiles and the ONNX file's SHA-256 (a JSON sidecar
-beside each plan): a matching plan is reused, anything else is rebuilt. INT8 calibration from a
-folder of images is not implemented yet.
+beside each plan): a matching plan is reused, anything else is rebuilt. INT8 calibrates from a
+folder of sample JPEGs (--calib-dir) with a calibration cache (--calib-cache).
 """
 from __future__ import annotations
 
@@ -36,18 +36,28 @@ def main(argv=None) -> int:
     ap.add_argument("--timing-cache", type=Path, default=None)
     ap.add_argument("--workspace-gb", type=float, default=4.0)
     ap.add_argument("--force", action="store_true", help="rebuild even if a matching plan exists")
+    ap.add_argument("--calib-dir", type=Path, default=None, help="int8: folder of sample JPEGs")
+    ap.add_argument("--calib-cache", type=Path, default=None, help="int8: calibration cache file")
+    ap.add_argument("--family", default="centerface", help="int8: preprocessing (centerface, nanodet, yolo-seg)")
+    ap.add_argument("--calib-shape", default="8x3x640x640", help="int8: calibration batch NxCxHxW")
     args = ap.parse_args(argv)
     if not args.onnx.is_file():
         print(f"build_engine: {args.onnx} does not exist", file=sys.stderr)
         return 2
-    if args.precision == "int8":
-        print("build_engine: int8 calibration is not implemented yet; use fp16 or fp32", file=sys.stderr)
-        return 2
-    from engine.trt_plan import build_plan
+    from engine.trt_plan import build_plan, calibration_batches, make_calibrator, parse_shape
 
     try:
+        calibrator = None
+        if args.precision == "int8":
+            if args.calib_dir is None:
+                print("build_engine: --precision int8 needs --calib-dir (sample images)", file=sys.stderr)
+                return 2
+            cache = args.calib_cache or args.onnx.with_suffix(".calib")
+            calibrator = make_calibrator(calibration_batches(args.calib_dir, args.family,
+                                                             parse_shape(args.calib_shape)), cache)
         plan = build_plan(args.onnx, args.cache, precision=args.precision, profiles=args.profile,
-                          timing_cache=args.timing_cache, workspace_gb=args.workspace_gb, force=args.force)
+                          timing_cache=args.timing_cache, workspace_gb=args.workspace_gb, force=args.force,
+                          calibrator=calibrator)
     except (ImportError, RuntimeError, ValueError) as exc:
         print(f"build_engine: {exc}", file=sys.stderr)
         return 2

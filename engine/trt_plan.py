@@ -149,3 +149,74 @@ def build_plan(onnx: Path, cache_dir: Path, *, precision: str = "fp16", profiles
     if cache is not None:
         Path(timing_cache).write_bytes(bytes(cache.serialize()))
     return plan
+
+
+# --- INT8 calibration ----------------------------------------------------------------------------
+def calibration_batches(folder: Path, family: str, input_shape: tuple[int, ...], limit: int = 256):
+    """Yield float32 NCHW batches of `input_shape` from the JPEGs in `folder`, preprocessed as
+    the model family's adapter does (centerface: RGB 0..255 padded; nanodet: BGR mean/std
+    letterboxed; yolo-seg: RGB/255 letterboxed). Host arrays; no TensorRT needed."""
+    import numpy as np
+
+    from engine.decode import TurboDecoder, read_bytes
+    from engine.types import Job
+    from kernels import letterbox, resize_bilinear
+
+    n, c, h, w = input_shape
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[:limit]
+    if not files:
+        raise ValueError(f"no JPEG images in the calibration folder {folder}")
+    dec = TurboDecoder()
+    batch = []
+    for p in files:
+        px = dec.decode(Job(p, p.name, p, None, p.parent, 0, 0), read_bytes(p)).pixels
+        if family == "centerface":
+            s = min(h / px.shape[0], w / px.shape[1], 1.0)
+            img = resize_bilinear(px, max(1, int(px.shape[0] * s)), max(1, int(px.shape[1] * s)))
+            canvas = np.zeros((h, w, 3), np.float32)
+            canvas[:img.shape[0], :img.shape[1]] = img
+            x = canvas
+        elif family == "nanodet":
+            from engine.models.nanodet import MEAN_BGR, STD_BGR
+            x = (letterbox(px, (h, w), 0.0)[0][..., ::-1] - MEAN_BGR) / STD_BGR
+        elif family == "yolo-seg":
+            x = letterbox(px, (h, w), 114.0)[0] / 255.0
+        else:
+            raise ValueError(f"no calibration preprocessing for family {family!r}")
+        batch.append(x.transpose(2, 0, 1).astype(np.float32))
+        if len(batch) == n:
+            yield np.stack(batch)
+            batch = []
+
+
+def make_calibrator(batches, cache: Path):
+    """A TensorRT IInt8EntropyCalibrator2 over `batches`, reading/writing the calibration cache."""
+    trt = tensorrt_module()
+    from engine.models.gpu_runtime import cupy_module
+    cp = cupy_module()
+
+    class _Calibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self):
+            super().__init__()
+            self.it = iter(batches)
+            self.first = next(self.it, None)
+            self.buf = None
+
+        def get_batch_size(self):
+            return 0 if self.first is None else int(self.first.shape[0])
+
+        def get_batch(self, names):
+            b = self.first if self.first is not None else next(self.it, None)
+            self.first = None
+            if b is None:
+                return None
+            self.buf = cp.asarray(b)                    # kept alive until the next call
+            return [int(self.buf.data.ptr)]
+
+        def read_calibration_cache(self):
+            return Path(cache).read_bytes() if Path(cache).is_file() else None
+
+        def write_calibration_cache(self, data):
+            Path(cache).write_bytes(bytes(data))
+
+    return _Calibrator()

@@ -78,3 +78,26 @@ def test_build_centerface_plan_and_reuse(tmp_path):
     plan = build_plan(model, tmp_path / "plans", precision="fp16")
     mtime = plan.stat().st_mtime_ns
     assert build_plan(model, tmp_path / "plans", precision="fp16") == plan and plan.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("family", ["centerface", "nanodet", "yolo-seg"])
+def test_calibration_batches_match_the_adapters_preprocessing(tmp_path, family, portrait):
+    """INT8 calibration data is prepared exactly as the adapter feeds the model (no TensorRT needed)."""
+    import numpy as np
+
+    from engine.trt_plan import calibration_batches
+    from tests.conftest import jpeg_bytes, scene_with_faces
+    for i in range(5):
+        img, _ = scene_with_faces(portrait, h=240, w=320, faces=((20 * i, 20, 150),), seed=i)
+        (tmp_path / f"{i}.jpg").write_bytes(jpeg_bytes(img, quality=95))
+    batches = list(calibration_batches(tmp_path, family, (2, 3, 256, 320)))
+    assert len(batches) == 2 and all(b.shape == (2, 3, 256, 320) and b.dtype == np.float32 for b in batches)
+    first = batches[0][0]
+    if family == "centerface":
+        assert first.max() > 100 and np.all(first[:, 240:] == 0)            # RGB 0..255, padded below
+    elif family == "nanodet":
+        assert first.min() < -1 and abs(float(first.mean())) < 2           # BGR mean/std normalised
+    else:
+        assert 0 <= first.min() and first.max() <= 1                        # RGB / 255
+    with pytest.raises(ValueError, match="no JPEG"):
+        list(calibration_batches(tmp_path / "empty", family, (1, 3, 64, 64)))
