@@ -227,6 +227,10 @@ class Detector:
     def _cascade_view(self, slot: ModelSlot, v: View, vp: np.ndarray, full_size) -> list[_ViewResult]:
         cs, card = slot.card.cascade, slot.card
         vh, vw = vp.shape[:2]
+        if min(vh, vw) * cs.scale < 32:
+            # Too small to look at coarsely (a 1x1 image would have no pixels): native pass only.
+            fine = slot.adapter.batch([np.ascontiguousarray(vp)], 1.0)[0]
+            return [self._map(slot, full_size, v, vw, 1.0, fine)]
         f = round(1 / cs.scale)
         coarse = downscale_mean(vp, f) if abs(f * cs.scale - 1) < 1e-6 else \
             resize_bilinear(vp, max(1, round(vh * cs.scale)), max(1, round(vw * cs.scale)))

@@ -294,3 +294,14 @@ def test_arithmetic_coded_jpeg_is_processed_and_ycck_refused(tmp_path, portrait)
     assert np.abs(frame.pixels.astype(int) - ref).max() <= 3
     assert rows["ycck.jpg"][0] == "failed" and "CMYK/YCCK" in rows["ycck.jpg"][1]
     assert st.anonymised == 1 and not (out / "ycck.jpg").exists()
+
+
+def test_tiny_and_extreme_aspect_images(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    rng = np.random.default_rng(0)
+    for name, (h, w) in {"one.jpg": (1, 1), "thin.jpg": (3, 2000), "tall.jpg": (1500, 7), "small.jpg": (31, 33)}.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(inp / name, quality=90)
+    cfg, _ = load_config(_cfg(tmp_path))
+    st = run(cfg, inp, tmp_path / "out")
+    assert st.failed == 0 and st.unchanged == 4
