@@ -86,9 +86,10 @@ class TurboDecoder:
         ok = [f for f in factors if f >= Fraction(min_scale).limit_denominator(64)]
         self.scale = ok[0] if ok else Fraction(1)
 
-    def decode(self, job: Job, data: bytes) -> Frame:
+    def decode(self, job: Job, data: bytes, info=None) -> Frame:
+        """`info`: the file's parsed header when the caller already has it (parsed once)."""
         t0 = time.perf_counter()
-        info = parse_jpeg(data)
+        info = info if info is not None else parse_jpeg(data)
         if info.width * info.height > self.max_pixels:
             raise ImageError(f"image is {info.width}x{info.height} = {info.width * info.height} pixels, above "
                              f"the limit engine.max_image_pixels={self.max_pixels}; raise it to process this image")

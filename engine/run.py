@@ -144,17 +144,18 @@ class _ScaledDecoder:
         self.detector = detector
 
     def decode(self, job, data):
-        if self.name == "turbojpeg":
-            from fractions import Fraction
+        if self.name != "turbojpeg":
+            return self._inner.decode(job, data)
+        from fractions import Fraction
 
-            from engine.jpeg import parse_jpeg
+        from engine.jpeg import parse_jpeg
 
-            info = parse_jpeg(data)
-            need = self.detector.needed_scale(info.height, info.width)
-            ok = sorted(f for f in (Fraction(n, d) for n, d in self._inner.tj.scaling_factors)
-                        if Fraction(need).limit_denominator(64) <= f <= 1)
-            self._inner.scale = ok[0] if ok else Fraction(1)
-        return self._inner.decode(job, data)
+        info = parse_jpeg(data)
+        need = self.detector.needed_scale(info.height, info.width)
+        ok = sorted(f for f in (Fraction(n, d) for n, d in self._inner.tj.scaling_factors)
+                    if Fraction(need).limit_denominator(64) <= f <= 1)
+        self._inner.scale = ok[0] if ok else Fraction(1)
+        return self._inner.decode(job, data, info)      # the header is parsed once
 
     def full_pixels(self, frame):
         return self._inner.full_pixels(frame)

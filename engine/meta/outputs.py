@@ -34,21 +34,16 @@ def targets_for(cfg, job) -> MetaTargets:
     jname, pname = f"{stem}.json", f"{stem}_preview.jpg"
     out_dir, in_dir = job.output.parent, job.path.parent
     arch_dir = job.archive.parent if job.archive is not None else None
-    js = []
-    if cfg.remote_json:
-        js.append(out_dir / jname)
-    if cfg.local_json:
-        js.append(in_dir / jname)
-    if cfg.archive_json and arch_dir is not None:
-        js.append(arch_dir / jname)
+
+    def mirrored(name: str, remote: bool, local: bool, archive: bool) -> list[Path]:
+        """The output, input and archive copies the three reference switches ask for."""
+        wanted = [(remote, out_dir), (local, in_dir), (archive and arch_dir is not None, arch_dir)]
+        return [d / name for on, d in wanted if on]
+
+    js = mirrored(jname, cfg.remote_json, cfg.local_json, cfg.archive_json)
     pv = []
     if cfg.preview_dim is not None:
-        if cfg.remote_preview:
-            pv.append(out_dir / pname)
-        if cfg.local_preview:
-            pv.append(in_dir / pname)
-        if cfg.archive_preview and arch_dir is not None:
-            pv.append(arch_dir / pname)
+        pv = mirrored(pname, cfg.remote_preview, cfg.local_preview, cfg.archive_preview)
         if cfg.separate_preview_directory:
             rel = relative_to_top(str(job.path), cfg.exif_top_dir)
             if rel is None:                     # no top folder in the path: mirror the input tree
