@@ -117,7 +117,10 @@ class EmailSpec(_Strict):
 
 class EngineSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    decoder: Literal["turbojpeg", "dali"] = "turbojpeg"   # dali: NVIDIA DALI (CPU-only mode without a GPU)
+    # auto: DALI on cuda (frames decoded into GPU memory) when installed, else TurboJPEG;
+    # dali on cpu runs DALI's CPU-only mode.
+    decoder: Literal["auto", "turbojpeg", "dali"] = "auto"
+    decode_batch: int = Field(8, ge=1, le=256)    # images per DALI decode run
     runtime: Literal["auto", "onnxruntime", "tensorrt"] = "auto"   # auto: tensorrt on cuda when installed
     queue_size: int = Field(8, ge=1, le=1024)
     decoders: int = Field(1, ge=1, le=64)

@@ -89,21 +89,33 @@ class TurboDecoder:
     def decode(self, job: Job, data: bytes, info=None) -> Frame:
         """`info`: the file's parsed header when the caller already has it (parsed once)."""
         t0 = time.perf_counter()
+        head = self.header(data, info)
+        pixels = apply_orientation(self.decode_pixels(data, self.scale), head["orientation"])
+        return self.frame(job, data, head, pixels, float(self.scale), time.perf_counter() - t0)
+
+    def header(self, data: bytes, info=None) -> dict:
+        """What the frame needs from the file's header; ImageError for what is refused (too many
+        pixels, CMYK/YCCK) before any pixel is decoded."""
         info = info if info is not None else parse_jpeg(data)
         if info.width * info.height > self.max_pixels:
             raise ImageError(f"image is {info.width}x{info.height} = {info.width * info.height} pixels, above "
                              f"the limit engine.max_image_pixels={self.max_pixels}; raise it to process this image")
         if info.components not in (1, 3):
             raise ImageError(f"unsupported JPEG colour space: {info.components} components (CMYK/YCCK?)")
-        orientation = read_orientation(info.exif)
-        _, _, subsampling, _ = self.tj.decode_header(data)
-        pixels = self.decode_pixels(data, self.scale)
-        pixels = apply_orientation(pixels, orientation)
+        try:
+            _, _, subsampling, _ = self.tj.decode_header(data)
+        except OSError as exc:
+            raise ImageError(f"JPEG decoder: {exc}") from None
+        return {"info": info, "orientation": read_orientation(info.exif), "subsampling": subsampling}
+
+    @staticmethod
+    def frame(job: Job, data: bytes, head: dict, pixels, scale: float, seconds: float) -> Frame:
+        info, orientation = head["info"], head["orientation"]
         full = (info.height, info.width) if orientation < 5 else (info.width, info.height)
-        return Frame(job=job, data=data, pixels=pixels, scale=float(self.scale), full_size=full,
+        return Frame(job=job, data=data, pixels=pixels, scale=scale, full_size=full,
                      orientation=orientation, segments=[s for _, s in info.segments],
-                     quality=estimate_quality(info.luma_table), subsampling=subsampling,
-                     timings={"decode": time.perf_counter() - t0}, exif=info.exif)
+                     quality=estimate_quality(info.luma_table), subsampling=head["subsampling"],
+                     timings={"decode": seconds}, exif=info.exif)
 
     def decode_pixels(self, data: bytes, scale: Fraction = Fraction(1)) -> np.ndarray:
         """(H*scale, W*scale, 3) uint8 RGB in *stored* orientation."""

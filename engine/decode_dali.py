@@ -1,17 +1,31 @@
-"""NVIDIA DALI decoding. On a GPU host the pipeline decodes on the device (`mixed`, nvJPEG);
-without one, DALI's CPU-only mode (`device_id=None`, `cpu` operators) runs the same pipeline
-code, which is how CI exercises it. Headers, EXIF orientation, quality and metadata segments
-are handled exactly as on the TurboJPEG path (engine.decode)."""
+"""NVIDIA DALI decoding.
+
+On a GPU host the pipeline decodes with nvJPEG (`mixed`: Huffman decoding on the CPU threads,
+the rest on the GPU, the hardware JPEG decoder where the GPU has one) and the frames stay in
+device memory: each decoded image is handed to CuPy through DLPack and copied once, device to
+device, into a CuPy-owned buffer (DALI may reuse its output buffers on the next run). Without
+a GPU, DALI's CPU-only mode (`device_id=None`, `cpu` operators) runs the same pipeline code,
+which is how CI exercises it.
+
+Headers, EXIF orientation, quality, subsampling and metadata segments are handled exactly as
+on the TurboJPEG path (engine.decode): grayscale JPEGs come out as RGB, CMYK/YCCK files and
+images above `max_image_pixels` are refused before decoding, and the orientation is applied
+afterwards (as views, on the host or on the device).
+"""
 from __future__ import annotations
 
+import time
 from fractions import Fraction
 
 import numpy as np
 
 from engine.decode import TurboDecoder
-from engine.types import ImageError
+from engine.jpeg import apply_orientation
+from engine.types import Frame, ImageError, Job
 
-__all__ = ["DaliDecoder", "dali_module"]
+__all__ = ["DaliDecoder", "dali_module", "DALI_DEVICES"]
+
+DALI_DEVICES = ("cpu", "mixed")
 
 
 def dali_module():
@@ -25,48 +39,105 @@ def dali_module():
     return fn, types, pipeline_def
 
 
-class DaliDecoder(TurboDecoder):
-    """One image per call through a synchronous DALI pipeline (one pipeline per decode thread).
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
-    device "cpu": `device_id=None`, host output; "mixed": nvJPEG on GPU `device_id`, returned
-    to the host here (the device-resident path belongs to the GPU engine). No DCT scaling:
-    frames are always full resolution.
+
+class DaliDecoder(TurboDecoder):
+    """Decodes one image or a batch per call through a synchronous DALI pipeline (one pipeline
+    per decode thread).
+
+    device "cpu": CPU-only mode (`device_id=None`), host NumPy frames.
+    device "mixed": nvJPEG on GPU `device_id`, device (CuPy) frames.
+    `batch`: the most images one pipeline run decodes. No DCT scaling: frames are always at
+    full resolution.
     """
 
     name = "dali"
 
     def __init__(self, *, min_scale: float = 1.0, max_pixels: int = 200_000_000, device: str = "cpu",
-                 device_id: int | None = None, threads: int = 1):
+                 device_id: int | None = 0, threads: int = 2, batch: int = 8):
         super().__init__(min_scale=1.0, max_pixels=max_pixels)
-        if device not in ("cpu", "mixed"):
-            raise ValueError(f"DALI decoder device must be cpu or mixed, got {device!r}")
-        self.device, self.device_id, self.threads = device, (device_id if device == "mixed" else None), threads
+        if device not in DALI_DEVICES:
+            raise ValueError(f"DALI decoder device must be one of {', '.join(DALI_DEVICES)}, got {device!r}")
+        self.device, self.threads, self.batch = device, threads, max(1, int(batch))
+        self.device_id = (device_id or 0) if device == "mixed" else None
         self._pipe = None
+        self._cp = None
+        if device == "mixed":
+            from engine.models.gpu_runtime import cupy_module
+
+            self._cp = cupy_module()           # a clear error without CuPy or a usable GPU
 
     def _build(self):
         fn, types, pipeline_def = dali_module()
 
-        @pipeline_def(batch_size=1, num_threads=self.threads, device_id=self.device_id,
+        @pipeline_def(batch_size=self.batch, num_threads=self.threads, device_id=self.device_id,
                       exec_pipelined=False, exec_async=False, prefetch_queue_depth=1)
         def pipe():
             jpegs = fn.external_source(name="jpegs", dtype=types.UINT8, no_copy=False)
-            # EXIF orientation is applied by the engine, as on the TurboJPEG path.
+            # EXIF orientation is applied by the engine (as views), as on the TurboJPEG path.
             return fn.decoders.image(jpegs, device=self.device, output_type=types.RGB, adjust_orientation=False)
 
         p = pipe()
         p.build()
         return p
 
-    def decode_pixels(self, data: bytes, scale: Fraction = Fraction(1)) -> np.ndarray:
+    def _run(self, datas: list[bytes]) -> list:
+        """Decoded RGB images in stored orientation: NumPy (cpu) or CuPy arrays owned by CuPy
+        (mixed). A DALI error becomes ImageError (the pipeline is rebuilt on the next call)."""
         if self._pipe is None:
             self._pipe = self._build()
         try:
-            self._pipe.feed_input("jpegs", [np.frombuffer(data, dtype=np.uint8)])
+            self._pipe.feed_input("jpegs", [np.frombuffer(d, dtype=np.uint8) for d in datas])
             (out,) = self._pipe.run()
+            if self._cp is None:
+                return [np.array(out.at(i)) for i in range(len(datas))]
+            cp = self._cp
+            # run() without a stream returns host-synchronous outputs; from_dlpack wraps DALI's
+            # buffer (no copy) and the device-to-device copy makes the frame independent of it.
+            return [cp.array(cp.from_dlpack(out[i]), copy=True) for i in range(len(datas))]
         except RuntimeError as exc:
             self._pipe = None                        # DALI invalidates a pipeline after an error
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ImageError(f"DALI decoder: {first}") from None
-        if hasattr(out, "as_cpu"):
-            out = out.as_cpu()
-        return np.array(out.at(0))
+            raise ImageError(f"DALI decoder: {_first_line(exc)}") from None
+
+    def decode_pixels(self, data: bytes, scale: Fraction = Fraction(1)):
+        return self._run([data])[0]
+
+    def decode_batch(self, items: list[tuple[Job, bytes]]) -> list:
+        """Frames for `(job, data)` pairs, in order; an image that cannot be decoded gives an
+        ImageError in its place and never fails the others (a failed DALI batch is decoded
+        again one image at a time to find which)."""
+        t0 = time.perf_counter()
+        out: list = [None] * len(items)
+        heads = {}
+        for k, (_, data) in enumerate(items):
+            try:
+                heads[k] = self.header(data)
+            except ImageError as exc:
+                out[k] = exc
+        ok = list(heads)
+        for c in range(0, len(ok), self.batch):
+            chunk = ok[c:c + self.batch]
+            try:
+                pixels = self._run([items[k][1] for k in chunk])
+            except ImageError:
+                pixels = []
+                for k in chunk:
+                    try:
+                        pixels.append(self._run([items[k][1]])[0])
+                    except ImageError as exc:
+                        pixels.append(exc)
+            share = (time.perf_counter() - t0) / max(1, len(items))
+            for k, px in zip(chunk, pixels):
+                if isinstance(px, ImageError):
+                    out[k] = px
+                    continue
+                job, data = items[k]
+                px = apply_orientation(px, heads[k]["orientation"])
+                out[k] = self.frame(job, data, heads[k], px, 1.0, share)
+        return out
+
+    def full_pixels(self, frame: Frame):
+        return frame.pixels                     # always decoded at full resolution

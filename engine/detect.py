@@ -19,8 +19,8 @@ import numpy as np
 from engine.config import Config, ModelSpec
 from engine.models import ModelCard, ModelNotFound, RawDetections, create_adapter, load_card, resolve_model
 from engine.types import Detections, Frame
-from kernels import (box_to_int, cluster_boxes, crop_view, cutout_windows, downscale_mean, merge_boxes,
-                     merge_instances, resize_bilinear, scale_boxes, seam_window)
+from kernels import (box_to_int, cluster_boxes, crop_view, cutout_windows, downscale_mean, get_array_module,
+                     merge_boxes, merge_instances, resize_bilinear, scale_boxes, seam_window)
 
 __all__ = ["Detector", "ModelSlot", "build_models", "View"]
 
@@ -226,16 +226,17 @@ class Detector:
 
     def _cascade_view(self, slot: ModelSlot, v: View, vp: np.ndarray, full_size) -> list[_ViewResult]:
         cs, card = slot.card.cascade, slot.card
+        xp = get_array_module(vp)                 # host frames, or device frames on the GPU path
         vh, vw = vp.shape[:2]
         if min(vh, vw) * cs.scale < 32:
             # Too small to look at coarsely (a 1x1 image would have no pixels): native pass only.
-            fine = slot.adapter.batch([np.ascontiguousarray(vp)], 1.0)[0]
+            fine = slot.adapter.batch([xp.ascontiguousarray(vp)], 1.0)[0]
             return [self._map(slot, full_size, v, vw, 1.0, fine)]
         f = round(1 / cs.scale)
         coarse = downscale_mean(vp, f) if abs(f * cs.scale - 1) < 1e-6 else \
             resize_bilinear(vp, max(1, round(vh * cs.scale)), max(1, round(vw * cs.scale)))
         given = coarse.shape[1] / vw
-        raw = slot.adapter.batch([np.ascontiguousarray(coarse)], given, threshold=cs.threshold)[0]
+        raw = slot.adapter.batch([xp.ascontiguousarray(coarse)], given, threshold=cs.threshold)[0]
         strong = raw.scores >= card.score_threshold
         out = [self._map(slot, full_size, v, coarse.shape[1], given,
                          RawDetections(raw.boxes[strong], raw.scores[strong], raw.classes[strong]))]
@@ -247,10 +248,10 @@ class Detector:
             side = next((b for b in _BUCKETS if b >= max(y1 - y0, x1 - x0)), None)
             crop = vp[y0:y1, x0:x1]
             if side is not None:
-                canvas = np.zeros((side, side, 3), np.uint8)
+                canvas = xp.zeros((side, side, 3), xp.uint8)
                 canvas[:y1 - y0, :x1 - x0] = crop
                 crop = canvas
-            fine = slot.adapter.batch([np.ascontiguousarray(crop)], 1.0)[0]
+            fine = slot.adapter.batch([xp.ascontiguousarray(crop)], 1.0)[0]
             out.append(self._map(slot, full_size, View(v.y + y0, v.x + x0, y1 - y0, x1 - x0), crop.shape[1], 1.0, fine))
         return out
 
@@ -268,7 +269,7 @@ class Detector:
         if slot.card.input.mode == "scale" and abs(target - fs) > 1e-6:
             crop = resize_bilinear(crop, max(1, round(v.h * target)), max(1, round(v.w * target)))
             given = target
-        return np.ascontiguousarray(crop), given
+        return get_array_module(crop).ascontiguousarray(crop), given
 
     def _map(self, slot: ModelSlot, full_size, v: View, crop_w: int, given: float, raw) -> _ViewResult:
         """Adapter output (view pixels) -> full-image pixels; masks sampled box-locally."""

@@ -117,7 +117,8 @@ class _Stage:
             for item in items:
                 self._one(item)
         for out in outs or ():
-            _put(self.outq, out, self.stop)
+            # A batch function reports the items that failed alone as Failures.
+            _put(self.failq if isinstance(out, Failure) else self.outq, out, self.stop)
         if ended:
             self.inq.put(_END)                       # seen again by the loop, which forwards it
 
@@ -194,6 +195,31 @@ class Pipeline:
         frame = self._decoder().decode(job, data)
         frame.timings["read"] = t_read
         return frame
+
+    def _decode_batch(self, jobs: list[Job]) -> list:
+        """Several images per decoder call (DALI): each is read on its own; a read or decode
+        error fails that image alone (a Failure in its place)."""
+        out: list = [None] * len(jobs)
+        items, where = [], []
+        for k, job in enumerate(jobs):
+            t0 = time.perf_counter()
+            try:
+                self._reachable(job.path.parent, "input folder")
+                data = read_bytes(job.path)
+                if len(data) != job.size:
+                    raise ImageError(f"file changed while being read ({job.size} bytes when found, {len(data)} read)")
+            except ImageError as exc:
+                out[k] = Failure(job, "decode", str(exc))
+                continue
+            items.append((job, data))
+            where.append((k, time.perf_counter() - t0))
+        for (k, t_read), frame in zip(where, self._decoder().decode_batch(items) if items else []):
+            if isinstance(frame, ImageError):
+                out[k] = Failure(jobs[k], "decode", str(frame))
+            else:
+                frame.timings["read"] = t_read
+                out[k] = frame
+        return out
 
     def _detect(self, frame):
         return frame, self.detector(frame)
@@ -370,7 +396,9 @@ class Pipeline:
         jobq, frameq, detq, resq, failq = (queue.Queue(q), queue.Queue(q), queue.Queue(q),
                                            queue.Queue(q * 4), queue.Queue())
         stages = [
-            _Stage("decode", self._decode, jobq, frameq, failq, self.n_decoders, self.stop),
+            _Stage("decode", self._decode, jobq, frameq, failq, self.n_decoders, self.stop,
+                   batch_fn=self._decode_batch if hasattr(self._decoder(), "decode_batch") else None,
+                   batch_size=getattr(self._decoder(), "batch", 1)),
             _Stage("detect", self._detect, frameq, detq, failq, 1, self.stop,
                    batch_fn=getattr(self.detector, "detect_batch", None) and self._detect_batch,
                    batch_size=self.batch_size),

@@ -16,7 +16,7 @@ from engine.meta.exif import read_exif
 from engine.meta.outputs import crop_preview, targets_for, write_json_files, write_previews
 from engine.meta.record import build_record, dumps
 from engine.types import Detections, Frame, Result
-from kernels import class_counts
+from kernels import class_counts, to_host
 
 __all__ = ["Writer", "ENCODERS", "TurboEncoder"]
 
@@ -59,10 +59,13 @@ class Writer:
         return int(q)
 
     def render(self, frame: Frame, dets: Detections, need_pixels: bool = False):
-        """(output JPEG bytes, pixels changed?, anonymised display pixels or None)."""
+        """(output JPEG bytes, pixels changed?, anonymised display pixels on the host or None).
+
+        Device frames (the GPU path) are masked on the device and copied to the host once, for
+        the host encoder."""
         if len(dets) == 0 or not self.cfg.draw_mask:
             if self.cfg.output.copy_unmasked:
-                return frame.data, False, (self.decoder.full_pixels(frame) if need_pixels else None)
+                return frame.data, False, (to_host(self.decoder.full_pixels(frame)) if need_pixels else None)
             pixels = self.decoder.full_pixels(frame)
             masked = False
         else:
@@ -72,7 +75,8 @@ class Writer:
             frame.timings["mask"] = time.perf_counter() - t0
             masked = True
         t0 = time.perf_counter()
-        encoded = self.encoder.encode(np.ascontiguousarray(pixels), self.quality(frame), frame.subsampling)
+        pixels = np.ascontiguousarray(to_host(pixels))
+        encoded = self.encoder.encode(pixels, self.quality(frame), frame.subsampling)
         segments = frame.segments
         if frame.orientation != 1:
             # Pixels are upright now; keep every EXIF byte but the orientation value.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["get_array_module", "cupy_or_none"]
+__all__ = ["get_array_module", "cupy_or_none", "to_host", "on_device"]
 
 
 def cupy_or_none():
@@ -27,3 +27,13 @@ def get_array_module(*arrays):
             import cupy
             return cupy.get_array_module(*arrays)
     return np
+
+
+def on_device(a) -> bool:
+    """True for a CuPy (device) array."""
+    return type(a).__module__.startswith("cupy")
+
+
+def to_host(a):
+    """A NumPy array of `a`: an explicit device-to-host copy for CuPy arrays, else as is."""
+    return a.get() if on_device(a) else np.asarray(a)

@@ -13,7 +13,7 @@ import math
 from kernels._xp import get_array_module
 from kernels.filters import box_filter_region, rgb_to_gray
 
-__all__ = ["blur_ksize", "region_ksize", "group_regions", "draw_regions", "MODES"]
+__all__ = ["blur_ksize", "region_ksize", "group_regions", "draw_regions", "regions_to", "MODES"]
 
 MODES = ("fill", "blur", "gray_blur", "normalized_gray_blur", "pixelate")
 
@@ -122,6 +122,22 @@ def region_ksize(ksize: int, h: int, w: int, min_fraction: float) -> int:
     return max(ksize, int(math.ceil(min_fraction * min(h, w))))
 
 
+def regions_to(xp, regions):
+    """Regions with their masks in `xp`'s memory. Host masks bound for a device image travel in
+    one transfer (packed end to end), not one small copy per region."""
+    if xp.__name__ == "numpy" or not regions or all(get_array_module(m) is xp for _, _, m in regions):
+        return regions
+    import numpy as np
+
+    host = [np.asarray(m, dtype=bool) for _, _, m in regions]
+    flat = xp.asarray(np.concatenate([m.ravel() for m in host])) if host else None
+    out, at = [], 0
+    for (y0, x0, _), m in zip(regions, host):
+        out.append((y0, x0, flat[at:at + m.size].reshape(m.shape)))
+        at += m.size
+    return out
+
+
 def draw_regions(image, regions, *, mode: str = "normalized_gray_blur", ksize: int = 3,
                  color=(100, 100, 100), block: int = 16, min_fraction: float = 0.0, out=None):
     """Anonymise `image` inside the union of `regions`.
@@ -135,6 +151,7 @@ def draw_regions(image, regions, *, mode: str = "normalized_gray_blur", ksize: i
     if mode not in MODES:
         raise ValueError(f"unknown draw mode {mode!r}; valid: {', '.join(MODES)}")
     xp = get_array_module(image)
+    regions = regions_to(xp, list(regions))
     if out is None:
         out = image.copy()
     # Filter every group from the unmodified image first, then draw: with `out=image`, a group

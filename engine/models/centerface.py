@@ -8,7 +8,7 @@ import numpy as np
 
 from engine.models.base import Adapter, RawDetections
 from engine.models.runtime import onnx_module
-from kernels import nms
+from kernels import get_array_module, nms, to_host
 
 __all__ = ["CenterFaceAdapter", "fix_centerface_graph"]
 
@@ -82,7 +82,8 @@ class CenterFaceAdapter(Adapter):
         h, w = views[0].shape[:2]
         m = self.card.input.multiple
         ih, iw = max(m, math.ceil(h / m) * m), max(m, math.ceil(w / m) * m)
-        blob = np.zeros((len(views), 3, ih, iw), np.float32)
+        xp = get_array_module(views[0])          # device views are padded on the device
+        blob = xp.zeros((len(views), 3, ih, iw), xp.float32)
         for i, v in enumerate(views):
             blob[i, :, :h, :w] = v.transpose(2, 0, 1)
         heat, scale, offset, _ = self._session(ih, iw, len(views)).run(None, {self._input: blob})
@@ -90,20 +91,28 @@ class CenterFaceAdapter(Adapter):
                 for i in range(len(views))]
 
     def decode(self, heat, scale, offset, size_hw, threshold: float | None = None) -> RawDetections:
-        """Vectorised CenterFace decoding (stride 4), boxes clipped to the unpadded view."""
+        """Vectorised CenterFace decoding (stride 4), boxes clipped to the unpadded view.
+
+        Outputs may be device arrays (GPU runtimes given device inputs): the threshold and the
+        gather run where they are, and only the few candidates come back to the host."""
         h, w = size_hw
         thr = self.card.score_threshold if threshold is None else threshold
-        ys, xs = np.nonzero(heat[0, 0] > thr)
+        xp = get_array_module(heat)
+        ys, xs = xp.nonzero(heat[0, 0] > thr)
         if ys.size == 0:
             return RawDetections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32))
-        s0 = np.exp(scale[0, 0, ys, xs]) * 4
-        s1 = np.exp(scale[0, 1, ys, xs]) * 4
-        cy = (ys + offset[0, 0, ys, xs] + 0.5) * 4
-        cx = (xs + offset[0, 1, ys, xs] + 0.5) * 4
+        cand = to_host(xp.stack([heat[0, 0, ys, xs], scale[0, 0, ys, xs], scale[0, 1, ys, xs],
+                                 offset[0, 0, ys, xs], offset[0, 1, ys, xs]]).astype(xp.float32))
+        ys, xs = to_host(ys), to_host(xs)
+        score, sc0, sc1, off0, off1 = cand
+        s0 = np.exp(sc0) * 4
+        s1 = np.exp(sc1) * 4
+        cy = (ys + off0 + 0.5) * 4
+        cx = (xs + off1 + 0.5) * 4
         x1 = np.clip(cx - s1 / 2, 0, w)
         y1 = np.clip(cy - s0 / 2, 0, h)
         boxes = np.stack([x1, y1, np.minimum(x1 + s1, w), np.minimum(y1 + s0, h)], 1).astype(np.float32)
-        scores = heat[0, 0, ys, xs].astype(np.float32)
+        scores = score.astype(np.float32)
         keep = nms(boxes, scores, self.card.nms_iou)
         return RawDetections(boxes[keep], scores[keep], np.zeros(keep.size, np.int32))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.models.base import Adapter, RawDetections
-from kernels import batched_nms, letterbox
+from kernels import batched_nms, get_array_module, letterbox, to_host
 
 __all__ = ["NanoDetAdapter", "decode_gfl"]
 
@@ -80,10 +80,13 @@ class NanoDetAdapter(Adapter):
         return min(self.size[0] / h, self.size[1] / w)
 
     def __call__(self, view: np.ndarray, view_scale: float) -> RawDetections:
+        xp = get_array_module(view)              # device views are prepared on the device
         canvas, scale = letterbox(view, self.size, pad_value=0.0)
         bgr = canvas[..., ::-1]
-        blob = ((bgr - MEAN_BGR) / STD_BGR).transpose(2, 0, 1)[None].astype(np.float32)
-        res = dict(zip(self.names, self.session.run(self.names, {self.input_name: blob})))
+        blob = xp.ascontiguousarray(((bgr - xp.asarray(MEAN_BGR)) / xp.asarray(STD_BGR))
+                                    .transpose(2, 0, 1)[None].astype(xp.float32))
+        # The outputs are small (about 3,500 cells): decoded on the host.
+        res = {n: to_host(o) for n, o in zip(self.names, self.session.run(self.names, {self.input_name: blob}))}
         levels = [(s, res[c][0], res[r][0]) for s, c, r in self.pairs]
         b, sc, cl = decode_gfl(levels, input_hw=self.size, reg_max=self.reg_max,
                                score_threshold=self.card.score_threshold, iou=self.card.nms_iou)

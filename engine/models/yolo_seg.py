@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.models.base import Adapter, RawDetections
-from kernels import batched_nms, letterbox
+from kernels import batched_nms, get_array_module, letterbox, to_host
 
 __all__ = ["YoloSegAdapter", "decode_yolo_seg"]
 
@@ -94,9 +94,10 @@ class YoloSegAdapter(Adapter):
         return self._run(views)
 
     def _run(self, views: list[np.ndarray]) -> list[RawDetections]:
+        xp = get_array_module(views[0])          # device views are prepared on the device
         boxed = [letterbox(v, self.size, self.card.input.pad_value) for v in views]
-        blob = (np.stack([c.transpose(2, 0, 1) for c, _ in boxed]) / 255.0).astype(np.float32)
-        pred, protos = self.session.run(None, {self.input_name: blob})[:2]
+        blob = (xp.stack([c.transpose(2, 0, 1) for c, _ in boxed]) / 255.0).astype(xp.float32)
+        pred, protos = (to_host(o) for o in self.session.run(None, {self.input_name: blob})[:2])
         return [decode_yolo_seg(pred[i], protos[i], num_classes=len(self.card.class_names),
                                 score_threshold=self.card.score_threshold, iou=self.card.nms_iou,
                                 input_hw=self.size, scale=scale, view_hw=v.shape[:2])
