@@ -67,3 +67,48 @@ def test_run_with_the_dali_decoder_gives_the_same_outputs(tmp_path, portrait):
     assert (tmp_path / "dali" / "a.jpg").read_bytes() == (tmp_path / "tj" / "a.jpg").read_bytes()
     assert np.abs(np.asarray(Image.open(io.BytesIO((tmp_path / "dali" / "a.jpg").read_bytes()))).astype(int)
                   - img.astype(int)).max() > 30          # anonymised
+
+
+def _cmyk_jpeg():
+    buf = io.BytesIO()
+    Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)).convert("CMYK").save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_dali_batches_equal_turbojpeg_and_bad_images_fail_alone(tmp_path):
+    """One DALI run per batch; refused (CMYK, too large) and broken images give an error in
+    their place, and every other image of the batch equals its TurboJPEG decode."""
+    good = [d for _, d in _variants()]
+    big = jpeg_bytes(RNG.integers(0, 256, (300, 400, 3), dtype=np.uint8), quality=90)
+    broken = good[0][: len(good[0]) // 2]
+    datas = [good[0], broken, good[1], _cmyk_jpeg(), good[2], big, good[3], good[4]]
+    dec = create_decoder("dali", batch=4, max_pixels=100_000)
+    out = dec.decode_batch([(_job(tmp_path), d) for d in datas])
+    assert [type(o).__name__ for o in out] == ["Frame", "ImageError", "Frame", "ImageError", "Frame",
+                                               "ImageError", "Frame", "Frame"]
+    assert "CMYK" in str(out[3]) and "max_image_pixels" in str(out[5])
+    ref = TurboDecoder()
+    for o, d in zip(out, datas):
+        if isinstance(o, ImageError):
+            continue
+        b = ref.decode(_job(tmp_path), d)
+        assert o.pixels.shape == b.pixels.shape and o.orientation == b.orientation and o.quality == b.quality
+        assert np.abs(o.pixels.astype(int) - b.pixels.astype(int)).max() <= TOLERANCE
+
+
+def test_run_with_dali_batches_fails_only_the_broken_image(tmp_path, portrait):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(5):
+        img, _ = scene_with_faces(portrait, h=240, w=320, faces=((40 + 20 * i, 20, 150),), seed=i)
+        (inp / f"{i}.jpg").write_bytes(jpeg_bytes(img, quality=90))
+    data = (inp / "2.jpg").read_bytes()
+    (inp / "2.jpg").write_bytes(data[: len(data) // 2])
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("engine: {decoder: dali, decode_batch: 4, queue_size: 8}\n")
+    assert main(["run", "-i", str(inp), "-o", str(tmp_path / "dali"), "-k", str(cfg), "-q"]) == 1
+    assert main(["run", "-i", str(inp), "-o", str(tmp_path / "tj"), "-q"]) == 1
+    assert sorted(p.name for p in (tmp_path / "dali").glob("*.jpg")) == ["0.jpg", "1.jpg", "3.jpg", "4.jpg"]
+    for name in ("0.jpg", "1.jpg", "3.jpg", "4.jpg"):
+        assert (tmp_path / "dali" / name).read_bytes() == (tmp_path / "tj" / name).read_bytes(), name
+    assert (tmp_path / "dali_error" / "2_error.txt").is_file()

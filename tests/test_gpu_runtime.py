@@ -45,3 +45,46 @@ def test_tensorrt_fp16_plan_matches_cpu(tmp_path):
     got = sess.run(None, _input())
     heat_ref, heat = ref[0], got[0]
     assert heat.shape == heat_ref.shape and np.abs(heat - heat_ref).max() < 0.02      # FP16 tolerance
+
+
+def _components(**kw):
+    c = {"cupy": False, "tensorrt": False, "onnxruntime-cuda": False, "dali": False}
+    c.update(kw)
+    return c
+
+
+@pytest.mark.parametrize("have,expect", [
+    ({}, "cpu"),
+    ({"cupy": True}, "cpu"),                                   # a GPU but no runtime for it
+    ({"tensorrt": True, "onnxruntime-cuda": True}, "cpu"),     # runtimes but no usable device
+    ({"cupy": True, "tensorrt": True}, "cuda"),
+    ({"cupy": True, "onnxruntime-cuda": True, "dali": True}, "cuda"),
+])
+def test_device_auto_picks_cuda_only_when_usable_and_says_why(have, expect, caplog):
+    from engine.run import choose_device
+
+    with caplog.at_level("INFO", logger="sladd"):
+        assert choose_device("auto", _components(**have)) == expect
+    assert f"device auto -> {expect}" in caplog.text and "cupy: " in caplog.text
+    assert choose_device("cpu", _components(**have)) == "cpu"
+
+
+def test_device_cuda_names_what_is_missing():
+    from engine.run import choose_device
+
+    with pytest.raises(RuntimeError, match="usable NVIDIA GPU") as e:
+        choose_device("cuda", _components(tensorrt=True))
+    assert "GPU model runtime" not in str(e.value)
+    with pytest.raises(RuntimeError, match="GPU model runtime: TensorRT") as e:
+        choose_device("cuda", _components(cupy=True, dali=True))
+    assert "usable NVIDIA GPU" not in str(e.value)
+    assert choose_device("cuda", _components(cupy=True, **{"onnxruntime-cuda": True})) == "cuda"
+
+
+def test_decoder_auto_is_dali_into_gpu_memory_on_cuda_only():
+    from engine.run import choose_decoder
+
+    assert choose_decoder("auto", "cuda", _components(cupy=True, tensorrt=True, dali=True)) == ("dali", "mixed")
+    assert choose_decoder("auto", "cuda", _components(cupy=True, tensorrt=True)) == ("turbojpeg", "mixed")
+    assert choose_decoder("auto", "cpu", _components(dali=True)) == ("turbojpeg", "cpu")
+    assert choose_decoder("dali", "cpu", _components(dali=True)) == ("dali", "cpu")

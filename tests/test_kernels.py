@@ -167,3 +167,36 @@ def test_draw_in_place_equals_copy():
     b = IMG.copy()
     draw_regions(b, regions, mode="blur", ksize=15, out=b)
     assert (a == b).all()
+
+
+def test_host_masks_on_a_device_image_match_device_masks(xp):
+    """The mask stage builds masks on the host; on the GPU path they travel to the device in
+    one packed transfer and must draw exactly what device masks draw."""
+    regions, _ = _mask_region()
+    regions = regions + [(5, 7, np.eye(9, dtype=bool)), (60, 90, np.ones((3, 40), bool))]
+    want = to_host(draw_regions(xp.asarray(IMG), [(y, x, xp.asarray(m)) for y, x, m in regions],
+                                mode="normalized_gray_blur", ksize=9))
+    got = to_host(draw_regions(xp.asarray(IMG), regions, mode="normalized_gray_blur", ksize=9))
+    assert (got == want).all()
+
+
+def test_regions_to_packs_masks_into_one_transfer():
+    """`regions_to` with a stand-in array module that counts transfers: one, and every mask
+    comes back with its own shape, values and origin."""
+    from types import SimpleNamespace
+
+    from kernels.draw import regions_to
+
+    calls = []
+
+    def asarray(a):
+        calls.append(a.shape)
+        return np.array(a, copy=True)
+
+    fake = SimpleNamespace(__name__="fakexp", asarray=asarray)
+    rng = np.random.default_rng(1)
+    regions = [(i, 2 * i, rng.random((3 + i, 5 + 2 * i)) > 0.5) for i in range(6)]
+    moved = regions_to(fake, regions)
+    assert len(calls) == 1 and calls[0] == (sum(m.size for _, _, m in regions),)
+    for (y, x, m), (y2, x2, m2) in zip(regions, moved):
+        assert (y, x) == (y2, x2) and m2.shape == m.shape and (m2 == m).all()
