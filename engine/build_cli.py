@@ -30,7 +30,9 @@ def _profile(text: str):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sladd build-engine", description="ONNX -> TensorRT plan, cached per GPU")
     ap.add_argument("onnx", type=Path)
-    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "sladd" / "plans")
+    from engine.models.resolve import plans_dir
+
+    ap.add_argument("--cache", type=Path, default=plans_dir(), help="plan cache (default: %(default)s)")
     ap.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
     ap.add_argument("--profile", type=_profile, action="append", default=[])
     ap.add_argument("--timing-cache", type=Path, default=None)

@@ -20,7 +20,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 __all__ = ["Config", "ConfigError", "load_config", "CONFIG_DIR", "DEPRECATED_KEYS"]
 
 LOG = logging.getLogger("sladd")
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+def _config_dir() -> Path:
+    """config/ of the checkout, or the copy a wheel installs as engine.config_data."""
+    checkout = Path(__file__).resolve().parent.parent / "config"
+    if (checkout / "default.yml").is_file():
+        return checkout
+    import importlib.util
+
+    spec = importlib.util.find_spec("engine.config_data")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("sladd's configuration files are missing (config/ or engine.config_data): reinstall sladd")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+CONFIG_DIR = _config_dir()
 
 # Reference keys that no longer mean anything in sladd, with the reason shown to the user.
 DEPRECATED_KEYS = {
@@ -122,6 +135,8 @@ class EngineSpec(_Strict):
     decoder: Literal["auto", "turbojpeg", "dali"] = "auto"
     decode_batch: int = Field(8, ge=1, le=256)    # images per DALI decode run
     runtime: Literal["auto", "onnxruntime", "tensorrt"] = "auto"   # auto: tensorrt on cuda when installed
+    precision: Literal["fp32", "fp16", "int8"] = "fp16"     # TensorRT plans only
+    calibration_images: Optional[str] = None      # int8: a folder of sample JPEGs for calibration
     queue_size: int = Field(8, ge=1, le=1024)
     decoders: int = Field(1, ge=1, le=64)
     writers: int = Field(2, ge=1, le=64)

@@ -132,8 +132,10 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
     components = gpu_components() if cfg.engine.device != "cpu" else None
     device = choose_device(cfg.engine.device, components)
     decoder_name, dali_device = choose_decoder(cfg.engine.decoder, device, components)
-    runtime = create_runtime(choose_runtime(cfg.engine.runtime, device), device=device,
-                             threads=cfg.engine.inference_threads)
+    runtime_name = choose_runtime(cfg.engine.runtime, device)
+    trt_opts = ({"precision": cfg.engine.precision, "calibration_images": cfg.engine.calibration_images}
+                if runtime_name == "tensorrt" else {})
+    runtime = create_runtime(runtime_name, device=device, threads=cfg.engine.inference_threads, **trt_opts)
     slots, names = build_models(cfg, runtime)
     detector = Detector(cfg, slots, names)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -200,10 +200,12 @@ def make_calibrator(batches, cache: Path):
             super().__init__()
             self.it = iter(batches)
             self.first = next(self.it, None)
+            # TensorRT may ask again after the first batch was handed out: remember the size.
+            self.n = 0 if self.first is None else int(self.first.shape[0])
             self.buf = None
 
         def get_batch_size(self):
-            return 0 if self.first is None else int(self.first.shape[0])
+            return self.n
 
         def get_batch(self, names):
             b = self.first if self.first is not None else next(self.it, None)

@@ -88,3 +88,20 @@ def test_decoder_auto_is_dali_into_gpu_memory_on_cuda_only():
     assert choose_decoder("auto", "cuda", _components(cupy=True, tensorrt=True)) == ("turbojpeg", "mixed")
     assert choose_decoder("auto", "cpu", _components(dali=True)) == ("turbojpeg", "cpu")
     assert choose_decoder("dali", "cpu", _components(dali=True)) == ("dali", "cpu")
+
+
+def test_tensorrt_int8_needs_calibration_images_and_plans_follow_the_cache_settings(monkeypatch, tmp_path):
+    from engine.models.resolve import models_dir, plans_dir
+
+    with pytest.raises(ValueError, match="calibration_images"):
+        create_runtime("tensorrt", device="cuda", precision="int8")
+    monkeypatch.delenv("SLADD_MODELS_DIR", raising=False)
+    monkeypatch.delenv("SLADD_PLANS_DIR", raising=False)
+    monkeypatch.delenv("SLADD_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert plans_dir() == tmp_path / "xdg" / "sladd" / "plans" and models_dir() == tmp_path / "xdg" / "sladd" / "models"
+    monkeypatch.setenv("SLADD_CACHE_DIR", str(tmp_path / "c"))        # Dockerfile.gpu: /cache
+    assert plans_dir() == tmp_path / "c" / "plans"
+    assert create_runtime("tensorrt", device="cuda").cache == tmp_path / "c" / "plans"
+    monkeypatch.setenv("SLADD_PLANS_DIR", str(tmp_path / "p"))
+    assert plans_dir() == tmp_path / "p"

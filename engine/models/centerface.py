@@ -67,7 +67,8 @@ class CenterFaceAdapter(Adapter):
         if key in self._sessions:
             self._sessions.move_to_end(key)
             return self._sessions[key]
-        sess = self.runtime.session(fix_centerface_graph(self._proto, h, w, n).SerializeToString())
+        sess = self.runtime.session(fix_centerface_graph(self._proto, h, w, n).SerializeToString(),
+                                    family=self.family)
         self._sessions[key] = sess
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)

@@ -146,13 +146,35 @@ class TrtRuntime:
     name = "tensorrt"
 
     def __init__(self, *, device: str = "cuda", threads: Optional[int] = None, precision: str = "fp16",
-                 cache: Optional[Path] = None):
+                 cache: Optional[Path] = None, calibration_images: Optional[Path] = None):
+        from engine.models.resolve import plans_dir
+
         if device != "cuda":
             raise ValueError("the tensorrt runtime needs device cuda")
+        if precision == "int8" and calibration_images is None:
+            raise ValueError("engine.precision int8 needs engine.calibration_images (a folder of sample JPEGs)")
         self.precision = precision
-        self.cache = Path(cache) if cache else Path.home() / ".cache" / "sladd" / "plans"
+        self.calibration_images = Path(calibration_images) if calibration_images else None
+        self.cache = Path(cache) if cache else plans_dir()
 
-    def session(self, model: Any):
+    def _calibrator(self, onnx_path: Path, family: Optional[str]):
+        """INT8: an entropy calibrator over the sample images, preprocessed as `family`'s adapter
+        feeds the graph's (fixed) input shape; its cache sits beside the plans."""
+        from engine.models.runtime import onnx_module
+        from engine.trt_plan import calibration_batches, make_calibrator
+
+        if family is None:
+            raise ValueError("int8 calibration needs the model family")
+        graph = onnx_module().load(str(onnx_path), load_external_data=False).graph
+        inits = {t.name for t in graph.initializer}
+        inp = next(i for i in graph.input if i.name not in inits)
+        shape = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim)
+        if not shape or any(v <= 0 for v in shape):
+            raise ValueError(f"int8 calibration needs a fixed input shape; {onnx_path.name} has {shape}")
+        return make_calibrator(calibration_batches(self.calibration_images, family, shape),
+                               self.cache / f"{onnx_path.stem}.{family}.calib")
+
+    def session(self, model: Any, family: Optional[str] = None):
         from engine.trt_plan import build_plan
 
         if isinstance(model, (bytes, bytearray)):
@@ -162,5 +184,7 @@ class TrtRuntime:
                 path.write_bytes(model)
         else:
             path = Path(model)
-        LOG.info("TensorRT plan for %s (%s; built once per GPU and cached)", path.name, self.precision)
-        return TrtSession(build_plan(path, self.cache, precision=self.precision))
+        LOG.info("TensorRT plan for %s (%s; built once per GPU and cached in %s)", path.name, self.precision,
+                 self.cache)
+        calibrator = self._calibrator(path, family) if self.precision == "int8" else None
+        return TrtSession(build_plan(path, self.cache, precision=self.precision, calibrator=calibrator))

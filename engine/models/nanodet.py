@@ -59,7 +59,7 @@ class NanoDetAdapter(Adapter):
 
     def __init__(self, card, model_path, runtime):
         super().__init__(card, model_path, runtime)
-        self.session = runtime.session(model_path)
+        self.session = runtime.session(model_path, family=self.family)
         self.input_name = self.session.get_inputs()[0].name
         self.size = tuple(card.input.size)
         # Pair score and distribution outputs by their number of cells (one pair per stride).

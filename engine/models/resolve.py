@@ -24,10 +24,25 @@ class ModelNotFound(FileNotFoundError):
     pass
 
 
+def cache_root() -> Path:
+    """`$SLADD_CACHE_DIR`, else `$XDG_CACHE_HOME/sladd`, else `~/.cache/sladd`."""
+    env = os.environ.get("SLADD_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "sladd"
+
+
 def models_dir() -> Path:
-    """`$SLADD_MODELS_DIR`, else `~/.cache/sladd/models`."""
+    """`$SLADD_MODELS_DIR`, else `<cache root>/models` (see cache_root)."""
     env = os.environ.get("SLADD_MODELS_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "sladd" / "models"
+    return Path(env) if env else cache_root() / "models"
+
+
+def plans_dir() -> Path:
+    """Where TensorRT plans are cached: `$SLADD_PLANS_DIR`, else `<cache root>/plans`."""
+    env = os.environ.get("SLADD_PLANS_DIR")
+    return Path(env) if env else cache_root() / "plans"
 
 
 def sha256_file(path: Path) -> str:

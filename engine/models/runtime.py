@@ -42,8 +42,8 @@ class OrtRuntime:
             self.providers = ["CPUExecutionProvider"]
         ort.set_default_logger_severity(3)
 
-    def session(self, model: Any):
-        """`model`: a path or serialized ONNX bytes."""
+    def session(self, model: Any, family: Optional[str] = None):
+        """`model`: a path or serialized ONNX bytes; `family` matters to TensorRT INT8 only."""
         so = self.ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1

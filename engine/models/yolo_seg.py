@@ -73,7 +73,7 @@ class YoloSegAdapter(Adapter):
 
     def __init__(self, card, model_path, runtime):
         super().__init__(card, model_path, runtime)
-        self.session = runtime.session(model_path)
+        self.session = runtime.session(model_path, family=self.family)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.size = tuple(card.input.size)

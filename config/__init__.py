@@ -1,0 +1,1 @@
+"""The shipped configuration (installed as engine.config_data): profiles and table definitions."""

