@@ -9,7 +9,10 @@ Stages, each timed alone after a warm-up (TensorRT plans are built and cached by
   TurboJPEG on the host for comparison;
 - detect: the configured face model on the decoded device frames (input preparation on the
   device, the runtime, CenterFace's reduction on the device), per runtime/precision;
-- mask+copy+encode: device masking of the detections, one copy back, host TurboJPEG encode;
+- mask+copy+encode: device masking of the detections and the encoder `auto` picks
+  (nvImageCodec on the GPU when installed, else one copy back and TurboJPEG on the host);
+- encode alone: TurboJPEG (including the copy to the host) vs nvImageCodec (device frames on
+  cuda, its CPU backend on cpu), on the same frames;
 - end to end: `sladd run` in a child process (DALI → runtime → device masks → host encode),
   after one untimed run that builds the plans.
 The report states the end-to-end / DALI-decode-only ratio (target on a GPU: >= 0.7).
@@ -105,7 +108,9 @@ def detect_and_mask(files: list[Path], device: str, runtime: str, precision: str
                     calib: Path) -> tuple[dict, list]:
     """Detect alone and mask+copy+encode alone on frames decoded by DALI (device frames on cuda)."""
     from engine.decode_dali import DaliDecoder
-    from engine.write import Writer
+    from engine.run import choose_encoder
+    from engine.write import Writer, create_encoder
+    from kernels import to_host
 
     cfg, _ = load_config()
     opts = {"precision": precision, "calibration_images": calib} if runtime == "tensorrt" else {}
@@ -118,7 +123,13 @@ def detect_and_mask(files: list[Path], device: str, runtime: str, precision: str
         frames += dali.decode_batch([(_job(p), read_bytes(p)) for p in files[c:c + batch]])
     for f in frames:                                         # warm-up: every shape once (plans)
         detector(f)
-    writer = Writer(cfg, dali)
+    writer = Writer(cfg, dali, encoder=create_encoder(choose_encoder("auto", device), device))
+    encoders = {"turbojpeg": create_encoder("turbojpeg")}
+    try:
+        encoders["nvimagecodec"] = create_encoder("nvimagecodec", device)
+    except (ImportError, RuntimeError) as exc:
+        print(f"bench_gpu: nvImageCodec not measured: {exc}", file=sys.stderr)
+    enc_t = {k: [] for k in encoders}
     det_t, mask_t, dets = [], [], []
     for _ in range(runs):
         dets = []
@@ -135,7 +146,16 @@ def detect_and_mask(files: list[Path], device: str, runtime: str, precision: str
         _sync(device)
         mask_t.append(time.perf_counter() - t)
         del copies
-    return {"detect": _rate(len(files), det_t), "mask+copy+encode": _rate(len(files), mask_t)}, dets
+        for name, enc in encoders.items():
+            t = time.perf_counter()
+            for f in frames:
+                px = f.pixels if getattr(enc, "accepts_device_arrays", False) else to_host(f.pixels)
+                enc.encode(px, f.quality or 90, f.subsampling)
+            enc_t[name].append(time.perf_counter() - t)
+    out = {"detect": _rate(len(files), det_t), "mask+copy+encode": _rate(len(files), mask_t),
+           "encoder": writer.encoder.name}
+    out.update({f"encode ({k})": _rate(len(files), v) for k, v in enc_t.items()})
+    return out, dets
 
 
 def end_to_end(corpus: Path, device: str, runtime: str, precision: str, runs: int, batch: int,
@@ -225,6 +245,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def _ips(row: dict, key: str) -> str:
+    return f"{row[key]['images_per_s']:.1f}" if key in row else "-"
+
+
 def report(rows: list[dict]) -> str:
     if not rows:
         return "no results"
@@ -233,15 +257,16 @@ def report(rows: list[dict]) -> str:
             f"cores; device {rows[0]['device']}")
     lines = [head, "",
              "| image | runtime | DALI decode img/s | TurboJPEG img/s | detect img/s | mask+copy+encode img/s "
-             "| end to end img/s | e2e / decode | faces |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| encode TurboJPEG img/s | encode nvImageCodec img/s | end to end img/s | e2e / decode | faces |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         e2e = r.get("end_to_end", {}).get("images_per_s")
         ratio = r.get("end_to_end_vs_decode")
         lines.append(
             f"| {r['image']} | {r['runtime']} {r['precision']} | {r['decode']['dali']['images_per_s']:.1f} "
             f"| {r['decode']['turbojpeg (host, 1 thread)']['images_per_s']:.1f} | {r['detect']['images_per_s']:.1f} "
-            f"| {r['mask+copy+encode']['images_per_s']:.1f} | {'-' if e2e is None else f'{e2e:.1f}'} "
+            f"| {r['mask+copy+encode']['images_per_s']:.1f} ({r['encoder']}) "
+            f"| {_ips(r, 'encode (turbojpeg)')} | {_ips(r, 'encode (nvimagecodec)')} | {'-' if e2e is None else f'{e2e:.1f}'} "
             f"| {'-' if ratio is None else f'{ratio:.0%}'} | {r['faces_found']}/{r['faces_total']} |")
     return "\n".join(lines)
 

@@ -73,6 +73,9 @@ class OutputSpec(_Strict):
     min_quality: int = Field(75, ge=1, le=100)
     # Images with nothing to mask are copied byte for byte: no generational loss, metadata exact.
     copy_unmasked: bool = True
+    # auto: nvImageCodec (nvJPEG, device frames encoded on the GPU) on cuda when installed,
+    # else TurboJPEG; nvimagecodec on cpu uses its CPU-only backend.
+    encoder: Literal["auto", "turbojpeg", "nvimagecodec"] = "auto"
     extensions: list[str] = [".jpg", ".jpeg"]
 
     @field_validator("quality")

@@ -16,9 +16,9 @@ from engine.models import create_runtime
 from engine.pipeline import Pipeline, RunStats, ledger_path
 from engine.progress import Progress
 from engine.walk import Tree
-from engine.write import Writer
+from engine.write import Writer, create_encoder
 
-__all__ = ["choose_device", "choose_decoder", "gpu_components", "run", "summary_lines", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_ABORTED"]
+__all__ = ["choose_device", "choose_decoder", "choose_encoder", "gpu_components", "run", "summary_lines", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_ABORTED"]
 
 LOG = logging.getLogger("sladd")
 
@@ -38,9 +38,14 @@ def gpu_components() -> dict[str, bool]:
         ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     except ImportError:
         ort_cuda = False
-    return {"cupy": cupy_or_none() is not None, "tensorrt": importlib.util.find_spec("tensorrt") is not None,
-            "onnxruntime-cuda": ort_cuda,
-            "dali": importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None}
+    def has(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            return False
+
+    return {"cupy": cupy_or_none() is not None, "tensorrt": has("tensorrt"), "onnxruntime-cuda": ort_cuda,
+            "dali": has("nvidia.dali"), "nvimagecodec": has("nvidia.nvimgcodec")}
 
 
 def _describe(c: dict[str, bool]) -> str:
@@ -102,6 +107,17 @@ def choose_runtime(requested: str, device: str) -> str:
     return "onnxruntime"
 
 
+def choose_encoder(requested: str, device: str, components: Optional[dict[str, bool]] = None) -> str:
+    """`auto`: nvImageCodec on cuda when installed (masked device frames are encoded on the GPU;
+    only the JPEG comes back), else TurboJPEG on the host."""
+    if requested != "auto":
+        return requested
+    c = components if components is not None else gpu_components()
+    name = "nvimagecodec" if device == "cuda" and c.get("nvimagecodec") else "turbojpeg"
+    LOG.info("encoder auto -> %s", "nvimagecodec (nvJPEG on the GPU)" if name == "nvimagecodec" else "turbojpeg (host)")
+    return name
+
+
 def check_run_config(cfg: Config, archive_dir: Optional[Path]) -> None:
     """The reference's check_config rules that depend on the command line."""
     if archive_dir is None:
@@ -132,6 +148,8 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
     components = gpu_components() if cfg.engine.device != "cpu" else None
     device = choose_device(cfg.engine.device, components)
     decoder_name, dali_device = choose_decoder(cfg.engine.decoder, device, components)
+    encoder_name = choose_encoder(cfg.output.encoder, device, components)
+    create_encoder(encoder_name, device)          # fails here, not once per image, if it cannot start
     runtime_name = choose_runtime(cfg.engine.runtime, device)
     trt_opts = ({"precision": cfg.engine.precision, "calibration_images": cfg.engine.calibration_images}
                 if runtime_name == "tensorrt" else {})
@@ -156,7 +174,8 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
             LOG.warning("data_eier is null but column Dataeier is NOT NULL: every database row will be rejected "
                         "(the images and JSON are still written); set data_eier")
     pipe = Pipeline(tree=tree, ledger=ledger, make_decoder=make_decoder, detector=detector,
-                    make_writer=lambda: Writer(cfg, make_decoder(), meta=meta, db=db is not None),
+                    make_writer=lambda: Writer(cfg, make_decoder(), encoder=create_encoder(encoder_name, device),
+                                               meta=meta, db=db is not None),
                     queue_size=cfg.engine.queue_size,
                     decoders=cfg.engine.decoders, writers=cfg.engine.writers, force=force,
                     retry_failed=retry_failed, progress=progress, batch_size=cfg.engine.batch_size, db=db,

@@ -18,7 +18,7 @@ from engine.meta.record import build_record, dumps
 from engine.types import Detections, Frame, Result
 from kernels import class_counts, to_host
 
-__all__ = ["Writer", "ENCODERS", "TurboEncoder"]
+__all__ = ["Writer", "ENCODERS", "TurboEncoder", "create_encoder"]
 
 LOG = logging.getLogger("sladd")
 
@@ -36,7 +36,20 @@ class TurboEncoder:
                               jpeg_subsample=subsampling, flags=TJFLAG_ACCURATEDCT)
 
 
-ENCODERS = {"turbojpeg": TurboEncoder}
+def _nvimagecodec(**kwargs):
+    from engine.encode_nvimgcodec import NvImageCodecEncoder    # lazy: an optional extra
+    return NvImageCodecEncoder(**kwargs)
+
+
+ENCODERS = {"turbojpeg": TurboEncoder, "nvimagecodec": _nvimagecodec}
+
+
+def create_encoder(name: str, device: str = "cpu"):
+    try:
+        cls = ENCODERS[name]
+    except KeyError:
+        raise ValueError(f"unknown encoder {name!r}; valid: {', '.join(sorted(ENCODERS))}") from None
+    return cls(device=device) if name == "nvimagecodec" else cls()
 
 
 class Writer:
@@ -48,6 +61,8 @@ class Writer:
         self.db = db
         self.decoder = decoder
         self.encoder = encoder or TurboEncoder()
+        # Previews are small host crops: always TurboJPEG.
+        self.preview_encoder = self.encoder if isinstance(self.encoder, TurboEncoder) else TurboEncoder()
         self.masker = Masker(cfg)
         self.meta = meta
 
@@ -61,8 +76,9 @@ class Writer:
     def render(self, frame: Frame, dets: Detections, need_pixels: bool = False):
         """(output JPEG bytes, pixels changed?, anonymised display pixels on the host or None).
 
-        Device frames (the GPU path) are masked on the device and copied to the host once, for
-        the host encoder."""
+        Device frames (the GPU path) are masked on the device; an encoder that takes device
+        arrays (nvImageCodec on cuda) encodes them there and only the JPEG comes back, else the
+        pixels are copied to the host once, for the host encoder."""
         if len(dets) == 0 or not self.cfg.draw_mask:
             if self.cfg.output.copy_unmasked:
                 return frame.data, False, (to_host(self.decoder.full_pixels(frame)) if need_pixels else None)
@@ -75,7 +91,8 @@ class Writer:
             frame.timings["mask"] = time.perf_counter() - t0
             masked = True
         t0 = time.perf_counter()
-        pixels = np.ascontiguousarray(to_host(pixels))
+        if not getattr(self.encoder, "accepts_device_arrays", False):
+            pixels = np.ascontiguousarray(to_host(pixels))
         encoded = self.encoder.encode(pixels, self.quality(frame), frame.subsampling)
         segments = frame.segments
         if frame.orientation != 1:
@@ -83,7 +100,7 @@ class Writer:
             segments = [set_orientation(s, 1) if s[4:10] == b"Exif\x00\x00" else s for s in segments]
         data = splice_segments(encoded, segments)
         frame.timings["encode"] = time.perf_counter() - t0
-        return data, masked, pixels
+        return data, masked, (to_host(pixels) if need_pixels else None)
 
     def __call__(self, frame: Frame, dets: Detections) -> Result:
         job = frame.job
@@ -119,7 +136,7 @@ class Writer:
             out += write_json_files(dumps(record), targets.json)
         if targets.previews:
             crop = crop_preview(pixels, self.cfg.preview_dim, self.cfg.preview_center)
-            jpeg = self.encoder.encode(crop, self.quality(frame), 2)
+            jpeg = self.preview_encoder.encode(crop, self.quality(frame), 2)
             out += write_previews(jpeg, targets.previews)
         frame.timings["metadata"] = time.perf_counter() - t0
         return out, record

@@ -41,8 +41,8 @@ case "${1:-}" in
   demo) shift; exec .venv/bin/sladd demo "$@" ;;
   test) shift
     # DALI's CPU-only mode runs the DALI decoder's tests without a GPU (a ~0.4 GB wheel).
-    echo "[setup] pip install -e .[dali]"
-    .venv/bin/python -m pip install -q -e ".[dali]"
+    echo "[setup] pip install -e .[dali,nvimgcodec]"
+    .venv/bin/python -m pip install -q -e ".[dali,nvimgcodec]"
     # Debian darknet's test photographs (dog, kite, person) for the NanoDet test, unpacked from
     # the .deb without installing it.
     if [ ! -f .cache/darknet/usr/share/darknet/data/dog.jpg ]; then

@@ -1,0 +1,68 @@
+"""The nvImageCodec encoder in its CPU-only backend (no GPU), against TurboJPEG: the same
+libjpeg quality scale, the input's subsampling, grayscale as one component, and a whole run
+with it writing what the TurboJPEG run writes."""
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.cli import main
+from engine.demo import road_scene
+from engine.jpeg import estimate_quality, parse_jpeg
+from engine.write import TurboEncoder, create_encoder
+from tests.conftest import jpeg_bytes, scene_with_faces
+
+try:
+    from nvidia import nvimgcodec  # noqa: F401
+except ImportError:
+    if os.environ.get("CI"):
+        raise                                            # CI installs the nvimgcodec extra: never skip there
+    pytest.skip("nvImageCodec is not installed (pip install -e '.[nvimgcodec]')", allow_module_level=True)
+
+IMG = road_scene(480, 640, 1)
+
+
+def _decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def _sampling(data: bytes):
+    return Image.open(io.BytesIO(data)).layer
+
+
+@pytest.mark.parametrize("subsampling", [0, 1, 2])
+@pytest.mark.parametrize("quality", [70, 87, 95])
+def test_cpu_backend_matches_turbojpeg(subsampling, quality):
+    got = create_encoder("nvimagecodec", "cpu").encode(IMG, quality, subsampling)
+    ref = TurboEncoder().encode(IMG, quality, subsampling)
+    assert estimate_quality(parse_jpeg(got).luma_table) == quality
+    assert _sampling(got) == _sampling(ref)
+    a, b = _decode(got).astype(int), _decode(ref).astype(int)
+    assert a.shape == b.shape == IMG.shape
+    assert np.abs(a - b).mean() < 0.5 and np.abs(a - IMG).mean() < np.abs(b - IMG).mean() + 0.5
+
+
+def test_gray_inputs_stay_one_component_jpegs():
+    got = create_encoder("nvimagecodec", "cpu").encode(IMG, 90, 3)
+    assert parse_jpeg(got).components == 1 and Image.open(io.BytesIO(got)).mode == "L"
+
+
+def test_run_with_nvimagecodec_writes_what_turbojpeg_writes(tmp_path, portrait):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    img, _ = scene_with_faces(portrait, h=360, w=480, faces=((60, 40, 200),))
+    e = Image.Exif()
+    e[0x0110] = "TestCam"
+    (inp / "a.jpg").write_bytes(jpeg_bytes(img, quality=88, exif=e.tobytes()))
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("output: {encoder: nvimagecodec}\n")
+    assert main(["run", "-i", str(inp), "-o", str(tmp_path / "nv"), "-k", str(cfg), "-q", "--device", "cpu"]) == 0
+    assert main(["run", "-i", str(inp), "-o", str(tmp_path / "tj"), "-q", "--device", "cpu"]) == 0
+    nv, tj = (tmp_path / "nv" / "a.jpg").read_bytes(), (tmp_path / "tj" / "a.jpg").read_bytes()
+    assert estimate_quality(parse_jpeg(nv).luma_table) == 88
+    assert Image.open(io.BytesIO(nv)).getexif()[0x0110] == "TestCam"          # metadata carried
+    a, b = _decode(nv).astype(int), _decode(tj).astype(int)
+    assert np.abs(a - b).mean() < 0.5
+    assert np.abs(a - img.astype(int)).max() > 30                               # anonymised
