@@ -151,8 +151,8 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
     encoder_name = choose_encoder(cfg.output.encoder, device, components)
     create_encoder(encoder_name, device)          # fails here, not once per image, if it cannot start
     runtime_name = choose_runtime(cfg.engine.runtime, device)
-    trt_opts = ({"precision": cfg.engine.precision, "calibration_images": cfg.engine.calibration_images}
-                if runtime_name == "tensorrt" else {})
+    trt_opts = ({"precision": cfg.engine.precision, "calibration_images": cfg.engine.calibration_images,
+                 "max_batch": cfg.engine.batch_size} if runtime_name == "tensorrt" else {})
     runtime = create_runtime(runtime_name, device=device, threads=cfg.engine.inference_threads, **trt_opts)
     slots, names = build_models(cfg, runtime)
     detector = Detector(cfg, slots, names)

@@ -105,3 +105,23 @@ def test_tensorrt_int8_needs_calibration_images_and_plans_follow_the_cache_setti
     assert create_runtime("tensorrt", device="cuda").cache == tmp_path / "c" / "plans"
     monkeypatch.setenv("SLADD_PLANS_DIR", str(tmp_path / "p"))
     assert plans_dir() == tmp_path / "p"
+
+
+def _graph_with_input(tmp_path, dims):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, dims)
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, dims)
+    g = helper.make_graph([helper.make_node("Relu", ["images"], ["out"])], "g", [x], [y])
+    p = tmp_path / f"g{len(list(tmp_path.glob('*.onnx')))}.onnx"
+    onnx.save(helper.make_model(g), str(p))
+    return p
+
+
+def test_tensorrt_profiles_cover_a_dynamic_batch_and_refuse_other_dynamic_dims(tmp_path):
+    rt = create_runtime("tensorrt", device="cuda", cache=tmp_path / "plans", max_batch=6)
+    assert rt.profiles(_graph_with_input(tmp_path, [1, 3, 64, 64])) == []
+    (p,) = rt.profiles(_graph_with_input(tmp_path, ["batch", 3, 64, 96]))
+    assert (p.name, p.min, p.opt, p.max) == ("images", (1, 3, 64, 96), (6, 3, 64, 96), (6, 3, 64, 96))
+    with pytest.raises(ValueError, match="fixed input size"):
+        rt.profiles(_graph_with_input(tmp_path, ["batch", 3, "h", "w"]))

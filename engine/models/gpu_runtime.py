@@ -97,7 +97,8 @@ class TrtSession:
         trt = self.trt = tensorrt_module()
         self.cp = cupy_module()
         self.logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(Path(plan).read_bytes())
+        self.runtime = trt.Runtime(self.logger)             # outlives the engine it deserialises
+        self.engine = self.runtime.deserialize_cuda_engine(Path(plan).read_bytes())
         if self.engine is None:
             raise RuntimeError(f"TensorRT could not load {plan} (built for another GPU or TensorRT version?)")
         self.context = self.engine.create_execution_context()
@@ -146,7 +147,7 @@ class TrtRuntime:
     name = "tensorrt"
 
     def __init__(self, *, device: str = "cuda", threads: Optional[int] = None, precision: str = "fp16",
-                 cache: Optional[Path] = None, calibration_images: Optional[Path] = None):
+                 cache: Optional[Path] = None, calibration_images: Optional[Path] = None, max_batch: int = 8):
         from engine.models.resolve import plans_dir
 
         if device != "cuda":
@@ -156,19 +157,33 @@ class TrtRuntime:
         self.precision = precision
         self.calibration_images = Path(calibration_images) if calibration_images else None
         self.cache = Path(cache) if cache else plans_dir()
+        self.max_batch = max(1, int(max_batch))
+
+    def profiles(self, onnx_path: Path) -> list:
+        """Optimisation profiles for a graph with a dynamic batch dimension: 1..max_batch (opt =
+        max_batch). Fixed graphs need none; other dynamic dimensions need a fixed-size export."""
+        from engine.trt_plan import Profile
+
+        out = []
+        for name, dims in graph_inputs(onnx_path):
+            if all(d > 0 for d in dims):
+                continue
+            if any(d <= 0 for d in dims[1:]):
+                raise ValueError(f"{onnx_path.name}: input {name} has dynamic dimensions {dims} besides the batch; "
+                                 "TensorRT needs them fixed: export the model with a fixed input size")
+            rest = tuple(dims[1:])
+            out.append(Profile(name, (1,) + rest, (self.max_batch,) + rest, (self.max_batch,) + rest))
+        return out
 
     def _calibrator(self, onnx_path: Path, family: Optional[str]):
         """INT8: an entropy calibrator over the sample images, preprocessed as `family`'s adapter
         feeds the graph's (fixed) input shape; its cache sits beside the plans."""
-        from engine.models.runtime import onnx_module
         from engine.trt_plan import calibration_batches, make_calibrator
 
         if family is None:
             raise ValueError("int8 calibration needs the model family")
-        graph = onnx_module().load(str(onnx_path), load_external_data=False).graph
-        inits = {t.name for t in graph.initializer}
-        inp = next(i for i in graph.input if i.name not in inits)
-        shape = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim)
+        _, dims = graph_inputs(onnx_path)[0]
+        shape = tuple(self.max_batch if k == 0 and v <= 0 else v for k, v in enumerate(dims))
         if not shape or any(v <= 0 for v in shape):
             raise ValueError(f"int8 calibration needs a fixed input shape; {onnx_path.name} has {shape}")
         return make_calibrator(calibration_batches(self.calibration_images, family, shape),
@@ -187,4 +202,16 @@ class TrtRuntime:
         LOG.info("TensorRT plan for %s (%s; built once per GPU and cached in %s)", path.name, self.precision,
                  self.cache)
         calibrator = self._calibrator(path, family) if self.precision == "int8" else None
-        return TrtSession(build_plan(path, self.cache, precision=self.precision, calibrator=calibrator))
+        return TrtSession(build_plan(path, self.cache, precision=self.precision, profiles=self.profiles(path),
+                                     calibrator=calibrator))
+
+
+def graph_inputs(onnx_path: Path) -> list[tuple[str, list[int]]]:
+    """The graph's real inputs (not weights listed as inputs): name and dims, -1 where dynamic."""
+    from engine.models.runtime import onnx_module
+
+    graph = onnx_module().load(str(onnx_path), load_external_data=False).graph
+    inits = {t.name for t in graph.initializer}
+    return [(i.name, [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
+                      for d in i.type.tensor_type.shape.dim])
+            for i in graph.input if i.name not in inits]
