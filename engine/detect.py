@@ -180,29 +180,26 @@ class Detector:
 
     def detect_batch(self, frames: list[Frame]) -> list[Detections]:
         """Detections for several frames. Views of the same model and input shape, from any of
-        the frames, go through the model together in batches of up to `batch_size`."""
+        the frames, go through the model together in batches of up to `batch_size` (cascades
+        too: the coarse passes of several frames together, then the crops of each size)."""
         t0 = time.perf_counter()
         tasks = []                                          # (frame idx, slot idx, view, crop, given)
         per: dict[tuple[int, int], list[_ViewResult]] = {}
+        cascades: dict[int, list[int]] = {}
         for fi, frame in enumerate(frames):
             h, w = frame.full_size
             for si, slot in enumerate(self.slots):
                 if slot.card.cascade is not None:
-                    per[(fi, si)] = self._cascade(slot, frame)
+                    cascades.setdefault(si, []).append(fi)
                     continue
                 for v in self.views(h, w, slot):
                     crop, given = self._prepare(slot, frame, v)
                     tasks.append((fi, si, v, crop, given))
-        raws = [None] * len(tasks)
-        groups: dict[tuple, list[int]] = {}
-        for k, (_, si, _, crop, given) in enumerate(tasks):
-            groups.setdefault((si, crop.shape, crop.dtype.str, given), []).append(k)
-        for (si, _, _, given), idx in groups.items():
-            for c in range(0, len(idx), self.batch_size):
-                chunk = idx[c:c + self.batch_size]
-                outs = self.slots[si].adapter.batch([tasks[k][3] for k in chunk], given)
-                for k, raw in zip(chunk, outs):
-                    raws[k] = raw
+        for si, fis in cascades.items():
+            for fi, results in zip(fis, self._cascade_many(self.slots[si], [frames[fi] for fi in fis])):
+                per[(fi, si)] = results
+        raws = self._run_grouped(lambda k: self.slots[tasks[k][1]], [(t[3], t[4], None) for t in tasks],
+                                 key=lambda k: tasks[k][1])
         for (fi, si, v, crop, given), raw in zip(tasks, raws):
             per.setdefault((fi, si), []).append(
                 self._map(self.slots[si], frames[fi].full_size, v, crop.shape[1], given, raw))
@@ -213,46 +210,73 @@ class Detector:
             frame.timings["detect"] = share
         return out
 
-    def _cascade(self, slot: ModelSlot, frame: Frame) -> list[_ViewResult]:
-        """Coarse-to-fine (card `cascade`), over every view (full image, cutouts, 360° seam):
-        candidates from a low-resolution pass with a low threshold; the small ones are looked
-        at again at native resolution in a crop around them. (No mirrored pass here.)"""
-        h, w = frame.full_size
-        out = []
-        for v in self.views(h, w):
-            vp = crop_view(frame.pixels, v.y, v.x, v.h, v.w) if not v.full else frame.pixels
-            out += self._cascade_view(slot, v, vp, (h, w))
-        return out
+    def _run_grouped(self, slot_of, jobs, key=lambda k: 0) -> list:
+        """Adapter outputs for `jobs` = [(array, given, threshold)], in order. Arrays of the same
+        model, shape, dtype, scale and threshold run together, `batch_size` at a time."""
+        raws = [None] * len(jobs)
+        groups: dict[tuple, list[int]] = {}
+        for k, (arr, given, thr) in enumerate(jobs):
+            groups.setdefault((key(k), arr.shape, arr.dtype.str, given, thr), []).append(k)
+        for (_, _, _, given, thr), idx in groups.items():
+            adapter = slot_of(idx[0]).adapter
+            for c in range(0, len(idx), self.batch_size):
+                chunk = idx[c:c + self.batch_size]
+                arrays = [jobs[k][0] for k in chunk]
+                outs = adapter.batch(arrays, given) if thr is None else adapter.batch(arrays, given, threshold=thr)
+                for k, raw in zip(chunk, outs):
+                    raws[k] = raw
+        return raws
 
-    def _cascade_view(self, slot: ModelSlot, v: View, vp: np.ndarray, full_size) -> list[_ViewResult]:
+    def _cascade_many(self, slot: ModelSlot, frames: list[Frame]) -> list[list[_ViewResult]]:
+        """Coarse-to-fine (card `cascade`) over every view (full image, cutouts, 360° seam) of
+        each frame: candidates from a low-resolution pass with a low threshold; the small ones
+        are looked at again at native resolution in a crop around them. The coarse passes of
+        all frames are batched, then the crops (padded to a few sizes). No mirrored pass."""
         cs, card = slot.card.cascade, slot.card
-        xp = get_array_module(vp)                 # host frames, or device frames on the GPU path
-        vh, vw = vp.shape[:2]
-        if min(vh, vw) * cs.scale < 32:
-            # Too small to look at coarsely (a 1x1 image would have no pixels): native pass only.
-            fine = slot.adapter.batch([xp.ascontiguousarray(vp)], 1.0)[0]
-            return [self._map(slot, full_size, v, vw, 1.0, fine)]
-        f = round(1 / cs.scale)
-        coarse = downscale_mean(vp, f) if abs(f * cs.scale - 1) < 1e-6 else \
-            resize_bilinear(vp, max(1, round(vh * cs.scale)), max(1, round(vw * cs.scale)))
-        given = coarse.shape[1] / vw
-        raw = slot.adapter.batch([xp.ascontiguousarray(coarse)], given, threshold=cs.threshold)[0]
-        strong = raw.scores >= card.score_threshold
-        out = [self._map(slot, full_size, v, coarse.shape[1], given,
-                         RawDetections(raw.boxes[strong], raw.scores[strong], raw.classes[strong]))]
-        cand = raw.boxes / given
-        small = (cand[:, 2:] - cand[:, :2]).max(1) <= cs.max_refine if len(cand) else np.zeros(0, bool)
-        for x0, y0, x1, y1 in _crops(cand[small], cs.context, cs.min_crop, vh, vw):
-            # Crops are padded (top-left aligned) to a few square sizes: the graph has fixed
-            # dimensions, and a new size costs a new session.
-            side = next((b for b in _BUCKETS if b >= max(y1 - y0, x1 - x0)), None)
-            crop = vp[y0:y1, x0:x1]
-            if side is not None:
-                canvas = xp.zeros((side, side, 3), xp.uint8)
-                canvas[:y1 - y0, :x1 - x0] = crop
-                crop = canvas
-            fine = slot.adapter.batch([xp.ascontiguousarray(crop)], 1.0)[0]
-            out.append(self._map(slot, full_size, View(v.y + y0, v.x + x0, y1 - y0, x1 - x0), crop.shape[1], 1.0, fine))
+        entries = []                                        # (frame idx, view, view pixels)
+        for k, frame in enumerate(frames):
+            h, w = frame.full_size
+            for v in self.views(h, w):
+                entries.append((k, v, crop_view(frame.pixels, v.y, v.x, v.h, v.w) if not v.full else frame.pixels))
+        results: list[list[_ViewResult]] = [[] for _ in entries]
+        coarse_jobs, fine_jobs = [], []                     # (entry, array, given) / (entry, view, array)
+        for e, (k, v, vp) in enumerate(entries):
+            xp = get_array_module(vp)                       # host frames, or device frames (GPU path)
+            vh, vw = vp.shape[:2]
+            if min(vh, vw) * cs.scale < 32:
+                # Too small to look at coarsely (a 1x1 image would have no pixels): native pass only.
+                fine_jobs.append((e, v, xp.ascontiguousarray(vp)))
+                continue
+            f = round(1 / cs.scale)
+            coarse = downscale_mean(vp, f) if abs(f * cs.scale - 1) < 1e-6 else \
+                resize_bilinear(vp, max(1, round(vh * cs.scale)), max(1, round(vw * cs.scale)))
+            coarse_jobs.append((e, xp.ascontiguousarray(coarse), coarse.shape[1] / vw))
+        raws = self._run_grouped(lambda _: slot, [(a, g, cs.threshold) for _, a, g in coarse_jobs])
+        for (e, arr, given), raw in zip(coarse_jobs, raws):
+            k, v, vp = entries[e]
+            xp = get_array_module(vp)
+            vh, vw = vp.shape[:2]
+            strong = raw.scores >= card.score_threshold
+            results[e].append(self._map(slot, frames[k].full_size, v, arr.shape[1], given,
+                                        RawDetections(raw.boxes[strong], raw.scores[strong], raw.classes[strong])))
+            cand = raw.boxes / given
+            small = (cand[:, 2:] - cand[:, :2]).max(1) <= cs.max_refine if len(cand) else np.zeros(0, bool)
+            for x0, y0, x1, y1 in _crops(cand[small], cs.context, cs.min_crop, vh, vw):
+                # Crops are padded (top-left aligned) to a few square sizes: the graph has fixed
+                # dimensions, and a new size costs a new session (and batches together).
+                side = next((b for b in _BUCKETS if b >= max(y1 - y0, x1 - x0)), None)
+                crop = vp[y0:y1, x0:x1]
+                if side is not None:
+                    canvas = xp.zeros((side, side, 3), xp.uint8)
+                    canvas[:y1 - y0, :x1 - x0] = crop
+                    crop = canvas
+                fine_jobs.append((e, View(v.y + y0, v.x + x0, y1 - y0, x1 - x0), xp.ascontiguousarray(crop)))
+        fraws = self._run_grouped(lambda _: slot, [(a, 1.0, None) for _, _, a in fine_jobs])
+        for (e, view, arr), raw in zip(fine_jobs, fraws):
+            results[e].append(self._map(slot, frames[entries[e][0]].full_size, view, arr.shape[1], 1.0, raw))
+        out: list[list[_ViewResult]] = [[] for _ in frames]
+        for (k, _, _), res in zip(entries, results):        # per frame, in view order, as unbatched
+            out[k] += res
         return out
 
     def _prepare(self, slot: ModelSlot, frame: Frame, v: View):

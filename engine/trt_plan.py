@@ -129,10 +129,12 @@ def build_plan(onnx: Path, cache_dir: Path, *, precision: str = "fp16", profiles
             raise ValueError("int8 needs a calibrator (a folder of sample images)")
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = calibrator
-    for p in profiles:
+    for k, p in enumerate(profiles):
         prof = builder.create_optimization_profile()
         prof.set_shape(p.name, p.min, p.opt, p.max)
         config.add_optimization_profile(prof)
+        if precision == "int8" and k == 0:
+            config.set_calibration_profile(prof)    # dynamic shapes: calibrate at the opt shape
     cache = None
     if timing_cache is not None:
         blob = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""

@@ -125,3 +125,22 @@ def test_tensorrt_profiles_cover_a_dynamic_batch_and_refuse_other_dynamic_dims(t
     assert (p.name, p.min, p.opt, p.max) == ("images", (1, 3, 64, 96), (6, 3, 64, 96), (6, 3, 64, 96))
     with pytest.raises(ValueError, match="fixed input size"):
         rt.profiles(_graph_with_input(tmp_path, ["batch", 3, "h", "w"]))
+
+
+def test_centerface_dynamic_batch_graph_for_tensorrt(tmp_path):
+    """TensorRT gets one CenterFace graph per size with a dynamic batch (profile 1..batch_size);
+    that graph computes what the fixed-batch graphs compute (ONNX Runtime as the oracle)."""
+    import onnxruntime as ort
+
+    m = onnx.load(str(resolve_model(load_card("centerface"))))
+    dyn = fix_centerface_graph(m, 256, 320, None)
+    x = (np.random.default_rng(0).random((3, 3, 256, 320)) * 255).astype(np.float32)
+    got = ort.InferenceSession(dyn.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input.1": x})
+    one = ort.InferenceSession(fix_centerface_graph(m, 256, 320, 1).SerializeToString(),
+                               providers=["CPUExecutionProvider"])
+    for i in range(3):
+        for a, b in zip(got, one.run(None, {"input.1": x[i:i + 1]})):
+            assert np.allclose(a[i:i + 1], b, atol=1e-4)
+    onnx.save(dyn, str(tmp_path / "cf.onnx"))
+    (p,) = create_runtime("tensorrt", device="cuda", cache=tmp_path, max_batch=4).profiles(tmp_path / "cf.onnx")
+    assert p.min == (1, 3, 256, 320) and p.max == (4, 3, 256, 320)

@@ -273,3 +273,27 @@ def test_real_nanodet_on_darknet_photos(runtime):
     assert found["dog"].get("bicycle", 0) >= 1 and (found["dog"].get("car", 0) + found["dog"].get("truck", 0)) >= 1
     assert found["kite"].get("person", 0) >= 2
     assert found["person"].get("person", 0) == 1
+
+
+def test_cascade_batched_across_frames_equals_one_frame_at_a_time(portrait):
+    """centerface-fast with batch_size 4: the coarse passes of four frames go through the model
+    in one call, and the crops of one size together; the detections equal one-by-one's."""
+    from tests.conftest import scene_with_faces
+
+    frames = [_frame(scene_with_faces(portrait, h=480, w=640, seed=s,
+                                      faces=((40 + 60 * s, 100, 200), (400, 160 - 20 * s, 150)))[0])
+              for s in range(4)]
+    rt = create_runtime("onnxruntime", device="cpu")
+    one = Config(engine={"batch_size": 1})
+    four = Config(engine={"batch_size": 4})
+    ref = [Detector(one, *build_models(one, rt))(f) for f in frames]
+    det = Detector(four, *build_models(four, rt))
+    sizes = []
+    adapter = det.slots[0].adapter
+    orig = adapter.batch
+    adapter.batch = lambda views, *a, **k: (sizes.append(len(views)), orig(views, *a, **k))[1]
+    got = det.detect_batch(frames)
+    assert 4 in sizes and len(sizes) < len(frames) * 3            # batched, fewer model calls
+    for r, g in zip(ref, got):
+        assert len(r) == len(g) >= 2 and r.counts() == g.counts() == {"face": 2}
+        assert np.allclose(r.boxes, g.boxes, atol=1e-3) and np.allclose(r.scores, g.scores, atol=1e-4)

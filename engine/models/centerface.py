@@ -13,8 +13,9 @@ from kernels import get_array_module, nms, to_host
 __all__ = ["CenterFaceAdapter", "fix_centerface_graph"]
 
 
-def fix_centerface_graph(model, height: int, width: int, batch: int = 1):
-    """Return a copy of the CenterFace ModelProto with a fixed `Nx3xHxW` input.
+def fix_centerface_graph(model, height: int, width: int, batch: int | None = 1):
+    """Return a copy of the CenterFace ModelProto with a fixed `Nx3xHxW` input (`batch=None`:
+    a dynamic batch dimension, for runtimes that take one plan per size, e.g. TensorRT).
 
     The shipped graph declares a `10x3x32x32` input and lists all its weights among the graph
     inputs. Weights listed as inputs may be overridden at run time, so ONNX Runtime cannot
@@ -45,7 +46,10 @@ def _set_dims(value_info, dims) -> None:
     shape = value_info.type.tensor_type.shape
     del shape.dim[:]
     for v in dims:
-        shape.dim.add().dim_value = int(v)
+        if v is None:
+            shape.dim.add().dim_param = "batch"
+        else:
+            shape.dim.add().dim_value = int(v)
 
 
 class CenterFaceAdapter(Adapter):
@@ -63,11 +67,13 @@ class CenterFaceAdapter(Adapter):
         return self.card.input.scale
 
     def _session(self, h: int, w: int, n: int = 1):
-        key = (n, h, w)
+        # A runtime with dynamic-batch plans (TensorRT) gets one graph per size, any batch.
+        dynamic = getattr(self.runtime, "dynamic_batch", False)
+        key = (None if dynamic else n, h, w)
         if key in self._sessions:
             self._sessions.move_to_end(key)
             return self._sessions[key]
-        sess = self.runtime.session(fix_centerface_graph(self._proto, h, w, n).SerializeToString(),
+        sess = self.runtime.session(fix_centerface_graph(self._proto, h, w, None if dynamic else n).SerializeToString(),
                                     family=self.family)
         self._sessions[key] = sess
         while len(self._sessions) > self.max_sessions:

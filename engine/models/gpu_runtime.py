@@ -145,6 +145,7 @@ class TrtRuntime:
     """Sessions from TensorRT plans built (and cached) from the ONNX graphs adapters hand in."""
 
     name = "tensorrt"
+    dynamic_batch = True          # adapters may hand in graphs with a dynamic batch (one plan per size)
 
     def __init__(self, *, device: str = "cuda", threads: Optional[int] = None, precision: str = "fp16",
                  cache: Optional[Path] = None, calibration_images: Optional[Path] = None, max_batch: int = 8):
