@@ -167,7 +167,7 @@ def main(argv=None):
         found, total = recall(dets, files, truth)
         row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(), "image": f"{w}x{h}",
                "images": len(files), "model": card, "scale": float(scale) if scale else None,
-               "setting": setting, "precision": "fp32", "batch": cfg.engine.batch_size,
+               "setting": setting, "precision": "fp32", "batch": cfg.engine.batch_size or 1,
                "quality": _quality(files[0]), "stages": stages,
                "faces_found": found, "faces_total": total}
         if not args.no_pipeline:

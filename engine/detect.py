@@ -148,7 +148,7 @@ class Detector:
         self.slots = slots
         self.names = names
         self.wrap = cfg.image_type == "360"
-        self.batch_size = cfg.engine.batch_size
+        self.batch_size = cfg.engine.batch_size or 1
 
     def views(self, h: int, w: int, slot: ModelSlot | None = None) -> list[View]:
         views = [View(0, 0, h, w, full=True)]
