@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -112,7 +113,11 @@ def build_plan(onnx: Path, cache_dir: Path, *, precision: str = "fp16", profiles
     trt = tensorrt_module()
     plan, side = plan_paths(cache_dir, onnx, precision, list(profiles), gpu_name(), trt.__version__)
     if not force and find_plan(plan, side):
+        LOG.debug("TensorRT plan %s reused", plan)
         return plan
+    LOG.info("building a TensorRT %s plan for %s on %s (once per GPU model and TensorRT version; this can take "
+             "minutes) -> %s", precision, Path(onnx).name, side.gpu, plan)
+    t0 = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)                       # explicit batch is the only mode in TRT 10
@@ -150,6 +155,7 @@ def build_plan(onnx: Path, cache_dir: Path, *, precision: str = "fp16", profiles
     plan.with_suffix(".json").write_text(json.dumps(asdict(side), indent=2))
     if cache is not None:
         Path(timing_cache).write_bytes(bytes(cache.serialize()))
+    LOG.info("TensorRT plan built in %.0f s: %s", time.perf_counter() - t0, plan)
     return plan
 
 

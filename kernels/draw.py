@@ -129,7 +129,9 @@ def regions_to(xp, regions):
         return regions
     import numpy as np
 
-    host = [np.asarray(m, dtype=bool) for _, _, m in regions]
+    from kernels._xp import to_host
+
+    host = [to_host(m).astype(bool, copy=False) for _, _, m in regions]
     flat = xp.asarray(np.concatenate([m.ravel() for m in host])) if host else None
     out, at = [], 0
     for (y0, x0, _), m in zip(regions, host):

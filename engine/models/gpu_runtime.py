@@ -200,8 +200,7 @@ class TrtRuntime:
                 path.write_bytes(model)
         else:
             path = Path(model)
-        LOG.info("TensorRT plan for %s (%s; built once per GPU and cached in %s)", path.name, self.precision,
-                 self.cache)
+        LOG.debug("TensorRT session for %s (%s, plans cached in %s)", path.name, self.precision, self.cache)
         calibrator = self._calibrator(path, family) if self.precision == "int8" else None
         return TrtSession(build_plan(path, self.cache, precision=self.precision, profiles=self.profiles(path),
                                      calibrator=calibrator))
