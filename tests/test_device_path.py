@@ -7,7 +7,13 @@ inputs in, device outputs out). Every output must equal the host path's exactly,
 expected explicit copies may cross to the host. This is no substitute for the `gpu` tests
 (test_gpu_path.py): it cannot see CUDA, streams or speed — only code that would move data
 implicitly or mix host and device arrays, which on a GPU fails or silently copies.
+
+On a machine with CuPy and a GPU the same tests also run with real CuPy arrays (`gpu`
+marker; they need neither TensorRT nor DALI): the device path then computes on the GPU, and
+its outputs must agree with the host path's within float tolerance.
 """
+from types import SimpleNamespace
+
 import dataclasses
 
 import numpy as np
@@ -20,13 +26,23 @@ from engine.jpeg import apply_orientation
 from engine.models import create_runtime
 from engine.types import Job
 from engine.write import TurboEncoder, Writer
+from kernels._xp import cupy_or_none
 from tests import cupy_sim
 from tests.conftest import jpeg_bytes, scene_with_faces
 
 
-@pytest.fixture
-def sim(monkeypatch):
-    return cupy_sim.install(monkeypatch)
+@pytest.fixture(params=["stand-in", pytest.param("cupy", marks=pytest.mark.gpu)])
+def sim(request, monkeypatch):
+    """The device array module: the strict stand-in (exact comparisons, transfers counted), or
+    real CuPy on a GPU (float tolerance)."""
+    if request.param == "stand-in":
+        m = cupy_sim.install(monkeypatch)
+        return SimpleNamespace(xp=m, asarray=m.asarray, exact=True, array=cupy_sim.DeviceArray,
+                               raw=lambda a: np.ascontiguousarray(a._a))
+    cp = cupy_or_none()
+    if cp is None:
+        pytest.skip("CuPy with a usable NVIDIA GPU is not available on this machine")
+    return SimpleNamespace(xp=cp, asarray=cp.asarray, exact=False, array=cp.ndarray, raw=lambda a: a.get())
 
 
 class _Session:
@@ -43,7 +59,7 @@ class _Session:
         return self.inner.get_outputs()
 
     def run(self, names, feed):
-        device = any(isinstance(v, cupy_sim.DeviceArray) for v in feed.values())
+        device = any(isinstance(v, self.sim.array) for v in feed.values())
         assert device, "the device path fed the model host arrays"
         outs = self.inner.run(names, {k: v.get() for k, v in feed.items()})
         return [self.sim.asarray(o) for o in outs]
@@ -71,10 +87,14 @@ class _DeviceEncoder(TurboEncoder):
 
     accepts_device_arrays = True
 
+    def __init__(self, sim):
+        super().__init__()
+        self.sim = sim
+
     def encode(self, pixels, quality, subsampling):
-        assert isinstance(pixels, cupy_sim.DeviceArray)
+        assert isinstance(pixels, self.sim.array)
         # Encoded "on the device": no transfer is counted (the stand-in's storage is read directly).
-        return super().encode(np.ascontiguousarray(pixels._a), quality, subsampling)
+        return super().encode(self.sim.raw(pixels), quality, subsampling)
 
 
 def _frames(portrait, sim, sizes=((480, 640, 0), (480, 640, 1), (640, 480, 6)), faces=True):
@@ -107,19 +127,34 @@ def _compare(cfg, host_frames, dev_frames, sim, encoder=None):
     masked = 0
     for fh, fd, a, b in zip(host_frames, dev_frames, want, got):
         assert len(a) == len(b) and a.counts() == b.counts()
-        assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
+        if sim.exact:
+            assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
+        else:
+            assert np.allclose(a.boxes, b.boxes, atol=1.0) and np.allclose(a.scores, b.scores, atol=1e-3)
         ch = dataclasses.replace(fh, pixels=fh.pixels.copy())
         cd = dataclasses.replace(fd, pixels=fd.pixels.copy())
         before = cupy_sim.transfers["to_host"]
         data_h, m_h, _ = w_host.render(ch, a)
         data_d, m_d, _ = w_dev.render(cd, b)
-        assert m_h == m_d and data_h == data_d
-        if m_d:
-            masked += 1
-            # The anonymised image crosses once (host encoder) or not at all (device encoder).
-            assert cupy_sim.transfers["to_host"] - before == (0 if encoder is not None else 1)
+        assert m_h == m_d
+        if sim.exact:
+            assert data_h == data_d
+            if m_d:
+                # The anonymised image crosses once (host encoder) or not at all (device encoder).
+                assert cupy_sim.transfers["to_host"] - before == (0 if encoder is not None else 1)
+        else:
+            diff = np.abs(_pixels(data_h).astype(int) - _pixels(data_d).astype(int))
+            assert diff.mean() < 0.5, diff.mean()
+        masked += m_d
     assert masked >= 2, "the comparison must include masked images"
     return want
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+    return np.asarray(Image.open(io.BytesIO(data)))
 
 
 def test_default_cascade_batched_over_device_frames(portrait, sim):
@@ -138,7 +173,7 @@ def test_default_cascade_batched_over_device_frames(portrait, sim):
 def test_mask_modes_on_the_device_equal_the_host(portrait, sim, mask):
     host, dev = _frames(portrait, sim, sizes=((480, 640, 0), (640, 480, 6)))
     cfg = Config(models=[ModelSpec(card="centerface")], **mask)
-    _compare(cfg, host, dev, sim, encoder=_DeviceEncoder())
+    _compare(cfg, host, dev, sim, encoder=_DeviceEncoder(sim))
 
 
 def test_360_cutouts_and_seam_on_device_frames(portrait, sim, tmp_path):
@@ -159,10 +194,11 @@ def test_segmenter_letterbox_and_masks_on_device_frames(portrait, sim, tmp_path)
 
 
 def test_the_stand_in_is_strict(sim):
-    """The check is only worth something if mixing host and device arrays fails."""
+    """The check is only worth something if mixing host and device arrays fails (as it does
+    with CuPy itself)."""
     d = sim.asarray(np.zeros((4, 4), np.uint8))
     for bad in (lambda: np.asarray(d), lambda: np.ascontiguousarray(d), lambda: d + np.ones((4, 4)),
-                lambda: sim.concatenate([d, np.zeros((1, 4), np.uint8)])):
+                lambda: sim.xp.concatenate([d, np.zeros((1, 4), np.uint8)])):
         with pytest.raises(TypeError):
             bad()
     host = np.zeros((4, 4), np.uint8)
