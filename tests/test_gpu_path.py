@@ -110,6 +110,11 @@ def test_full_run_on_gpu_masks_what_the_cpu_masks(tmp_path, portrait):
     device masks) against `--device cpu` on the same images: the same faces found and the
     masked areas agreeing (IoU >= 0.9 of the changed pixels)."""
     _cupy()
+    from engine.run import gpu_components
+
+    c = gpu_components()
+    if not (c["tensorrt"] or c["onnxruntime-cuda"]):
+        pytest.skip("needs a GPU model runtime: TensorRT or onnxruntime-gpu")
     inp = tmp_path / "in"
     inp.mkdir()
     originals = {}
