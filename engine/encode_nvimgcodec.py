@@ -21,11 +21,8 @@ TJSAMP_GRAY = 3
 
 
 def nvimgcodec_module():
-    try:
-        from nvidia import nvimgcodec
-    except ImportError as exc:
-        raise ImportError("nvImageCodec is missing: pip install 'sladd[gpu]' (or nvidia-nvimgcodec-cu12)") from exc
-    return nvimgcodec
+    from engine.optional import require
+    return require("nvidia.nvimgcodec", "nvImageCodec is missing: pip install 'sladd[gpu]' (or nvidia-nvimgcodec-cu12)")
 
 
 class NvImageCodecEncoder:

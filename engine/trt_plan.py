@@ -59,12 +59,9 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def tensorrt_module():
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise ImportError("TensorRT is not installed: it comes with NVIDIA's TensorRT container (Dockerfile.gpu) "
-                          "or NVIDIA's own package index, not from PyPI/Debian") from exc
-    return trt
+    from engine.optional import require
+    return require("tensorrt", "TensorRT is not installed: it comes with NVIDIA's TensorRT container "
+                               "(Dockerfile.gpu) or NVIDIA's own package index, not from PyPI/Debian")
 
 
 def gpu_name() -> str:

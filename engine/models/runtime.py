@@ -12,11 +12,8 @@ LOG = logging.getLogger("sladd")
 
 
 def onnx_module():
-    try:
-        import onnx
-    except ImportError as exc:
-        raise ImportError("the onnx package is missing: pip install 'sladd[cpu]'") from exc
-    return onnx
+    from engine.optional import require
+    return require("onnx", "the onnx package is missing: pip install 'sladd[cpu]'")
 
 
 class OrtRuntime:
