@@ -197,6 +197,14 @@ def _module() -> types.ModuleType:
             return _wrap(obj(*_unwrap(list(args), name), **{k: _unwrap(v, name) for k, v in kwargs.items()}))
         return f
 
+    class _Stream:
+        ptr = 0
+
+        def synchronize(self):
+            pass
+
+    m.cuda = types.SimpleNamespace(Device=lambda *a: types.SimpleNamespace(synchronize=lambda: None, id=0),
+                                   get_current_stream=_Stream)
     m.get_array_module = get_array_module
     m.asnumpy = lambda a: a.get() if isinstance(a, DeviceArray) else np.asarray(a)
     m.__getattr__ = module_getattr

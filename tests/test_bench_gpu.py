@@ -27,3 +27,19 @@ def test_bench_gpu_on_cuda_without_a_gpu_says_what_is_missing(tmp_path, capsys):
         pytest.skip("this machine has a GPU")
     assert bench_gpu.main(["--device", "cuda", "--results", str(tmp_path)]) == 2
     assert "--device cuda: missing" in capsys.readouterr().err
+
+
+def test_bench_kernels_device_column_with_the_cupy_stand_in(monkeypatch, capsys, tmp_path):
+    """The kernel benchmark's CuPy column, run with the strict stand-in: the device path draws
+    what NumPy draws (difference 0) and the report carries the column."""
+    from benchmarks import bench_kernels
+    from tests import cupy_sim
+
+    sim = cupy_sim.install(monkeypatch)
+    monkeypatch.setattr(bench_kernels, "cupy_or_none", lambda: sim)
+    monkeypatch.setattr(bench_kernels, "RESULTS", tmp_path / "kernels.jsonl")
+    bench_kernels.main(["--sizes", "640x480", "--masks", "3", "--repeat", "1"])
+    out = capsys.readouterr().out
+    assert "CuPy region-only" in out
+    rows = [json.loads(x) for x in (tmp_path / "kernels.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["device_max_diff_vs_numpy"] == 0 and r["device_mp_s"] > 0 for r in rows)
