@@ -66,3 +66,23 @@ def test_run_with_nvimagecodec_writes_what_turbojpeg_writes(tmp_path, portrait):
     a, b = _decode(nv).astype(int), _decode(tj).astype(int)
     assert np.abs(a - b).mean() < 0.5
     assert np.abs(a - img.astype(int)).max() > 30                               # anonymised
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("subsampling", [0, 2, 3])
+def test_device_frames_encode_on_the_gpu_like_turbojpeg(subsampling):
+    from kernels._xp import cupy_or_none
+
+    cp = cupy_or_none()
+    if cp is None:
+        pytest.skip("needs CuPy with a usable NVIDIA GPU")
+    try:
+        enc = create_encoder("nvimagecodec", "cuda")
+    except RuntimeError as exc:
+        pytest.skip(f"nvImageCodec has no GPU encoder here: {exc}")
+    got = enc.encode(cp.asarray(IMG)[:, ::-1], 90, subsampling)          # a strided device view
+    ref = TurboEncoder().encode(np.ascontiguousarray(IMG[:, ::-1]), 90, subsampling)
+    assert estimate_quality(parse_jpeg(got).luma_table) == 90
+    assert parse_jpeg(got).components == parse_jpeg(ref).components
+    a, b = _decode(got).astype(int), _decode(ref).astype(int)
+    assert a.shape == b.shape and np.abs(a - b).mean() < 1.0       # nvJPEG's DCT vs libjpeg-turbo's
