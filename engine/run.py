@@ -204,7 +204,9 @@ class _ScaledDecoder:
 
     def __init__(self, detector: Detector, max_pixels: int, name: str = "turbojpeg", *, dali_device: str = "cpu",
                  batch: int = 8):
-        kw = {"device": dali_device, "batch": batch} if name == "dali" else {}
+        # DALI's own worker threads (Huffman decoding on the host for nvJPEG's hybrid path).
+        kw = {"device": dali_device, "batch": batch, "threads": max(2, min(8, os.cpu_count() or 2))} \
+            if name == "dali" else {}
         self._inner = create_decoder(name, min_scale=1.0, max_pixels=max_pixels, **kw)
         self.name = name
         self.detector = detector
