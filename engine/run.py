@@ -18,7 +18,8 @@ from engine.progress import Progress
 from engine.walk import Tree
 from engine.write import Writer, create_encoder
 
-__all__ = ["choose_device", "choose_decoder", "choose_encoder", "gpu_components", "run", "summary_lines", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_ABORTED"]
+__all__ = ["choose_device", "choose_decoder", "choose_encoder", "choose_runtime", "gpu_components", "run",
+           "summary_lines", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_ABORTED"]
 
 LOG = logging.getLogger("sladd")
 
@@ -39,6 +40,7 @@ def gpu_components() -> dict[str, bool]:
         ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     except ImportError:
         ort_cuda = False
+
     def has(name: str) -> bool:
         try:
             return importlib.util.find_spec(name) is not None
@@ -92,7 +94,7 @@ def choose_decoder(requested: str, device: str, components: Optional[dict[str, b
     return requested, ("mixed" if device == "cuda" else "cpu")
 
 
-def choose_runtime(requested: str, device: str) -> str:
+def choose_runtime(requested: str, device: str, components: Optional[dict[str, bool]] = None) -> str:
     """`tensorrt` needs cuda; `auto` takes TensorRT on cuda when it is installed, else ONNX Runtime
     (its CUDA provider on cuda)."""
     if requested == "tensorrt" and device != "cuda":
@@ -100,8 +102,8 @@ def choose_runtime(requested: str, device: str) -> str:
     if requested != "auto":
         return requested
     if device == "cuda":
-        import importlib.util
-        if importlib.util.find_spec("tensorrt") is not None:
+        c = components if components is not None else gpu_components()
+        if c["tensorrt"]:
             LOG.info("runtime auto -> tensorrt")
             return "tensorrt"
         LOG.info("runtime auto -> onnxruntime (CUDA provider; TensorRT is not installed)")
@@ -154,7 +156,7 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
     decoder_name, dali_device = choose_decoder(cfg.engine.decoder, device, components)
     encoder_name = choose_encoder(cfg.output.encoder, device, components)
     create_encoder(encoder_name, device)          # fails here, not once per image, if it cannot start
-    runtime_name = choose_runtime(cfg.engine.runtime, device)
+    runtime_name = choose_runtime(cfg.engine.runtime, device, components)
     trt_opts = ({"precision": cfg.engine.precision, "calibration_images": cfg.engine.calibration_images,
                  "max_batch": cfg.engine.batch_size} if runtime_name == "tensorrt" else {})
     runtime = create_runtime(runtime_name, device=device, threads=cfg.engine.inference_threads, **trt_opts)

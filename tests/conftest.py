@@ -37,6 +37,13 @@ def xp(request):
     return cp
 
 
+def needs_tensorrt_gpu():
+    """Skip (with the reason) unless TensorRT and a CuPy-visible GPU are both here."""
+    pytest.importorskip("tensorrt", reason="needs TensorRT (NVIDIA container)")
+    if _cupy_available() is None:
+        pytest.skip("needs an NVIDIA GPU")
+
+
 def to_host(a):
     return a.get() if hasattr(a, "get") else np.asarray(a)
 

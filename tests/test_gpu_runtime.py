@@ -7,6 +7,7 @@ from engine.models import create_runtime, load_card, resolve_model
 from engine.models.centerface import fix_centerface_graph
 from engine.run import choose_runtime
 from kernels._xp import cupy_or_none
+from tests.conftest import needs_tensorrt_gpu
 
 
 def _graph():
@@ -19,6 +20,10 @@ def _input():
 
 def test_runtime_choice_without_a_gpu():
     assert choose_runtime("auto", "cpu") == "onnxruntime"
+    with_trt = {"cupy": True, "tensorrt": True, "onnxruntime-cuda": True, "dali": False}
+    assert choose_runtime("auto", "cuda", with_trt) == "tensorrt"
+    assert choose_runtime("auto", "cuda", {**with_trt, "tensorrt": False}) == "onnxruntime"
+    assert choose_runtime("onnxruntime", "cuda", with_trt) == "onnxruntime"
     with pytest.raises(RuntimeError, match="needs a GPU"):
         choose_runtime("tensorrt", "cpu")
 
@@ -37,9 +42,7 @@ def test_ort_cuda_with_cupy_bound_inputs_matches_cpu():
 @pytest.mark.gpu
 @pytest.mark.trt
 def test_tensorrt_fp16_plan_matches_cpu(tmp_path):
-    pytest.importorskip("tensorrt", reason="needs TensorRT (NVIDIA container)")
-    if cupy_or_none() is None:
-        pytest.skip("needs an NVIDIA GPU")
+    needs_tensorrt_gpu()
     ref = create_runtime("onnxruntime", device="cpu").session(_graph()).run(None, _input())
     sess = create_runtime("tensorrt", device="cuda", cache=tmp_path).session(_graph())
     got = sess.run(None, _input())

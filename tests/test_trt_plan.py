@@ -64,10 +64,8 @@ def test_build_engine_without_tensorrt_says_why(tmp_path):
 @pytest.mark.trt
 @pytest.mark.gpu
 def test_build_centerface_plan_and_reuse(tmp_path):
-    pytest.importorskip("tensorrt", reason="needs TensorRT (NVIDIA container)")
-    from kernels._xp import cupy_or_none
-    if cupy_or_none() is None:
-        pytest.skip("needs an NVIDIA GPU")
+    from tests.conftest import needs_tensorrt_gpu
+    needs_tensorrt_gpu()
     import onnx as onnx_lib
 
     from engine.models import load_card, resolve_model

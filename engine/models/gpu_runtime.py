@@ -18,6 +18,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from kernels._xp import on_device as on_device_array
+
 __all__ = ["CupyBoundSession", "TrtRuntime", "TrtSession", "cupy_module"]
 
 LOG = logging.getLogger("sladd")
@@ -36,10 +38,6 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
               "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
 
 
-def _is_cupy(a) -> bool:
-    return type(a).__module__.startswith("cupy")
-
-
 class CupyBoundSession:
     """An ONNX Runtime CUDA session whose inputs are bound to CuPy buffers (IOBinding): host
     arrays are uploaded once, device arrays (e.g. from DALI) are used in place."""
@@ -56,7 +54,7 @@ class CupyBoundSession:
 
     def run(self, names, feed: dict):
         cp = self.cp
-        on_device = any(_is_cupy(a) for a in feed.values())
+        on_device = any(on_device_array(a) for a in feed.values())
         binding = self.session.io_binding()
         keep = []
         for name, arr in feed.items():
@@ -118,7 +116,7 @@ class TrtSession:
 
     def run(self, names, feed: dict):
         cp, trt, ctx = self.cp, self.trt, self.context
-        on_device = any(_is_cupy(a) for a in feed.values())
+        on_device = any(on_device_array(a) for a in feed.values())
         keep = []
         # Device inputs may still be being written on the caller's stream: order our
         # (non-blocking) stream after it instead of synchronising the host.
