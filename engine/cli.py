@@ -106,6 +106,36 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-failed", action="store_true", help="retry images that failed in an earlier run")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; warnings and the summary only")
     p.add_argument("--old-metadata", action="store_true", help="pre-2022 metadata variant (metadata.format: old)")
+    p.add_argument("--wait-lock", action="store_true",
+                   help="if another run uses the same output folder, wait for it to end instead of refusing")
+
+
+def _on_stop_signals():
+    """SIGTERM (docker stop, systemd, Kubernetes) and SIGHUP stop a run as Ctrl-C does: the images
+    in flight are finished or left for the next run, the summary is printed, exit 3. Only the
+    first signal interrupts; later ones are logged, so the clean stop itself is not cut short.
+    Returns a function that restores the previous handlers."""
+    import signal
+
+    from engine.run import INTERRUPTED
+
+    INTERRUPTED.reason = None
+
+    def handler(signum, _frame):
+        name = signal.Signals(signum).name
+        if INTERRUPTED.reason is not None:
+            LOG.warning("%s received while stopping; still finishing the images in flight", name)
+            return
+        INTERRUPTED.reason = name
+        LOG.warning("%s received: stopping; images in flight are finished or redone by the next run", name)
+        raise KeyboardInterrupt(name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+
+    def restore():
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return restore
 
 
 def _load(args):
@@ -121,7 +151,8 @@ def _cmd_run(args, input_dir: Path, output_dir: Path, archive_dir, log_dir, cfg_
     from engine.logs import FILE_ONLY, setup_logging
     from engine.pipeline import ledger_path
     from engine.progress import Progress
-    from engine.run import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, is_tty, run, summary_lines
+    from engine.lock import LockHeld
+    from engine.run import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, is_tty, run, summary_lines
 
     cfg = args._cfg
     tty = is_tty() and not args.quiet
@@ -138,16 +169,28 @@ def _cmd_run(args, input_dir: Path, output_dir: Path, archive_dir, log_dir, cfg_
 
     notifier = Notifier(cfg, log_file)
     progress = Progress(tty=tty, enabled=not args.quiet)
+    restore_signals = _on_stop_signals()
     try:
         stats = run(cfg, input_dir, output_dir, archive_dir, force=args.force, retry_failed=args.retry_failed,
-                    progress=progress, config_file=cfg_path, notifier=notifier)
+                    progress=progress, config_file=cfg_path, notifier=notifier, wait_lock=args.wait_lock)
     except KeyboardInterrupt:
         progress.close()
-        LOG.error("interrupted; images in flight are recorded as unfinished and redone on the next run")
+        LOG.error("interrupted before the run started; nothing was processed")
         return EXIT_ABORTED
+    except (UsageError, LockHeld) as exc:
+        progress.close()
+        LOG.error("%s", exc)
+        return EXIT_USAGE
     except (FileNotFoundError, ValueError, RuntimeError, ImportError) as exc:
         progress.close()
         LOG.error("%s", exc)
+        notifier.crashed(exc, f"{type(exc).__name__}: {exc}")
+        return EXIT_ABORTED
+    except OSError as exc:
+        # A read-only or full output folder, a vanished share at start-up: say which, no traceback.
+        progress.close()
+        where = f" ({exc.filename})" if exc.filename else ""
+        LOG.error("cannot continue: %s%s", exc.strerror or exc, where)
         notifier.crashed(exc, f"{type(exc).__name__}: {exc}")
         return EXIT_ABORTED
     except Exception as exc:  # noqa: BLE001 - an uncaught error: mail it (if asked), then raise
@@ -156,6 +199,8 @@ def _cmd_run(args, input_dir: Path, output_dir: Path, archive_dir, log_dir, cfg_
         LOG.critical("uncaught %s", type(exc).__name__, exc_info=True)
         notifier.crashed(exc, traceback.format_exc())
         raise
+    finally:
+        restore_signals()
     progress.close()
     LOG.info("-" * 150, extra=FILE_ONLY)
     lines = summary_lines(stats, input_dir, output_dir, archive_dir, ledger_path(output_dir))

@@ -12,6 +12,7 @@ from engine.meta.record import MetaContext
 from engine.decode import create_decoder
 from engine.detect import Detector, build_models
 from engine.ledger import Ledger
+from engine.lock import RunLock
 from engine.models import create_runtime
 from engine.pipeline import Pipeline, RunStats, ledger_path
 from engine.progress import Progress
@@ -19,12 +20,20 @@ from engine.walk import Tree
 from engine.write import Writer, create_encoder
 
 __all__ = ["choose_device", "choose_decoder", "choose_encoder", "choose_runtime", "gpu_components", "run",
-           "summary_lines", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_ABORTED"]
+           "summary_lines", "check_roots", "UsageError", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_ABORTED"]
 
 LOG = logging.getLogger("sladd")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3
 GPU_BATCH = 8                      # engine.batch_size: null (auto) on cuda
+
+
+class _Interrupted:
+    """Which signal stopped the run (set by the CLI's handler), for the summary."""
+    reason: Optional[str] = None
+
+
+INTERRUPTED = _Interrupted()
 
 
 
@@ -121,6 +130,51 @@ def choose_encoder(requested: str, device: str, components: Optional[dict[str, b
     return name
 
 
+class UsageError(ValueError):
+    """The command line or configuration cannot work; nothing was touched (exit 2)."""
+
+
+def _same_or_inside(inner: Path, outer: Path) -> bool:
+    """True when `inner` is `outer` or lies below it: by resolved path, and by device and inode
+    for each of inner's ancestors (bind mounts and aliases that resolve() cannot see)."""
+    inner, outer = inner.resolve(), outer.resolve()
+    if inner == outer or outer in inner.parents:
+        return True
+    try:
+        o = os.stat(outer)
+    except OSError:
+        return False                     # does not exist (yet): cannot contain an existing folder
+    for d in (inner, *inner.parents):
+        try:
+            s = os.stat(d)
+        except OSError:
+            continue
+        if (s.st_dev, s.st_ino) == (o.st_dev, o.st_ino):
+            return True
+    return False
+
+
+def check_roots(input_dir: Path, output_dir: Path, archive_dir: Optional[Path]) -> None:
+    """Refuse, before anything is written, trees whose outputs would land on the inputs.
+
+    Output i goes to OUTPUT/<rel>, so with OUTPUT == INPUT every original is overwritten, and with
+    INPUT inside OUTPUT an input folder can be a mirror target (INPUT = OUT/x and a file x/a.jpg
+    in the input maps onto OUT/x/a.jpg = INPUT/a.jpg). The archive and the error tree
+    (OUTPUT_error) follow the same rule. An output inside the input is fine: the walk skips it.
+    """
+    from engine.walk import error_root
+
+    targets = [("-o/--output", output_dir), ("the error tree", error_root(Path(output_dir).resolve()))]
+    if archive_dir is not None:
+        targets.append(("-a/--archive", archive_dir))
+    for what, root in targets:
+        if _same_or_inside(Path(input_dir), Path(root)):
+            raise UsageError(f"{what} {root} is the input folder {input_dir} or contains it: outputs would "
+                             "overwrite the originals; choose a folder outside the input tree")
+    if archive_dir is not None and Path(archive_dir).resolve() == Path(output_dir).resolve():
+        raise UsageError("-a/--archive must differ from -o/--output")
+
+
 def check_run_config(cfg: Config, archive_dir: Optional[Path]) -> None:
     """The reference's check_config rules that depend on the command line."""
     if archive_dir is None:
@@ -134,11 +188,16 @@ def check_run_config(cfg: Config, archive_dir: Optional[Path]) -> None:
 
 def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Path] = None, *,
         force: bool = False, retry_failed: bool = False, progress: Optional[Progress] = None,
-        config_file: Optional[Path] = None, notifier=None) -> RunStats:
+        config_file: Optional[Path] = None, notifier=None, wait_lock: bool = False) -> RunStats:
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    check_run_config(cfg, archive_dir)
+    try:
+        check_run_config(cfg, archive_dir)
+    except UsageError:
+        raise
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if cfg.delete_input and archive_dir is None:
-        raise ValueError("delete_input: true needs an archive folder (-a ARCHIVE), as in the reference: the "
+        raise UsageError("delete_input: true needs an archive folder (-a ARCHIVE), as in the reference: the "
                          "original is kept there before the input is removed")
     if not input_dir.exists():
         from engine.fsutil import PathNotReachable, wait_for_path
@@ -148,6 +207,19 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
             raise FileNotFoundError(str(exc)) from None
     if not input_dir.is_dir():
         raise FileNotFoundError(f"input folder {input_dir} is not a folder")
+    check_roots(input_dir, output_dir, archive_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # Taken before the models load, so a second run on the same output is refused at once.
+    lock = RunLock(output_dir, wait=wait_lock).acquire()
+    try:
+        return _run_locked(cfg, input_dir, output_dir, archive_dir, force=force, retry_failed=retry_failed,
+                           progress=progress, config_file=config_file, notifier=notifier)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Path], *, force: bool,
+                retry_failed: bool, progress, config_file, notifier) -> RunStats:
     components = gpu_components() if cfg.engine.device != "cpu" else None
     device = choose_device(cfg.engine.device, components)
     if cfg.engine.batch_size is None:
@@ -162,7 +234,6 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
     runtime = create_runtime(runtime_name, device=device, threads=cfg.engine.inference_threads, **trt_opts)
     slots, names = build_models(cfg, runtime)
     detector = Detector(cfg, slots, names)
-    output_dir.mkdir(parents=True, exist_ok=True)
     tree = Tree(input_dir, output_dir, archive_dir, cfg.output.extensions)
     ledger = Ledger(ledger_path(output_dir))
 
@@ -194,6 +265,11 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
                          name="sladd-count").start()
     try:
         return pipe.run()
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM (docker stop, systemd, Kubernetes): the images in flight were
+        # finished or left to the next run; report what was done.
+        pipe.stats.fatal = pipe.stats.fatal or f"interrupted ({INTERRUPTED.reason or 'SIGINT'}); rerun to continue"
+        return pipe.stats
     finally:
         ledger.close()
         if db is not None:
