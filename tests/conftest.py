@@ -21,6 +21,19 @@ def models_dir(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_into_the_checkout():
+    """Tests write under tmp only: a run or db command that defaulted to the working directory
+    once committed a spool database into the repository."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    before = {p.name for p in root.iterdir()}
+    yield
+    new = {p.name for p in root.iterdir()} - before - {".pytest_cache", ".cache", "demo", "build"}
+    assert not new, f"tests wrote into the checkout: {sorted(new)}"
+
+
 def _cupy_available():
     from kernels._xp import cupy_or_none
     return cupy_or_none()

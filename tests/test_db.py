@@ -321,7 +321,8 @@ def test_pending_rows_beyond_db_max_cache_size_stop_the_run(road_tree, tmp_path,
     assert spool.execute("SELECT COUNT(*) FROM spool").fetchone()[0] >= 2          # kept, not dropped
 
 
-def test_create_table_and_execute_sql_commands(tmp_path, capsys):
+def test_create_table_and_execute_sql_commands(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)          # without -o the spool lives in ./.sladd: keep it in tmp
     db = tmp_path / "t.sqlite"
     cfg = tmp_path / "c.yml"
     cfg.write_text(f'database: {{url: "sqlite:///{db}"}}\n')
