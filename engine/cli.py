@@ -161,7 +161,7 @@ def _cmd_run(args, input_dir: Path, output_dir: Path, archive_dir, log_dir, cfg_
                              console_level=console, tty=tty)
     LOG.info("call: %s", " ".join(sys.argv), extra=FILE_ONLY)
     LOG.info("%s CONFIG START %s\n%s\n%s CONFIG END %s", "#" * 40, "#" * 40,
-             yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True).rstrip(),
+             yaml.safe_dump(cfg.redacted_dump(), sort_keys=False, allow_unicode=True).rstrip(),
              "#" * 40, "#" * 40, extra=FILE_ONLY)
     if log_file:
         LOG.info("log file: %s", log_file)
@@ -211,7 +211,8 @@ def _cmd_run(args, input_dir: Path, output_dir: Path, archive_dir, log_dir, cfg_
     notifier.finished("\n".join(lines))
     if stats.fatal:
         return EXIT_ABORTED
-    return EXIT_FAILED if (stats.failed or stats.skipped_failed) else EXIT_OK
+    # Folders that could not be listed: their images were never seen, so the run is incomplete.
+    return EXIT_FAILED if (stats.failed or stats.skipped_failed or stats.unlisted) else EXIT_OK
 
 
 def main(argv=None) -> int:
@@ -270,20 +271,30 @@ def _cmd_meta(args, cfg, cfg_path) -> int:
     except ValueError as exc:
         print(f"sladd {args.command}: {exc}", file=sys.stderr)
         return 2
+    from engine.fsutil import escape_line
+
     totals = {k: {"OK": 0, "Missing": 0, "None": 0} for k in OUTPUT_KINDS}
     incomplete = 0
+    unlisted, skipped = [], []
+    # One line per image: keys are escaped (\\ \\n \\t \\xNN for control characters and bytes that
+    # are not UTF-8), so a name with a newline or from another system cannot split or break a line.
     print("key\t" + "\t".join(OUTPUT_KINDS))
-    for key, row in check_tree(cfg, args.input, args.output, args.archive):
+    for key, row in check_tree(cfg, args.input, args.output, args.archive, unlisted=unlisted, skipped=skipped):
         for k, v in row.items():
             totals[k][v] += 1
         missing = "Missing" in row.values()
         incomplete += missing
         if missing or not args.missing_only:
-            print(key + "\t" + "\t".join(row[k] for k in OUTPUT_KINDS))
+            print(escape_line(key) + "\t" + "\t".join(row[k] for k in OUTPUT_KINDS))
     print("totals\t" + "\t".join(f"OK {t['OK']} / Missing {t['Missing']} / None {t['None']}"
                                   for t in totals.values()))
     print(f"{incomplete} image(s) with a missing output", file=sys.stderr)
-    return 1 if incomplete else 0
+    if skipped:
+        print(f"{len(skipped)} symbolic link(s) or special file(s) skipped (see above)", file=sys.stderr)
+    if unlisted:
+        # Their images are unknown: the check is incomplete, whatever the rows say.
+        print(f"{len(unlisted)} folder(s) could not be listed; the check is incomplete", file=sys.stderr)
+    return 1 if (incomplete or unlisted) else 0
 
 
 def _cmd_db(args, cfg) -> int:

@@ -6,18 +6,26 @@ shipped profile (`config/default.yml` or `config/360.yml`) is read first, then a
 overrides only the keys it names (fix 17). Keys that meant something only to the reference
 system are accepted with a deprecation warning; unknown keys and invalid values are errors
 that name the key, the rule, the value seen and the fix.
+
+A config file is untrusted input: it is read as UTF-8 of at most 1 MiB, its YAML alias expansion
+is bounded before anything is built (no "billion laughs"), booleans must be real booleans,
+SQL identifiers and str.format templates are checked here, at load, and no message echoes more
+than a short, redacted prefix of a value.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
+import string
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
-__all__ = ["Config", "ConfigError", "load_config", "CONFIG_DIR", "DEPRECATED_KEYS"]
+__all__ = ["Config", "ConfigError", "load_config", "CONFIG_DIR", "DEPRECATED_KEYS", "safe_load_yaml", "read_yaml_file",
+           "check_identifier", "check_template", "TEMPLATE_FIELDS", "redacted_dump"]
 
 LOG = logging.getLogger("sladd")
 def _config_dir() -> Path:
@@ -49,6 +57,91 @@ class ConfigError(ValueError):
     """Invalid configuration; the message names the key, the rule, the value and the fix."""
 
 
+# --- rules for values that reach SQL, file names and str.format ------------------------------
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}", re.ASCII)
+IDENT_RULE = "an SQL identifier: ASCII letters, digits and _, not starting with a digit, 1..63 characters"
+
+
+def check_identifier(value: Any, what: str) -> str:
+    """`value` if it is a plain SQL identifier (table, schema, column), else ValueError naming
+    `what`. Plain names need no quoting in any dialect, cannot be paths and keep the embedded
+    SQLite file (OUTPUT/.sladd/<table_name>.sqlite) inside OUTPUT/.sladd."""
+    if not isinstance(value, str) or not _IDENT.fullmatch(value):
+        raise ValueError(f"{what} must be {IDENT_RULE}, got {short_repr(value)}; use a plain name such as VEGBILDER")
+    return value
+
+
+# The fields each str.format template of the configuration is given (REFERENCE_NPRA.md §1.6, §8),
+# with a sample value of the type it has at run time, for the trial format at load.
+TEMPLATE_FIELDS: dict[str, dict[str, Any]] = {
+    "exif_mappenavn": {"aar": 2022, "maaned": 6, "dag": 1, "fylke": "50", "vegkat": "E", "vegstat": "V",
+                       "vegnr": "6", "meter": "1234.57", "feltkode": "1", "strekningreferanse": "S1/D1",
+                       "hp": "5", "relative_input_dir": "2022/Planar/EV00006"},
+    "log_file_name": {"datetime": "2022-06-01_120000", "hostname": "host"},
+}
+_MAX_WIDTH = 64                 # widths and precisions of a format spec
+_MAX_TEMPLATE = 512
+_SPEC = re.compile(r"(?:[^{}\n]?[<>=^])?[-+ ]?z?#?0?(?P<width>\d+)?[,_]?(?:\.(?P<prec>\d+))?[bcdeEfFgGnosxX%]?")
+
+
+def check_template(template: Any, key: str) -> str:
+    """`template` if it is a str.format template using only the documented fields of config key
+    `key` (TEMPLATE_FIELDS), by name, without attribute or index access and with widths and
+    precisions of at most 64; else ValueError saying which rule it breaks. `log_file_name`
+    must also give a plain file name (no `/`, `\\` or `..`): the log stays inside `-l`."""
+    fields = TEMPLATE_FIELDS[key]
+    allowed = ", ".join("{" + f + "}" for f in fields)
+    if not isinstance(template, str):
+        raise ValueError(f"must be a text template using {allowed}")
+    if len(template) > _MAX_TEMPLATE:
+        raise ValueError(f"must be at most {_MAX_TEMPLATE} characters long")
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"is not a valid template ({exc}; write a literal brace as {{{{ or }}}})") from None
+    for literal, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if name not in fields:
+            raise ValueError(f"may use only the fields {allowed} (by name, no attribute or index access), "
+                             f"found {{{short_text(name, 40)}}}")
+        if conversion not in (None, "s", "r", "a"):
+            raise ValueError(f"field {{{name}}}: unknown conversion !{short_text(conversion, 5)}")
+        m = _SPEC.fullmatch(spec or "")
+        if m is None:
+            raise ValueError(f"field {{{name}}}: format spec {short_text(spec, 40)!r} is not a plain "
+                             "[[fill]align][sign][0][width][,][.precision][type] spec")
+        for what in ("width", "prec"):
+            if m.group(what) is not None and int(m.group(what)) > _MAX_WIDTH:
+                raise ValueError(f"field {{{name}}}: {'precision' if what == 'prec' else 'width'} "
+                                 f"{short_text(m.group(what), 12)} is more than {_MAX_WIDTH}")
+    try:
+        sample = template.format(**fields)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise ValueError(f"cannot be formatted ({short_text(str(exc), 80)})") from None
+    if key == "log_file_name":
+        literal = "".join(p[0] for p in parts)
+        if any(c in literal for c in "/\\\0") or ".." in template or sample in ("", ".", ".."):
+            raise ValueError("must be a plain file name inside the log folder (-l): no `/`, `\\`, `..` "
+                             "or absolute path")
+    return template
+
+
+def short_text(text: Any, limit: int = 60) -> str:
+    """`text` cut to `limit` characters, saying how long it was (never echo a huge value)."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """A short, redacted repr of a config value for messages."""
+    from engine.logs import redact_text
+
+    if isinstance(value, (dict, list, tuple)) and len(value) > 20:
+        return f"<{type(value).__name__} of {len(value)} items>"
+    return short_text(redact_text(repr(value)), limit)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -62,9 +155,9 @@ class ModelSpec(_Strict):
     scale: Optional[float] = Field(None, gt=0.0, le=4.0)
     input_size: Optional[tuple[int, int]] = None
     classes: Optional[list[str]] = None     # overrides the card's anonymised classes
-    tta_flip: Optional[bool] = None         # also run on the mirrored image (test-time augmentation)
+    tta_flip: Optional[StrictBool] = None   # also run on the mirrored image (test-time augmentation)
     merge: Optional[Literal["nms", "wbf", "envelope"]] = None   # see the model card's `merge`
-    optional: bool = False                  # a missing model file is a warning, not an error
+    optional: StrictBool = False            # a missing model file is a warning, not an error
 
 
 class OutputSpec(_Strict):
@@ -72,7 +165,7 @@ class OutputSpec(_Strict):
     quality: int | Literal["auto"] = "auto"
     min_quality: int = Field(75, ge=1, le=100)
     # Images with nothing to mask are copied byte for byte: no generational loss, metadata exact.
-    copy_unmasked: bool = True
+    copy_unmasked: StrictBool = True
     # auto: nvImageCodec (nvJPEG, device frames encoded on the GPU) on cuda when installed,
     # else TurboJPEG; nvimagecodec on cpu uses its CPU-only backend.
     encoder: Literal["auto", "turbojpeg", "nvimagecodec"] = "auto"
@@ -116,7 +209,7 @@ class DatabaseSpec(_Strict):
     password_env: str = "SLADD_DB_PASSWORD"     # the password comes from this variable, never the file
     table_definition: Optional[str] = None      # shipped name or YAML path; default: table_name
     encrypted_config: Optional[str] = None      # the reference's db_config.py (Fernet, key in ORACLE_KEY)
-    create_table: bool = True                   # CREATE TABLE IF NOT EXISTS on SQLite/PostgreSQL
+    create_table: StrictBool = True             # CREATE TABLE IF NOT EXISTS on SQLite/PostgreSQL
 
 
 class EmailSpec(_Strict):
@@ -125,7 +218,7 @@ class EmailSpec(_Strict):
     port: int = Field(25, ge=1, le=65535)
     from_address: str = "sladd@localhost"
     to_addresses: list[str] = []
-    starttls: bool = False
+    starttls: StrictBool = False
     cafile: Optional[str] = None                  # CA bundle to trust for STARTTLS (default: the system's)
     username: Optional[str] = None
     password_env: str = "SLADD_SMTP_PASSWORD"     # the SMTP password is read from this variable
@@ -154,10 +247,10 @@ class Config(_Strict):
     # --- reference keys (§9), defaults of config/default_config.yml with fixes -------------
     data_eier: Optional[str] = None
     fylkesnummer: Optional[int] = None
-    force_fylke: bool = False
+    force_fylke: StrictBool = False
     image_type: str = "Planar"
-    draw_mask: bool = True
-    delete_input: bool = False
+    draw_mask: StrictBool = True
+    delete_input: StrictBool = False
     file_access_retry_seconds: float = Field(10, gt=0)
     file_access_timeout_seconds: float = Field(60, ge=0)
     datetime_format: str = "%Y-%m-%d %H.%M.%S"
@@ -166,37 +259,39 @@ class Config(_Strict):
     application_version: str = "0.2"
     exif_mappenavn: str = "Vegbilder/{relative_input_dir}"
     exif_top_dir: str = "tilSladding"
-    remove_imagetype_filepath: bool = False
-    flip_wkt: bool = False
-    remote_json: bool = True
-    local_json: bool = False
-    archive_json: bool = False
-    remote_preview: bool = False
-    local_preview: bool = False
-    archive_preview: bool = False
+    remove_imagetype_filepath: StrictBool = False
+    flip_wkt: StrictBool = False
+    remote_json: StrictBool = True
+    local_json: StrictBool = False
+    archive_json: StrictBool = False
+    remote_preview: StrictBool = False
+    local_preview: StrictBool = False
+    archive_preview: StrictBool = False
     separate_preview_directory: Optional[str] = None
     preview_dim: Optional[tuple[int, int]] = (2520, 1400)
     preview_center: tuple[float, float] = (0.45, 0.5)
     mask_dilation_pixels: int = Field(4, ge=0, le=1000)
     max_num_pixels: int = Field(1_000_000_000, ge=1)
-    use_cutouts: bool = False
+    use_cutouts: StrictBool = False
     cutout_step_factor: tuple[int, int] = (1500, 1300)
     cutout_dim_downscale: tuple[int, int] = (3, 2)
     mask_color: Optional[tuple[int, int, int]] = None
     blur: Optional[int] = Field(15, ge=1, le=1000)
-    gray_blur: bool = True
-    normalized_gray_blur: bool = True
-    uncaught_exception_email: bool = False
-    processing_error_email: bool = False
-    finished_email: bool = False
-    email_attach_log_file: bool = False
-    write_exif_to_db: bool = False
+    gray_blur: StrictBool = True
+    normalized_gray_blur: StrictBool = True
+    uncaught_exception_email: StrictBool = False
+    processing_error_email: StrictBool = False
+    finished_email: StrictBool = False
+    email_attach_log_file: StrictBool = False
+    write_exif_to_db: StrictBool = False
     db_max_n_accumulated_rows: int = Field(100, ge=1)
     db_max_n_errors: int = Field(1000, ge=0)
     db_max_cache_size: int = Field(1000, ge=0)
     table_name: Optional[str] = "VEGBILDER"
     table_primary_key: str = "bildeid"
     # --- sladd sections ----------------------------------------------------------------------
+    # Follow symbolic links met while walking the input root (the walk decides the details).
+    input_follow_symlinks: StrictBool = False
     models: list[ModelSpec] = [ModelSpec(card="centerface-fast"), ModelSpec(card="nanodet", optional=True)]
     output: OutputSpec = OutputSpec()
     mask: MaskSpec = MaskSpec()
@@ -204,6 +299,22 @@ class Config(_Strict):
     database: DatabaseSpec = DatabaseSpec()
     email: EmailSpec = EmailSpec()
     engine: EngineSpec = EngineSpec()
+
+    def redacted_dump(self) -> dict[str, Any]:
+        """The configuration for the log, secrets replaced by *** (see `redacted_dump`)."""
+        return redacted_dump(self)
+
+    @field_validator("table_name")
+    @classmethod
+    def _table_name(cls, v):
+        if v is not None and not _IDENT.fullmatch(v):
+            raise ValueError(f"must be {IDENT_RULE}")
+        return v
+
+    @field_validator("exif_mappenavn", "log_file_name")
+    @classmethod
+    def _template(cls, v, info):
+        return check_template(v, info.field_name)
 
     @field_validator("mask_color")
     @classmethod
@@ -240,6 +351,9 @@ class Config(_Strict):
 
 
 _FIXES = {
+    "table_name": "a plain name such as VEGBILDER (it names the table and OUTPUT/.sladd/<table_name>.sqlite)",
+    "exif_mappenavn": "a template such as \"Vegbilder/{aar}/{relative_input_dir}\"",
+    "log_file_name": "a file name template such as \"{datetime}_{hostname}.log\"",
     "blur": "an integer 1..1000 (kernel = blur/1000 x image width), or null for colour fill",
     "mask_dilation_pixels": "an integer 0..1000",
     "log_level": "one of DEBUG, INFO, WARNING, ERROR",
@@ -247,36 +361,146 @@ _FIXES = {
 }
 
 
+_MAX_ERRORS = 20
+
+
 def _format_error(err: ValidationError, source: str) -> str:
+    """One line per error: key, rule, a short redacted prefix of the value seen, the fix."""
+    errors = err.errors()
     lines = [f"invalid configuration in {source}:"]
-    for e in err.errors():
+    for e in errors[:_MAX_ERRORS]:
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        seen = short_repr(e.get("input"))
         if e["type"] == "extra_forbidden":
-            lines.append(f"  unknown key `{key}` (value {e.get('input')!r}): remove it or check its spelling "
+            lines.append(f"  unknown key `{short_text(key, 80)}` (value {seen}): remove it or check its spelling "
                          f"against config/default.yml")
             continue
         leaf = str(e["loc"][-1]) if e["loc"] else ""
+        if e["type"] == "bool_type":
+            # A quoted "false" is a string: lax parsing would read it as False and, for
+            # draw_mask, publish images unmasked without a word.
+            lines.append(f"  `{key}`: must be a YAML boolean, got {seen}; write `{leaf}: true` or "
+                         f"`{leaf}: false` without quotes (yes/no and on/off also work)")
+            continue
         fix = _FIXES.get(leaf)
-        msg = e["msg"].replace("Value error, ", "")
-        line = f"  `{key}`: {msg}, got {e.get('input')!r}"
+        msg = short_text(e["msg"].replace("Value error, ", ""), 300)
+        line = f"  `{key}`: {msg}, got {seen}"
         if fix:
             line += f"; expected {fix}"
         lines.append(line)
+    if len(errors) > _MAX_ERRORS:
+        lines.append(f"  ... and {len(errors) - _MAX_ERRORS} more errors")
     return "\n".join(lines)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+# Bounds on a config file: real ones are a few KiB and a few hundred YAML nodes. Aliases are
+# counted as the nodes they expand to, so nested anchors ("billion laughs") fail in
+# microseconds instead of building gigabytes.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_NODES = 10_000
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _expanded_size(root: yaml.Node, limit: int) -> int:
+    """Nodes of the document with every alias expanded, memoised per node (linear in the
+    composed graph); ConfigError past `limit` or on a recursive alias."""
+    memo: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        children = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if done:
+            memo[id(node)] = total = 1 + sum(memo[id(c)] for c in children)
+            open_nodes.discard(id(node))
+            if total > limit:
+                raise ConfigError(f"expands to more than {limit} YAML nodes (nested anchors and aliases?)")
+            continue
+        if id(node) in memo:
+            continue
+        if id(node) in open_nodes:
+            raise ConfigError("holds a recursive alias (an anchor used inside itself)")
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in memo)
+    return memo[id(root)]
+
+
+def safe_load_yaml(text: str, source: str, *, max_nodes: int = MAX_YAML_NODES) -> Any:
+    """yaml.safe_load with the alias expansion bounded before any object is built; every
+    failure is a short ConfigError naming `source` (no traceback, no value echoed)."""
+    loader = _Loader(text)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, max_nodes)
+        return loader.construct_document(node)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {source} {exc}: rejected") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {source} is not valid YAML: {short_text(exc, 400)}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {source} is nested too deeply") from None
+    except ValueError as exc:             # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"config file {source} has an unreadable value: {short_text(exc, 120)}") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml_file(path: Path) -> Any:
+    """A YAML file's data: UTF-8, at most MAX_CONFIG_BYTES, bounded alias expansion."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 1024} KiB: is it a config file?")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x}): "
+                          "save it as UTF-8") from None
+    return safe_load_yaml(text, str(path))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = read_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
     return data
+
+
+_SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token", re.IGNORECASE)
+
+
+def redacted_dump(cfg: "Config") -> dict[str, Any]:
+    """cfg as JSON-able data for the log's configuration dump, with secrets replaced by ***:
+    the password in any URL (scheme://user:PASSWORD@host) and the value of any key that
+    holds one (`password`, `secret`, `token`; `*_env` keys name a variable and are kept)."""
+    from engine.logs import redact_text
+
+    def walk(value, key: str = ""):
+        if isinstance(value, dict):
+            return {k: walk(v, str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, key) for v in value]
+        if isinstance(value, str):
+            if _SECRET_KEY.search(key) and not key.endswith("_env"):
+                return "***"
+            return redact_text(value)
+        return value
+
+    return walk(cfg.model_dump(mode="json"))
 
 
 def _drop_deprecated(data: dict[str, Any], source: str, warn: bool) -> dict[str, Any]:

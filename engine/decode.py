@@ -2,6 +2,11 @@
 
 CPU backend: libjpeg-turbo through PyTurboJPEG, with DCT-scaled decoding when every model
 needs much less than the full resolution. A GPU backend (DALI, issue 9) registers here too.
+
+CMYK and YCCK files (four components) are decoded to CMYK by libjpeg-turbo and turned into RGB
+for the models with the plain formula R = (255 - C)(255 - K)/255, not through their ICC
+profile: detection needs faces to look like faces, not colorimetry, and a CMS transform of a
+5-megapixel frame costs more than its decode. The writer keeps such files in CMYK (engine.write).
 """
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ import numpy as np
 from engine.jpeg import apply_orientation, estimate_quality, parse_jpeg, read_orientation
 from engine.types import Frame, ImageError, Job
 
-__all__ = ["DECODERS", "create_decoder", "TurboDecoder", "read_bytes", "turbojpeg"]
+__all__ = ["DECODERS", "create_decoder", "TurboDecoder", "read_bytes", "turbojpeg", "decode_cmyk", "cmyk_to_rgb",
+           "rgb_to_cmyk"]
 
 LOG = logging.getLogger("sladd")
 
@@ -90,18 +96,22 @@ class TurboDecoder:
         """`info`: the file's parsed header when the caller already has it (parsed once)."""
         t0 = time.perf_counter()
         head = self.header(data, info)
-        pixels = apply_orientation(self.decode_pixels(data, self.scale), head["orientation"])
+        pixels = apply_orientation(self.decode_pixels(data, self.scale, head["info"]), head["orientation"])
         return self.frame(job, data, head, pixels, float(self.scale), time.perf_counter() - t0)
 
     def header(self, data: bytes, info=None) -> dict:
         """What the frame needs from the file's header; ImageError for what is refused (too many
-        pixels, CMYK/YCCK) before any pixel is decoded."""
+        pixels, 12-bit samples, two-component files) before any pixel is decoded."""
         info = info if info is not None else parse_jpeg(data)
         if info.width * info.height > self.max_pixels:
             raise ImageError(f"image is {info.width}x{info.height} = {info.width * info.height} pixels, above "
                              f"the limit engine.max_image_pixels={self.max_pixels}; raise it to process this image")
-        if info.components not in (1, 3):
-            raise ImageError(f"unsupported JPEG colour space: {info.components} components (CMYK/YCCK?)")
+        if info.precision != 8:
+            raise ImageError(f"{info.precision}-bit JPEG (precision {info.precision}) is not supported; "
+                             "only 8-bit JPEGs are")
+        if info.components not in (1, 3, 4):
+            raise ImageError(f"unsupported JPEG colour space: {info.components} components "
+                             "(grayscale, YCbCr/RGB and CMYK/YCCK are supported)")
         try:
             _, _, subsampling, _ = self.tj.decode_header(data)
         except OSError as exc:
@@ -117,22 +127,62 @@ class TurboDecoder:
                      quality=estimate_quality(info.luma_table), subsampling=head["subsampling"],
                      timings={"decode": seconds}, exif=info.exif)
 
-    def decode_pixels(self, data: bytes, scale: Fraction = Fraction(1)) -> np.ndarray:
-        """(H*scale, W*scale, 3) uint8 RGB in *stored* orientation."""
-        from turbojpeg import TJFLAG_ACCURATEDCT, TJFLAG_STOPONWARNING, TJPF_RGB
+    def decode_pixels(self, data: bytes, scale: Fraction = Fraction(1), info=None) -> np.ndarray:
+        """(H*scale, W*scale, 3) uint8 RGB in *stored* orientation. `info`: the parsed header,
+        parsed here when not given (it says whether the file is CMYK)."""
+        from turbojpeg import TJPF_RGB
 
-        factor = None if scale == 1 else (scale.numerator, scale.denominator)
-        try:
-            return self.tj.decode(data, pixel_format=TJPF_RGB, scaling_factor=factor,
-                                  flags=TJFLAG_ACCURATEDCT | TJFLAG_STOPONWARNING)
-        except OSError as exc:
-            raise ImageError(f"JPEG decoder: {exc}") from None
+        info = info if info is not None else parse_jpeg(data)
+        if info.cmyk:
+            return cmyk_to_rgb(decode_cmyk(data, scale, self.tj), info.adobe_transform is not None)
+        return _decode(self.tj, data, scale, TJPF_RGB)
 
     def full_pixels(self, frame: Frame) -> np.ndarray:
         """Full-resolution display-orientation pixels of a frame (decodes again if it was scaled)."""
         if frame.scale == 1.0:
             return frame.pixels
         return apply_orientation(self.decode_pixels(frame.data), frame.orientation)
+
+
+def _decode(tj, data: bytes, scale: Fraction, pixel_format: int) -> np.ndarray:
+    from turbojpeg import TJFLAG_ACCURATEDCT, TJFLAG_STOPONWARNING
+
+    factor = None if scale == 1 else (scale.numerator, scale.denominator)
+    try:
+        return tj.decode(data, pixel_format=pixel_format, scaling_factor=factor,
+                         flags=TJFLAG_ACCURATEDCT | TJFLAG_STOPONWARNING)
+    except OSError as exc:
+        raise ImageError(f"JPEG decoder: {exc}") from None
+
+
+def decode_cmyk(data: bytes, scale: Fraction = Fraction(1), tj=None) -> np.ndarray:
+    """(H*scale, W*scale, 4) uint8 CMYK of a CMYK or YCCK JPEG in *stored* orientation, the
+    values as stored (libjpeg-turbo undoes YCCK but never inverts: Adobe files hold 255 - ink)."""
+    from turbojpeg import TJPF_CMYK
+
+    return _decode(tj or turbojpeg(), data, scale, TJPF_CMYK)
+
+
+def cmyk_to_rgb(cmyk: np.ndarray, inverted: bool) -> np.ndarray:
+    """(..., 4) uint8 CMYK -> (..., 3) uint8 RGB, R = (255 - C)(255 - K)/255 rounded.
+
+    `inverted`: the values are stored as 255 - ink, as Adobe writes them (files with an APP14
+    Adobe marker, the convention Pillow and libjpeg's djpeg follow too). Host, allocates."""
+    c = cmyk.astype(np.uint16)
+    if not inverted:
+        c = 255 - c
+    return ((c[..., :3] * c[..., 3:] + 127) // 255).astype(np.uint8)
+
+
+def rgb_to_cmyk(rgb: np.ndarray, inverted: bool) -> np.ndarray:
+    """(..., 3) uint8 RGB -> (..., 4) uint8 CMYK, the inverse of `cmyk_to_rgb` with all the grey
+    in K (K = 255 - max(R, G, B)); cmyk_to_rgb(rgb_to_cmyk(x)) == x up to 1 grey level. Host,
+    allocates."""
+    f = rgb.astype(np.float32)
+    k = f.max(axis=-1, keepdims=True)                    # 255 - K: the inverted value
+    cmy = np.where(k > 0, f * 255.0 / np.maximum(k, 1.0), 255.0)
+    out = np.floor(np.concatenate([cmy, k], axis=-1) + 0.5).clip(0, 255).astype(np.uint8)
+    return out if inverted else 255 - out
 
 
 def _dali(**kwargs):

@@ -8,9 +8,11 @@ a GPU, DALI's CPU-only mode (`device_id=None`, `cpu` operators) runs the same pi
 which is how CI exercises it.
 
 Headers, EXIF orientation, quality, subsampling and metadata segments are handled exactly as
-on the TurboJPEG path (engine.decode): grayscale JPEGs come out as RGB, CMYK/YCCK files and
-images above `max_image_pixels` are refused before decoding, and the orientation is applied
-afterwards (as views, on the host or on the device).
+on the TurboJPEG path (engine.decode): grayscale JPEGs come out as RGB, images above
+`max_image_pixels` and 12-bit files are refused before decoding, and the orientation is applied
+afterwards (as views, on the host or on the device). CMYK/YCCK files, rare on a survey camera,
+are decoded by TurboJPEG on the host (as engine.decode converts them to RGB) and copied to the
+device on the `mixed` path: nvJPEG's CMYK handling is not the one the writer relies on.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from fractions import Fraction
 import numpy as np
 
 from engine.decode import TurboDecoder
-from engine.jpeg import apply_orientation
+from engine.jpeg import apply_orientation, parse_jpeg
 from engine.types import Frame, ImageError, Job
 
 __all__ = ["DaliDecoder", "dali_module", "DALI_DEVICES"]
@@ -102,8 +104,16 @@ class DaliDecoder(TurboDecoder):
             self._pipe = None                        # DALI invalidates a pipeline after an error
             raise ImageError(f"DALI decoder: {_first_line(exc)}") from None
 
-    def decode_pixels(self, data: bytes, scale: Fraction = Fraction(1)):
+    def decode_pixels(self, data: bytes, scale: Fraction = Fraction(1), info=None):
+        info = info if info is not None else parse_jpeg(data)
+        if info.cmyk:
+            return self._host_cmyk(data, info)
         return self._run([data])[0]
+
+    def _host_cmyk(self, data: bytes, info):
+        """RGB of a CMYK/YCCK file through TurboJPEG; on the device for the `mixed` path."""
+        rgb = TurboDecoder.decode_pixels(self, data, Fraction(1), info)
+        return rgb if self._cp is None else self._cp.asarray(rgb)
 
     def decode_batch(self, items: list[tuple[Job, bytes]]) -> list:
         """Frames for `(job, data)` pairs, in order; an image that cannot be decoded gives an
@@ -115,6 +125,14 @@ class DaliDecoder(TurboDecoder):
         for k, (_, data) in enumerate(items):
             try:
                 heads[k] = self.header(data)
+            except ImageError as exc:
+                out[k] = exc
+        for k in [k for k, h in heads.items() if h["info"].cmyk]:
+            job, data = items[k]
+            head = heads.pop(k)
+            try:
+                px = apply_orientation(self._host_cmyk(data, head["info"]), head["orientation"])
+                out[k] = self.frame(job, data, head, px, 1.0, 0.0)
             except ImageError as exc:
                 out[k] = exc
         ok = list(heads)

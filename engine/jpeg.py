@@ -1,7 +1,7 @@
 """JPEG container work that no codec library exposes: marker segments, quality, orientation.
 
 Only the marker structure before the first scan is walked (SOI, APPn, COM, DQT, SOFn, ...);
-entropy-coded data is left to libjpeg-turbo.
+entropy-coded data is left to libjpeg-turbo (engine.embedded finds where the first frame ends).
 """
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ __all__ = ["JpegInfo", "parse_jpeg", "estimate_quality", "splice_segments", "set
 
 # Segments carried from the input into the output: APP1 (EXIF, XMP), APP2 (ICC, FlashPix),
 # APP3-APP13 (vendor, IPTC/Photoshop), APP15, COM. APP0 (JFIF) comes from the encoder, and
-# APP14 (Adobe) describes the *input's* colour transform, which no longer applies.
+# APP14 (Adobe) describes the *input's* colour transform, which no longer applies. Carried
+# segments pass through engine.embedded.sanitize_segments first: pictures inside them
+# (thumbnails, previews, extra frames) are removed, never carried.
 CARRIED_MARKERS = frozenset(list(range(0xE1, 0xEE)) + [0xEF, 0xFE])
 
 # libjpeg's standard luminance table (ITU T.81 Annex K), natural order, for quality estimation.
@@ -42,6 +44,15 @@ class JpegInfo:
     components: int
     sof: int                                 # 0xC0.. marker of the frame
     exif: Optional[bytes]                    # TIFF payload of the EXIF APP1 (after "Exif\0\0")
+    precision: int = 8                       # bits per sample (SOF P): 8, or 12/16
+    adobe_transform: Optional[int] = None    # Adobe APP14 transform (0 CMYK/RGB, 1 YCbCr, 2 YCCK); None = no APP14
+    header: tuple = ()                       # every segment before the first SOS: (marker, start, end) byte offsets
+    sos: int = 0                             # byte offset of the first SOS marker
+
+    @property
+    def cmyk(self) -> bool:
+        """Four components: CMYK, or YCCK that the decoder turns into CMYK."""
+        return self.components == 4
 
 
 def parse_jpeg(data: bytes) -> JpegInfo:
@@ -56,6 +67,8 @@ def parse_jpeg(data: bytes) -> JpegInfo:
     sof = None
     exif = None
     w = h = comps = 0
+    precision, adobe = 8, None
+    header: list[tuple[int, int, int]] = []
     while True:
         while pos < n and data[pos] == 0xFF and pos + 1 < n and data[pos + 1] == 0xFF:
             pos += 1                                     # fill bytes
@@ -73,13 +86,17 @@ def parse_jpeg(data: bytes) -> JpegInfo:
             raise ImageError(f"truncated JPEG: segment FF{marker:02X} at byte {pos} runs past the end")
         seg = data[pos:end]
         payload = seg[4:]
+        header.append((marker, pos, end))
         if marker == 0xDB:
             luma = _parse_dqt(payload, luma)
         elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             sof = marker
             if len(payload) < 6:
                 raise ImageError("corrupt JPEG: short SOF segment")
+            precision = payload[0]
             h, w, comps = struct.unpack(">HHB", payload[1:6])
+        elif marker == 0xEE and payload.startswith(b"Adobe") and len(payload) >= 12:
+            adobe = payload[11]
         elif marker == 0xE1 and payload.startswith(b"Exif\x00\x00") and exif is None:
             exif = payload[6:]
         if marker in CARRIED_MARKERS:
@@ -89,7 +106,7 @@ def parse_jpeg(data: bytes) -> JpegInfo:
         raise ImageError("corrupt JPEG: no frame header (SOF) before the scan")
     if w == 0 or h == 0:
         raise ImageError(f"JPEG declares an empty image ({w}x{h})")
-    return JpegInfo(segments, luma, w, h, comps, sof, exif)
+    return JpegInfo(segments, luma, w, h, comps, sof, exif, precision, adobe, tuple(header), pos)
 
 
 def _parse_dqt(payload: bytes, luma):

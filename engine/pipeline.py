@@ -6,10 +6,12 @@ and NumPy release the GIL, so decode, inference and writing overlap on a multi-c
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
-import shutil
+import re
+import stat
 import threading
 import time
 import traceback
@@ -18,9 +20,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from engine.decode import read_bytes
-from engine.fsutil import PARTIAL_SUFFIX, PathNotReachable, wait_for_path, write_atomic
-from glob import escape as glob_escape
-from engine.ledger import DONE, FAILED, Ledger
+from engine.fsutil import (PathNotReachable, copy_atomic, escape_line, is_no_space, is_partial, text_safe,
+                           wait_for_path, write_atomic)
+from engine.ledger import DONE, FAILED, Ledger, LedgerError
 from engine.types import Failure, ImageError, Job, Result
 from engine.walk import Tree
 
@@ -28,6 +30,54 @@ __all__ = ["Pipeline", "RunStats", "ledger_path"]
 
 LOG = logging.getLogger("sladd")
 _END = object()
+
+# Reasons that mean a full disk or quota when only the text is left (errors re-raised as text).
+_NO_SPACE_TEXT = re.compile(r"\[Errno (28|122)\]|No space left|Disk quota exceeded|database or disk is full", re.I)
+# How an image that failed only for want of space is recorded: retried by the next run as is.
+NO_SPACE_PREFIX = "no space left"
+
+
+class _Stopped(Exception):
+    """The run is stopping (fatal): the item is dropped, its ledger row stays `running`."""
+
+
+@dataclass
+class _NoSpace(Failure):
+    """A Failure whose cause is a full disk or quota, not the image; `where` is the folder."""
+
+    where: Optional[str] = None
+
+
+@dataclass
+class _ReadOnly(Failure):
+    """A Failure whose cause is an output file system that turned read-only (ext4 remounts
+    read-only on errors): nothing more can be written, so the run stops."""
+
+    where: Optional[str] = None
+
+
+def _read_only(exc: Optional[BaseException]) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _mount_point(path: Path) -> Path:
+    """The mount point holding `path` (its nearest existing ancestor), for messages."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        dev = p.stat().st_dev
+        while p != p.parent and p.parent.stat().st_dev == dev:
+            p = p.parent
+    except OSError:
+        pass                                 # a message detail only: keep the deepest folder found
+    return p
 
 
 def ledger_path(output: Path) -> Path:
@@ -42,11 +92,14 @@ class RunStats:
     anonymised: int = 0          # written with pixels changed
     unchanged: int = 0           # written, nothing to mask (copied byte for byte)
     failed: int = 0
+    no_space: int = 0            # of `failed`: outputs not written for want of space (retried by the next run)
     detections: dict = field(default_factory=dict)
     db_written: int = 0
     db_rejected: int = 0
     db_pending: int = 0
     fatal: Optional[str] = None    # why the run stopped early, if it did
+    unlisted: list = field(default_factory=list)       # (folder, reason): its images were not seen
+    skipped_links: list = field(default_factory=list)  # (path, reason): symbolic links, special files
     seconds: float = 0.0
     stage_seconds: dict = field(default_factory=dict)
 
@@ -111,6 +164,8 @@ class _Stage:
             items.append(nxt)
         try:
             outs = list(self.batch_fn(items))
+        except _Stopped:
+            outs = []                                # fatal: the items stay `running`
         except Exception:  # noqa: BLE001 - retry one by one so one bad image fails alone
             LOG.debug("%s batch of %d failed, retrying one by one:\n%s", self.name, len(items), traceback.format_exc())
             outs = None
@@ -126,17 +181,31 @@ class _Stage:
         job = item[0].job if isinstance(item, tuple) else getattr(item, "job", item)
         try:
             out = self.fn(item)
+        except _Stopped:
+            return                                   # fatal: the item stays `running`
         except ImageError as exc:
-            _put(self.failq, Failure(job, self.name, str(exc)), self.stop)
+            _put(self.failq, _failure(job, self.name, str(exc), exc), self.stop)
             return
         except MemoryError:
             _put(self.failq, Failure(job, self.name, "out of memory"), self.stop)
             return
         except Exception as exc:  # noqa: BLE001 - one image's failure must not end the run
-            LOG.debug("%s failed on %s:\n%s", self.name, job.key, traceback.format_exc())
-            _put(self.failq, Failure(job, self.name, f"{type(exc).__name__}: {exc}"), self.stop)
+            LOG.debug("%s failed on %s:\n%s", self.name, escape_line(job.key), traceback.format_exc())
+            _put(self.failq, _failure(job, self.name, f"{type(exc).__name__}: {exc}", exc), self.stop)
             return
         _put(self.outq, out, self.stop)
+
+
+def _failure(job: Job, stage: str, reason: str, exc: BaseException) -> Failure:
+    """A Failure; a _NoSpace one when the cause is a full disk or quota (errno, or the text), a
+    _ReadOnly one when the output file system is read-only."""
+    name = getattr(exc, "filename", None)
+    where = os.path.dirname(os.fsdecode(name)) if isinstance(name, (str, bytes)) else None
+    if is_no_space(exc) or _NO_SPACE_TEXT.search(reason):
+        return _NoSpace(job, stage, reason, where=where)
+    if _read_only(exc):
+        return _ReadOnly(job, stage, reason, where=where)
+    return Failure(job, stage, reason)
 
 
 def _put(q: queue.Queue, item, stop: Optional[threading.Event]):
@@ -150,7 +219,12 @@ def _put(q: queue.Queue, item, stop: Optional[threading.Event]):
 
 
 class Pipeline:
-    """Runs one `sladd run`. Components are built by the caller (see engine.run)."""
+    """Runs one `sladd run`. Components are built by the caller (see engine.run).
+
+    Stops early, with `stats.fatal` set and the images in flight left `running` for the next run,
+    when the ledger cannot be written, when `enospc_limit` images in a row found no space, and
+    when the input, output or archive root is gone (a share unmounted) for `timeout_seconds`.
+    """
 
     def __init__(self, *, tree: Tree, ledger: Ledger, make_decoder: Callable, detector, make_writer: Callable,
                  queue_size: int = 8, decoders: int = 1, writers: int = 2, force: bool = False,
@@ -171,6 +245,9 @@ class Pipeline:
         self.stop = threading.Event()
         self.stats = RunStats()
         self._tls = threading.local()
+        self._roots: dict[Path, tuple[str, int]] = {}      # root -> (what, st_dev at the start)
+        self._root_lock = threading.Lock()
+        self._ledger_ok = True
 
     # --- per-thread components (TurboJPEG handles, writers) ----------------------------------
     def _decoder(self):
@@ -183,14 +260,101 @@ class Pipeline:
             self._tls.writer = self.make_writer()
         return self._tls.writer
 
+    # --- stopping --------------------------------------------------------------------------------
+    def _fatal(self, message: str) -> None:
+        """Stop the run: the first reason is kept; stages drain without work from here."""
+        if not self.stats.fatal:
+            self.stats.fatal = message
+            LOG.error("stopping the run: %s", message)
+        self.stop.set()
+
+    def _ledger(self, method: str, *args) -> bool:
+        """A ledger write; False (and the run stops) when the ledger cannot be written. The rows
+        of the images in flight stay `running`, so the next run redoes them."""
+        if not self._ledger_ok:
+            return False
+        try:
+            getattr(self.ledger, method)(*args)
+            return True
+        except LedgerError as exc:
+            self._ledger_ok = False
+            folder = Path(exc.filename or self.ledger.path).parent
+            if exc.errno == errno.ENOSPC:
+                self._fatal(f"no space left on {_mount_point(folder)} (the ledger in {escape_line(folder)} cannot "
+                            f"be written: {exc.strerror}); free space, then rerun to continue")
+            else:
+                self._fatal(f"the ledger {escape_line(exc.filename)} cannot be written ({exc.strerror}); "
+                            "rerun to continue")
+            return False
+
+    # --- roots (network shares come and go, reference §6) -----------------------------------------
+    def _note_roots(self) -> None:
+        roots = [(self.tree.input, "input folder"), (self.tree.output, "output folder")]
+        if self.tree.archive is not None:
+            roots.append((self.tree.archive, "archive folder"))
+        for root, what in roots:
+            try:
+                self._roots[root] = (what, os.stat(root).st_dev)
+            except OSError:
+                pass                         # not there yet (an archive made by the first write)
+
+    def _root_ok(self, root: Path) -> bool:
+        """The root is a folder on the device it was on at the start: a share unmounted from
+        its mount point leaves an empty folder of the parent device behind."""
+        try:
+            st = os.stat(root)
+        except OSError:
+            return False
+        return stat.S_ISDIR(st.st_mode) and st.st_dev == self._roots[root][1]
+
+    def _gone_root(self, outputs_only: bool = False) -> Optional[Path]:
+        return next((r for r in self._roots if not (outputs_only and r == self.tree.input) and not self._root_ok(r)),
+                    None)
+
+    def _await_root(self, root: Path) -> None:
+        """`root` is gone: wait for it once, up to timeout_seconds, for all workers together;
+        raise _Stopped (after setting stats.fatal) if it does not come back."""
+        what = self._roots[root][0]
+        with self._root_lock:
+            if self.stop.is_set():
+                raise _Stopped
+            if self._root_ok(root):
+                return
+            try:
+                wait_for_path(root, self.retry_seconds, self.timeout_seconds, what, self.stop,
+                              ok=lambda: self._root_ok(root))
+            except PathNotReachable as exc:
+                if not self.stop.is_set():          # else the run stops for another reason already
+                    self._fatal(f"{exc}; the images in flight are redone by the next run")
+                raise _Stopped from None
+            LOG.warning("%s %s is back; continuing", what, escape_line(root))
+
+    def _guarded(self, fn: Callable, *args):
+        """fn(*args); when it fails and a root is gone, wait for the root and call it again
+        (at most 3 times): a failure caused by a vanished share is not the image's."""
+        for attempt in range(3):
+            try:
+                return fn(*args)
+            except Exception:
+                root = self._gone_root()
+                if root is None or attempt == 2:
+                    raise
+                self._await_root(root)
+
     # --- stage functions -----------------------------------------------------------------------
-    def _decode(self, job: Job):
-        t0 = time.perf_counter()
-        self._reachable(job.path.parent, "input folder")
-        data = read_bytes(job.path)
+    def _read(self, job: Job) -> bytes:
+        why = self.tree.refusal(job.path)
+        if why is not None:
+            raise ImageError(why)
+        data = self._guarded(read_bytes, job.path)
         if len(data) != job.size:
             # Another process is writing it: fail now; its new mtime makes the next run redo it.
             raise ImageError(f"file changed while being read ({job.size} bytes when found, {len(data)} read)")
+        return data
+
+    def _decode(self, job: Job):
+        t0 = time.perf_counter()
+        data = self._read(job)
         t_read = time.perf_counter() - t0
         frame = self._decoder().decode(job, data)
         frame.timings["read"] = t_read
@@ -204,12 +368,9 @@ class Pipeline:
         for k, job in enumerate(jobs):
             t0 = time.perf_counter()
             try:
-                self._reachable(job.path.parent, "input folder")
-                data = read_bytes(job.path)
-                if len(data) != job.size:
-                    raise ImageError(f"file changed while being read ({job.size} bytes when found, {len(data)} read)")
+                data = self._read(job)
             except ImageError as exc:
-                out[k] = Failure(job, "decode", str(exc))
+                out[k] = _failure(job, "decode", str(exc), exc)
                 continue
             items.append((job, data))
             where.append((k, time.perf_counter() - t0))
@@ -229,17 +390,13 @@ class Pipeline:
 
     def _write(self, item):
         frame, dets = item
-        self._reachable(self.tree.output, "output folder")
-        return self._writer()(frame, dets)
-
-    def _reachable(self, path: Path, what: str) -> None:
-        """Network shares come and go: wait for `path` (reference §6), then fail this image."""
-        if path.exists():
-            return
-        try:
-            wait_for_path(path, self.retry_seconds, self.timeout_seconds, what, self.stop)
-        except PathNotReachable as exc:
-            raise ImageError(str(exc)) from None
+        root = self._gone_root(outputs_only=True)     # the frame holds the input's bytes already
+        if root is not None:
+            self._await_root(root)
+        why = self.tree.refusal(frame.job.path)          # the archive copy reads the input again
+        if why is not None:
+            raise ImageError(why)
+        return self._guarded(self._writer(), frame, dets)
 
     # --- walking ---------------------------------------------------------------------------------
     def _should_skip(self, job: Job) -> Optional[str]:
@@ -248,21 +405,35 @@ class Pipeline:
         row = self.ledger.get(job.key)
         if row is None or row["size"] != job.size or row["mtime_ns"] != job.mtime_ns:
             return None                     # new, or the input changed since
-        if row["status"] == DONE and all(os.path.exists(p) for p in row["outputs"]):
-            return DONE
-        if row["status"] == FAILED and not self.retry_failed:
-            return FAILED
+        if row["status"] == DONE:
+            def present():
+                return all(os.path.exists(p) for p in row["outputs"])
+            if not present() and (root := self._gone_root(outputs_only=True)) is not None:
+                self._await_root(root)      # the outputs are on a share that went away: wait, look again
+            return DONE if present() else None      # an output removed since: redo the image
+        if row["status"] == FAILED and not self.retry_failed and not (row["error"] or "").startswith(NO_SPACE_PREFIX):
+            return FAILED                   # (an image that only found no space is tried again)
         return None
+
+    def _listing_failed(self, folder: Path, exc: OSError) -> bool:
+        """Tree.paths' on_error: a listing that failed because a root is gone waits for the root
+        (True: list the folder again); any other is recorded by the walk as unlisted."""
+        root = self._gone_root()
+        if root is None:
+            return False
+        self._await_root(root)
+        return True
 
     def _walk(self, jobq: queue.Queue, failq: queue.Queue):
         try:
-            for path in self.tree.paths():
+            for path in self.tree.paths(unlisted=self.stats.unlisted, skipped=self.stats.skipped_links,
+                                        on_error=self._listing_failed):
                 if self.stop.is_set():
                     break
                 try:
-                    job = self.tree.job(path)
+                    job = self._guarded(self.tree.job, path)
                 except OSError as exc:
-                    LOG.error("cannot stat %s: %s", path, exc)
+                    LOG.error("cannot stat %s: %s", escape_line(path), exc.strerror or exc)
                     continue
                 self.stats.found += 1
                 skip = self._should_skip(job)
@@ -276,11 +447,19 @@ class Pipeline:
                     self.stats.skipped_failed += 1
                     self._tick()
                     continue
-                self.ledger.mark_running(job)
+                if not self._ledger("mark_running", job):
+                    break
                 _put(jobq, job, self.stop)
-        except Exception as exc:  # noqa: BLE001 - report and end the stream cleanly
-            LOG.error("walking %s failed: %s", self.tree.input, exc)
+        except _Stopped:
+            pass                                     # stats.fatal says why
+        except Exception as exc:  # noqa: BLE001 - a walk that breaks stops the run, never silently
+            LOG.debug("walk failed:\n%s", traceback.format_exc())
+            self._fatal(f"walking {escape_line(self.tree.input)} failed: {type(exc).__name__}: "
+                        f"{text_safe(str(exc))}; rerun to continue")
         finally:
+            if self.stats.unlisted:
+                LOG.error("%d folder(s) could not be listed; their images were not processed: %s",
+                          len(self.stats.unlisted), "; ".join(f"{f}: {r}" for f, r in self.stats.unlisted))
             _put(jobq, _END, None)
 
     def _tick(self):
@@ -289,29 +468,55 @@ class Pipeline:
 
     # --- results -----------------------------------------------------------------------------------
     def _record_failure(self, f: Failure):
+        if isinstance(f, _ReadOnly):
+            # Not the image's fault, and nothing can be recorded there: it stays `running`.
+            where = Path(f.where or self.tree.output)
+            self._fatal(f"{escape_line(_mount_point(where))} is read-only (writing {escape_line(f.job.output)}: "
+                        f"{text_safe(f.reason)}); make it writable, then rerun to continue")
+            return
         self.stats.failed += 1
-        LOG.error("FAILED %s (%s): %s", f.job.path, f.stage, f.reason)
-        if "[Errno 28]" in f.reason or "No space left" in f.reason:
-            self._enospc += 1
-            if self._enospc >= self.enospc_limit and not self.stats.fatal:
-                self.stats.fatal = (f"no space left on the output device ({self._enospc} images in a row could not be "
-                                    "written); free space, then rerun to continue")
-                LOG.error("stopping the run: %s", self.stats.fatal)
-                self.stop.set()
-        self.ledger.mark_failed(f.job, f.stage, f.reason, f.timings)
+        if isinstance(f, _NoSpace) or _NO_SPACE_TEXT.search(f.reason):
+            self._record_no_space(f)
+            return
+        LOG.error("FAILED %s (%s): %s", escape_line(f.job.path), f.stage, text_safe(f.reason))
+        # The reference's error tree: a copy of the input and <stem>_error.txt, written before
+        # the ledger says failed, so a run killed in between redoes the image.
+        report = f"{escape_line(f.job.path)}\nstage: {f.stage}\nerror: {text_safe(f.reason)}\n"
         try:
-            # The reference's error tree: a copy of the input and <stem>_error.txt.
-            f.job.error_dir.mkdir(parents=True, exist_ok=True)
-            if f.job.path.is_file():
-                shutil.copy2(f.job.path, f.job.error_dir / f.job.path.name)
-            write_atomic(f.job.error_dir / f"{f.job.path.stem}_error.txt",
-                         f"{f.job.path}\nstage: {f.stage}\nerror: {f.reason}\n".encode("utf-8"))
+            if self.tree.refusal(f.job.path) is None and f.job.path.is_file():
+                copy_atomic(f.job.path, f.job.error_dir / f.job.path.name)
+            write_atomic(f.job.error_dir / f"{f.job.path.stem}_error.txt", report.encode("utf-8"))
         except OSError as exc:
-            LOG.error("could not write the error copy for %s: %s", f.job.path, exc)
+            LOG.error("could not write the error copy for %s: %s", escape_line(f.job.path), text_safe(str(exc)))
+        self._ledger("mark_failed", f.job, f.stage, text_safe(f.reason), f.timings)
         if self.notifier is not None:
-            self.notifier.processing_error(f"{f.job.path}\nstage: {f.stage}\nerror: {f.reason}")
+            self.notifier.processing_error(report.rstrip("\n"))
+
+    def _record_no_space(self, f: Failure) -> None:
+        """No space for an image's outputs: not the image's fault, so no error-tree copy (it
+        would fill the disk further); recorded so that the next run tries it again as is. After
+        `enospc_limit` such images in a row the run stops."""
+        where = Path(getattr(f, "where", None) or self.tree.output)
+        reason = f"{NO_SPACE_PREFIX} on {_mount_point(where)}: {text_safe(f.reason)}"
+        LOG.error("NOT WRITTEN %s (%s): %s; the next run tries it again", escape_line(f.job.path), f.stage, reason)
+        self.stats.no_space += 1
+        self._enospc += 1
+        if self._enospc >= self.enospc_limit:
+            self._fatal(f"{NO_SPACE_PREFIX} on {_mount_point(where)} ({self._enospc} images in a row could not be "
+                        "written); free space, then rerun to continue")
+        self._ledger("mark_failed", f.job, f.stage, reason, f.timings)
 
     def _record_result(self, r: Result):
+        if self.db is not None and r.record is not None:
+            # Spooled before the ledger says done: a crash in between redoes the image, and the
+            # upsert keeps the row single; the other order could lose the row.
+            reason = self.db.add(r.record)
+            if reason:
+                # Fix 6: the row is rejected, not the image (its JSON and image are written).
+                self.stats.db_rejected += 1
+                LOG.warning("database row for %s rejected: %s", escape_line(r.job.key), reason)
+        if not self._ledger("mark_done", r.job, r.outputs, r.detections, r.timings):
+            return                            # stays `running`: redone by the next run
         if r.masked:
             self.stats.anonymised += 1
         else:
@@ -320,21 +525,12 @@ class Pipeline:
             self.stats.detections[k] = self.stats.detections.get(k, 0) + v
         for k, v in r.timings.items():
             self.stats.stage_seconds[k] = self.stats.stage_seconds.get(k, 0.0) + v
-        if self.db is not None and r.record is not None:
-            # Spooled before the ledger says done: a crash in between redoes the image, and the
-            # upsert keeps the row single; the other order could lose the row.
-            reason = self.db.add(r.record)
-            if reason:
-                # Fix 6: the row is rejected, not the image (its JSON and image are written).
-                self.stats.db_rejected += 1
-                LOG.warning("database row for %s rejected: %s", r.job.key, reason)
-        self.ledger.mark_done(r.job, r.outputs, r.detections, r.timings)
         self._enospc = 0
         if self.delete_input:
             self._delete_input(r.job, r.outputs)
         if self.db is not None and self.db.pending() >= self.db.batch:
             self._flush_db()
-        LOG.debug("done %s: %s, %s", r.job.key, r.detections or "nothing found",
+        LOG.debug("done %s: %s, %s", escape_line(r.job.key), r.detections or "nothing found",
                   " ".join(f"{k}={v * 1000:.0f}ms" for k, v in r.timings.items()))
 
     def _delete_input(self, job: Job, outputs: list[str]) -> None:
@@ -342,14 +538,15 @@ class Pipeline:
         before the ledger marked the image done), then its emptied folders up to the root."""
         missing = [p for p in outputs if not os.path.isfile(p) or os.path.getsize(p) == 0]
         if missing or job.archive is None or not job.archive.is_file():
-            LOG.error("not deleting %s: outputs missing: %s", job.path, missing or [str(job.archive)])
+            LOG.error("not deleting %s: outputs missing: %s", escape_line(job.path),
+                      [escape_line(p) for p in missing] or [escape_line(job.archive)])
             return
         try:
             job.path.unlink()
         except FileNotFoundError:
             return
         except OSError as exc:
-            LOG.error("could not delete the input %s: %s", job.path, exc)
+            LOG.error("could not delete the input %s: %s", escape_line(job.path), exc.strerror or exc)
             return
         d = job.path.parent
         while d != self.tree.input and self.tree.input in d.parents:
@@ -365,29 +562,42 @@ class Pipeline:
         try:
             self.stats.db_written += self.db.flush(all_rows=all_rows)
         except DatabaseLimitExceeded as exc:
-            self.stats.fatal = str(exc)
-            LOG.error("stopping the run: %s", exc)
-            self.stop.set()
+            self._fatal(str(exc))
 
     def cleanup_interrupted(self) -> int:
-        """Remove temporary files (image, archive copy, JSON, previews) of images a previous
-        run left half-done."""
-        n = 0
+        """Remove the temporary files (image, archive copy, JSON, previews, error copy) in the
+        folders of images a previous run left half-done. Temporary names are short hashes
+        (fsutil.partial_name), so every one of ours in those folders goes; the run lock keeps
+        other runs out of this output."""
+        dirs = set()
         for key in self.ledger.interrupted():
-            rel = Path(key)
-            dirs = [self.tree.output / rel.parent, self.tree.input / rel.parent]
+            rel = Path(key).parent
+            dirs.update((self.tree.output / rel, self.tree.input / rel, self.tree.errors / rel))
             if self.tree.archive is not None:
-                dirs.append(self.tree.archive / rel.parent)
-            for d in dirs:
-                for p in d.glob(f".{glob_escape(rel.stem)}*{PARTIAL_SUFFIX}") if d.is_dir() else ():
-                    p.unlink(missing_ok=True)
+                dirs.add(self.tree.archive / rel)
+        n = 0
+        for d in sorted(dirs):
+            try:
+                with os.scandir(d) as it:
+                    leftovers = [e.path for e in it if is_partial(e.name) and e.is_file(follow_symlinks=False)]
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                LOG.warning("cannot look for temporary files in %s: %s", escape_line(d), exc.strerror or exc)
+                continue
+            for p in leftovers:
+                try:
+                    os.unlink(p)
                     n += 1
+                except FileNotFoundError:
+                    pass
         if n:
             LOG.warning("removed %d temporary file(s) left by an interrupted run", n)
         return n
 
     def run(self) -> RunStats:
         t_start = time.perf_counter()
+        self._note_roots()
         self.cleanup_interrupted()
         if self.db is not None and self.db.pending():
             LOG.info("sending %d database row(s) left by an earlier run", self.db.pending())

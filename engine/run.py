@@ -234,7 +234,7 @@ def _run_locked(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Opt
     runtime = create_runtime(runtime_name, device=device, threads=cfg.engine.inference_threads, **trt_opts)
     slots, names = build_models(cfg, runtime)
     detector = Detector(cfg, slots, names)
-    tree = Tree(input_dir, output_dir, archive_dir, cfg.output.extensions)
+    tree = Tree(input_dir, output_dir, archive_dir, cfg.output.extensions, follow_symlinks=cfg.input_follow_symlinks)
     ledger = Ledger(ledger_path(output_dir))
 
     def make_decoder():
@@ -311,27 +311,39 @@ class _ScaledDecoder:
 
 
 def summary_lines(stats: RunStats, input_dir, output_dir, archive_dir, ledger: Path) -> list[str]:
+    from engine.fsutil import escape_line
+
     rate = stats.processed / stats.seconds if stats.seconds > 0 else 0.0
     lines = [
         "Anonymisation finished",
-        f"Input folder: {input_dir}",
-        f"Output folder: {output_dir}",
-        f"Archive folder: {archive_dir or '-'}",
+        f"Input folder: {escape_line(input_dir)}",
+        f"Output folder: {escape_line(output_dir)}",
+        f"Archive folder: {escape_line(archive_dir) if archive_dir else '-'}",
         f"Identified images: {stats.found}",
         f"Anonymised (pixels masked): {stats.anonymised}",
         f"Nothing to mask (copied unchanged): {stats.unchanged}",
         f"Skipped, done earlier: {stats.skipped_done}",
         f"Skipped, failed earlier (use --retry-failed): {stats.skipped_failed}",
-        f"Failed: {stats.failed}",
+        f"Skipped, symbolic links or not regular files: {len(stats.skipped_links)}",
+        f"Failed: {stats.failed}" + (f" (of which {stats.no_space} found no space to be written; the next run "
+                                     "tries them again)" if stats.no_space else ""),
         f"DB rows written {stats.db_written}, rejected {stats.db_rejected}, pending {stats.db_pending}",
         f"Objects found: {', '.join(f'{k} {v}' for k, v in sorted(stats.detections.items())) or 'none'}",
         f"Total time spent: {stats.seconds:.1f} s ({rate:.2f} images/s)",
-        f"Ledger: {ledger}",
+        f"Ledger: {escape_line(ledger)}",
     ]
+    if stats.unlisted:
+        # Paths in stats.unlisted are already escaped for one line (Tree.paths).
+        lines.append(f"Run incomplete: {len(stats.unlisted)} folder(s) could not be listed; their images were "
+                     "not processed (fix the access rights, then rerun):")
+        lines += [f"  cannot list folder {folder}: {reason}" for folder, reason in stats.unlisted[:20]]
+        if len(stats.unlisted) > 20:
+            lines.append(f"  ... and {len(stats.unlisted) - 20} more (see the log)")
     if stats.fatal:
         lines.append(f"Run stopped early: {stats.fatal}")
-    if stats.failed:
-        lines.append(f"Failed images are listed in the ledger and copied to {Path(output_dir).resolve()}_error")
+    if stats.failed > stats.no_space:
+        lines.append(f"Failed images are listed in the ledger and copied to "
+                     f"{escape_line(Path(output_dir).resolve())}_error")
     return lines
 
 

@@ -76,17 +76,18 @@ def _cmyk_jpeg():
 
 
 def test_dali_batches_equal_turbojpeg_and_bad_images_fail_alone(tmp_path):
-    """One DALI run per batch; refused (CMYK, too large) and broken images give an error in
-    their place, and every other image of the batch equals its TurboJPEG decode."""
+    """One DALI run per batch; refused (too large) and broken images give an error in their
+    place, CMYK goes to TurboJPEG on the host, and every other image of the batch equals its
+    TurboJPEG decode."""
     good = [d for _, d in _variants()]
     big = jpeg_bytes(RNG.integers(0, 256, (300, 400, 3), dtype=np.uint8), quality=90)
     broken = good[0][: len(good[0]) // 2]
     datas = [good[0], broken, good[1], _cmyk_jpeg(), good[2], big, good[3], good[4]]
     dec = create_decoder("dali", batch=4, max_pixels=100_000)
     out = dec.decode_batch([(_job(tmp_path), d) for d in datas])
-    assert [type(o).__name__ for o in out] == ["Frame", "ImageError", "Frame", "ImageError", "Frame",
+    assert [type(o).__name__ for o in out] == ["Frame", "ImageError", "Frame", "Frame", "Frame",
                                                "ImageError", "Frame", "Frame"]
-    assert "CMYK" in str(out[3]) and "max_image_pixels" in str(out[5])
+    assert "max_image_pixels" in str(out[5])
     ref = TurboDecoder()
     for o, d in zip(out, datas):
         if isinstance(o, ImageError):

@@ -5,6 +5,7 @@ import os
 import sqlite3
 import subprocess
 import types
+from pathlib import Path
 
 import pytest
 
@@ -336,3 +337,123 @@ def test_create_table_and_execute_sql_commands(tmp_path, capsys, monkeypatch):
     bad.write_text("pk_column: ID\ncolumns:\n  - {name: P, dtype: SDO_GEOMETRY, formatter: Posisjon_2d}\n")
     with pytest.raises(ValueError, match="spatial_metadata"):
         load_table(str(bad))
+
+
+# --- identifiers: quoted in every dialect, validated where they come from -----------------------
+ODD_TABLE = """pk_column: select
+columns:
+  - {name: select, dtype: VARCHAR(64), formatter: "text:exif_filnavn", extra: PRIMARY KEY}
+  - {name: order, dtype: NUMBER, formatter: "number:exif_meter", extra: ""}
+  - {name: _hidden, dtype: VARCHAR(8), formatter: "text:exif_vegkat", extra: NOT NULL}
+  - {name: MiXed, dtype: VARCHAR(8), formatter: "text:exif_vegstat", extra: ""}
+"""
+
+
+def _odd_table(tmp_path, name):
+    p = tmp_path / "odd.yml"
+    p.write_text(ODD_TABLE)
+    return load_table(str(p), table_name=name)
+
+
+def test_sqlite_reserved_word_names_work(tmp_path):
+    """Table and columns named by SQL keywords (and a leading _) are quoted, so they just work."""
+    table = _odd_table(tmp_path, "group")
+    sink = DbSink(table, f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "spool.sqlite", create=True)
+    try:
+        for i in (1, 2, 1):
+            assert sink.add(_record(i)) is None
+        assert sink.flush(all_rows=True) == 2
+    finally:
+        sink.close()
+    rows = sqlite3.connect(tmp_path / "db.sqlite").execute(
+        'SELECT "select", "order", "_hidden", "MiXed" FROM "group" ORDER BY "order"').fetchall()
+    assert rows == [("f1.jpg", 100, "E", "V"), ("f2.jpg", 200, "E", "V")]
+
+
+def test_quoting_rules_per_dialect():
+    from engine.db.dialects import SqliteDialect
+
+    assert SqliteDialect().q('a"b') == '"a""b"' and PostgisDialect().q("Tidspunkt") == '"Tidspunkt"'
+    o = OracleDialect()
+    # Oracle: plain names stay unquoted (folded to upper case, the reference's tables); others are
+    # quoted in upper case, which names the same object.
+    assert o.q("Tidspunkt") == "Tidspunkt" and o.q("DATE") == '"DATE"' and o.q("_x") == '"_X"'
+    assert o.q('a"b') == '"A""B"'
+
+
+def test_oracle_sql_for_names_that_need_quotes(tmp_path):
+    def q(name):
+        return f'"{name}"'
+
+    table = _odd_table(tmp_path, "group")
+    o = OracleDialect()
+    sql = o.upsert(table)
+    assert sql.startswith('MERGE INTO "GROUP" t USING (SELECT :b0 AS "SELECT", :b1 AS "ORDER", :b2 AS "_HIDDEN", '
+                          ':MiXed AS MiXed FROM dual) s ON (t."SELECT" = s."SELECT")')
+    ddl = o.create_table(table, drop=True)
+    assert ddl[0] == 'DROP TABLE "GROUP"' and ddl[1].splitlines() == [
+        'CREATE TABLE "GROUP"(', f'  {q("SELECT"):<20} {"VARCHAR(64)":<12} PRIMARY KEY,', f'  {q("ORDER"):<20} NUMBER,',
+        f'  {q("_HIDDEN"):<20} {"VARCHAR(8)":<12} NOT NULL,', f'  {"MiXed":<20} VARCHAR(8))']
+    sink = DbSink(table, "oracle://u@h:1521/s", tmp_path / "spool.sqlite")      # never connects here
+    try:
+        row = table.make_row(_record(1))
+        assert sink._params(row) == {"b0": "f1.jpg", "b1": 100, "b2": "E", "MiXed": "V"}
+    finally:
+        sink.close()
+
+
+@pytest.mark.parametrize("change,fragment", [
+    (("select, dtype: VARCHAR(64)", 'x"; DROP TABLE t; --", dtype: VARCHAR(64)'), "SQL identifier"),
+    (("dtype: NUMBER,", "dtype: NUMBER); DROP TABLE t; --,"), "dtype"),
+    (("extra: NOT NULL}", 'extra: "NOT NULL, evil TEXT"}'), "extra"),
+])
+def test_table_definition_injection_is_refused(tmp_path, change, fragment):
+    p = tmp_path / "t.yml"
+    p.write_text(ODD_TABLE.replace(*change, 1))
+    with pytest.raises(ValueError, match=fragment):
+        load_table(str(p))
+
+
+def test_geometry_dimension_names_are_identifiers(tmp_path):
+    text = (Path(__file__).parent.parent / "config" / "db_tables" / "VEGBILDER.yml").read_text(encoding="utf-8")
+    p = tmp_path / "t.yml"
+    p.write_text(text.replace("{name: Latitude,", "{name: \"L'); DROP TABLE x; --\",", 1))
+    with pytest.raises(ValueError, match="spatial_metadata"):
+        load_table(str(p))
+    with pytest.raises(ValueError, match="not found"):     # only plain names are looked up among the shipped
+        load_table("../db_tables/VEGBILDER")
+
+
+@pytest.mark.db
+def test_postgis_reserved_word_columns(pg, tmp_path):
+    dsn, _, sinks = pg
+    import psycopg
+    name = f"Order_{os.getpid()}"
+    table = _odd_table(tmp_path, name)
+    sink = DbSink(table, dsn, tmp_path / "spool.sqlite", create=True)
+    sinks.append(sink)
+    try:
+        assert sink.add(_record(1)) is None and sink.flush(all_rows=True) == 1
+        cur = sink._connection().cursor()
+        cur.execute(f'SELECT "select", "order", "_hidden", "MiXed" FROM "{name}"')
+        assert cur.fetchall() == [("f1.jpg", 100, "E", "V")]
+    finally:
+        sink.close()
+        with psycopg.connect(dsn) as con:
+            con.execute(f'DROP TABLE IF EXISTS "{name}"')
+
+
+def test_impossible_wgs84_point_is_null_with_a_warning():
+    import logging
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda r: seen.append(r.getMessage())
+    logging.getLogger("sladd").addHandler(handler)
+    try:
+        row = TABLE.make_row(_record(exif_gpsposisjon="srid=4326;POINT Z( 200.5 61.2 48.8 )"))
+    finally:
+        logging.getLogger("sladd").removeHandler(handler)
+    assert row["Posisjon"] is None and row["PosisjonHoyde"] is None
+    assert any("outside longitude" in m for m in seen)
+    assert TABLE.make_row(_record(exif_gpsposisjon="srid=4326;POINT Z( inf 61.2 48.8 )"))["Posisjon"] is None

@@ -117,8 +117,23 @@ def test_grayscale_and_progressive_decode_to_rgb(tmp_path):
     assert f.pixels.shape == PIX.shape and np.abs(f.pixels.astype(int) - ref.astype(int)).max() <= 3
 
 
-def test_cmyk_is_refused_with_reason(tmp_path):
+def test_parse_reads_precision_adobe_transform_and_segment_offsets():
     buf = io.BytesIO()
     Image.fromarray(PIX).convert("CMYK").save(buf, "JPEG", quality=90)
-    with pytest.raises(ImageError, match="CMYK"):
-        TurboDecoder().decode(_job(tmp_path), buf.getvalue())
+    data = buf.getvalue()
+    info = parse_jpeg(data)
+    assert info.cmyk and info.adobe_transform == 0 and info.precision == 8
+    assert data[info.sos:info.sos + 2] == b"\xff\xda"
+    # The header segments tile the bytes from SOI to the first SOS.
+    assert info.header[0][1] == 2 and info.header[-1][2] == info.sos
+    assert all(a[2] == b[1] for a, b in zip(info.header, info.header[1:]))
+    plain = parse_jpeg(jpeg_bytes(PIX))
+    assert plain.adobe_transform is None and not plain.cmyk and plain.components == 3
+
+
+def test_cmyk_is_decoded_to_rgb(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(PIX).convert("CMYK").save(buf, "JPEG", quality=90)
+    f = TurboDecoder().decode(_job(tmp_path), buf.getvalue())
+    ref = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    assert f.pixels.shape == PIX.shape and np.abs(f.pixels.astype(int) - ref.astype(int)).max() <= 3

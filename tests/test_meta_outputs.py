@@ -59,7 +59,7 @@ def test_run_writes_json_and_previews_everywhere_asked(small_tree, tmp_path):
 
 def test_archive_outputs_need_an_archive(small_tree, tmp_path, capsys):
     cfg = _cfg(tmp_path, "archive_json: true\n")
-    assert main(["run", "-i", str(small_tree), "-o", str(tmp_path / "o"), "-k", str(cfg), "-q"]) == 3
+    assert main(["run", "-i", str(small_tree), "-o", str(tmp_path / "o"), "-k", str(cfg), "-q"]) == 2
     assert "archive_json" in capsys.readouterr().err
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from engine.cli import main
 from engine.config import load_config
+from engine.fsutil import is_partial
 from engine.pipeline import ledger_path
 from engine.run import run
 from tests.conftest import jpeg_bytes, scene_with_faces
@@ -41,7 +42,7 @@ def _assert_complete(inp, out, ledger_rows=True):
     inputs = sorted(p.relative_to(inp) for p in inp.rglob("*.jpg"))
     outputs = sorted(p.relative_to(out) for p in out.rglob("*.jpg"))
     assert inputs == outputs, "every input exactly once in the output"
-    assert not list(out.rglob("*.sladd-partial")), "no temporary files left"
+    assert not [p for p in out.rglob("*") if is_partial(p.name)], "no temporary files left"
     for rel in inputs:
         a = np.asarray(Image.open(inp / rel).convert("RGB")).astype(int)
         b = np.asarray(Image.open(out / rel).convert("RGB")).astype(int)
@@ -126,8 +127,8 @@ def test_delete_input_after_outputs_and_after_an_interruption(tmp_path, portrait
         return real(self, job, outputs)
     crash_once.done = False
     monkeypatch.setattr(Pipeline, "_delete_input", crash_once)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, inp, out, arch)
+    stats = run(cfg, inp, out, arch)                  # an interrupted run reports, it does not raise
+    assert stats.fatal and "interrupted" in stats.fatal
     assert any(inp.rglob("*.jpg"))                    # nothing deleted yet for the interrupted image
     run(cfg, inp, out, arch)
     assert not list(inp.rglob("*.jpg")) and not [p for p in inp.iterdir()], "inputs and emptied folders removed"
@@ -139,7 +140,7 @@ def test_delete_input_after_outputs_and_after_an_interruption(tmp_path, portrait
 def test_delete_input_needs_an_archive(tmp_path, portrait, capsys):
     inp = _tree(tmp_path / "in", portrait, 1)
     cfg = _cfg(tmp_path, "delete_input: true\n")
-    assert main(["run", "-i", str(inp), "-o", str(tmp_path / "out"), "-k", str(cfg), "-q"]) == 3
+    assert main(["run", "-i", str(inp), "-o", str(tmp_path / "out"), "-k", str(cfg), "-q"]) == 2   # usage
     assert "archive" in capsys.readouterr().err and list(inp.rglob("*.jpg"))
 
 
@@ -152,7 +153,7 @@ def test_input_share_that_appears_late(tmp_path, portrait):
     _assert_complete(inp, tmp_path / "out")
 
 
-def test_output_share_that_vanishes_fails_images_not_the_run(tmp_path, portrait, monkeypatch):
+def test_output_share_that_vanishes_stops_the_run_not_the_images(tmp_path, portrait, monkeypatch):
     inp, out = _tree(tmp_path / "in", portrait, 2), tmp_path / "out"
     from engine.pipeline import Pipeline
     real = Pipeline._write
@@ -164,7 +165,8 @@ def test_output_share_that_vanishes_fails_images_not_the_run(tmp_path, portrait,
     monkeypatch.setattr(Pipeline, "_write", vanish)
     cfg, _ = load_config(_cfg(tmp_path))
     st = run(cfg, inp, out)
-    assert st.failed == 2 and st.fatal is None
+    # One wait for the share (file_access_timeout_seconds), then a stop: no image is failed for it.
+    assert st.failed == 0 and st.fatal and f"output folder {out} not reachable" in st.fatal
 
 
 def test_full_disk_fails_images_cleanly_then_stops(tmp_path, portrait, monkeypatch):
@@ -173,7 +175,7 @@ def test_full_disk_fails_images_cleanly_then_stops(tmp_path, portrait, monkeypat
     real_open = open
 
     def enospc_open(path, mode="r", *a, **k):
-        if "w" in mode and str(path).endswith(".sladd-partial") and str(out) in str(path) and ".sladd/" not in str(path):
+        if "w" in mode and is_partial(os.path.basename(str(path))) and str(out) in str(path) and ".sladd/" not in str(path):
             fh = real_open(path, mode, *a, **k)
             fh.write(b"\xff\xd8 partial")
             fh.close()
@@ -276,7 +278,7 @@ def test_log_file_has_config_errors_and_summary(tmp_path, portrait):
 DATA = __import__("pathlib").Path(__file__).parent / "data"
 
 
-def test_arithmetic_coded_jpeg_is_processed_and_ycck_refused(tmp_path, portrait):
+def test_arithmetic_coded_jpeg_and_ycck_are_processed(tmp_path, portrait):
     inp, out = _tree(tmp_path / "in", portrait, 1), tmp_path / "out"
     (inp / "arith.jpg").write_bytes((DATA / "arithmetic_96x128.jpg").read_bytes())
     (inp / "ycck.jpg").write_bytes((DATA / "ycck_96x128.jpg").read_bytes())
@@ -292,8 +294,9 @@ def test_arithmetic_coded_jpeg_is_processed_and_ycck_refused(tmp_path, portrait)
     frame = TurboDecoder().decode(Job(inp / "arith.jpg", "a", out, None, out, 0, 0), (inp / "arith.jpg").read_bytes())
     ref = np.asarray(Image.open(inp / "arith.jpg").convert("RGB")).astype(int)
     assert np.abs(frame.pixels.astype(int) - ref).max() <= 3
-    assert rows["ycck.jpg"][0] == "failed" and "CMYK/YCCK" in rows["ycck.jpg"][1]
-    assert st.anonymised == 1 and not (out / "ycck.jpg").exists()
+    # YCCK is anonymised in its own colour space (tests/test_cmyk.py checks the pixels).
+    assert rows["ycck.jpg"][0] == "done" and (out / "ycck.jpg").is_file()
+    assert st.failed == 0
 
 
 def test_tiny_and_extreme_aspect_images(tmp_path):

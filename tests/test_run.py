@@ -11,6 +11,7 @@ from PIL import Image, ImageCms
 
 from engine.cli import main
 from engine.config import load_config
+from engine.fsutil import is_partial
 from engine.models import create_adapter, create_runtime, load_card, resolve_model
 from engine.pipeline import Pipeline, ledger_path
 from engine.run import run
@@ -103,7 +104,7 @@ def test_run_anonymises_tree_and_records_failures(tree, tmp_path):
         err_dir = tmp_path / "out_error" / os.path.dirname(key)
         assert (err_dir / os.path.basename(key)).read_bytes() == (inp / key).read_bytes()
         assert reason in (err_dir / (os.path.splitext(os.path.basename(key))[0] + "_error.txt")).read_text()
-    assert not list(out.rglob("*.sladd-partial"))
+    assert not [p for p in out.rglob("*") if is_partial(p.name)]
     assert len(list(logs.glob("*.log"))) == 1
 
 

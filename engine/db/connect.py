@@ -2,60 +2,106 @@
 plain text: an environment variable, or the reference's Fernet-encrypted db_config.py)."""
 from __future__ import annotations
 
+import ast
 import os
-import re
 from pathlib import Path
 from typing import Optional
 
+from engine.config import check_identifier
 from engine.db.sink import DbSink
 from engine.db.table import load_table
+from engine.logs import register_secret
 
-__all__ = ["sink_from_config", "db_url", "read_encrypted_config", "write_encrypted_config"]
+__all__ = ["sink_from_config", "db_url", "read_encrypted_config", "write_encrypted_config", "embedded_sqlite_path"]
+
+
+_NOT_LITERAL = object()
+
+
+def _literal_assignments(path: Path) -> dict:
+    """`NAME = <literal>` lines of a Python file, read with ast.literal_eval: the file is
+    parsed, never executed or imported, so no value in it can run code here."""
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"), filename=str(path))
+    except (SyntaxError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"{path}: not a db_config.py of `name = value` lines ({type(exc).__name__})") from None
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+            except (ValueError, TypeError, RecursionError):     # an expression, not data: never run
+                out[node.targets[0].id] = _NOT_LITERAL
+    return out
 
 
 def read_encrypted_config(path: Path) -> dict:
     """The reference's config/db_config.py: user, encrypted_password (Fernet, key ORACLE_KEY),
-    dsn, schema, table_name. Parsed as text, never executed."""
-    text = Path(path).read_text(encoding="utf-8")
+    dsn, schema, table_name. Parsed as literals, never executed."""
+    values = _literal_assignments(path)
     out = {}
     for key in ("user", "dsn", "schema", "table_name"):
-        m = re.search(rf'^{key}\s*=\s*(?:"([^"]*)"|None)', text, re.M)
-        out[key] = m.group(1) if m else None
-    m = re.search(r"^encrypted_password\s*=\s*b'([^']*)'", text, re.M)
-    if not m:
+        v = values.get(key)
+        if v is not None and not isinstance(v, str):
+            raise ValueError(f"{path}: `{key}` must be a string literal or None")
+        out[key] = v
+    for key in ("schema", "table_name"):
+        if out[key] is not None:
+            check_identifier(out[key], f"{path}: {key}")
+    token = values.get("encrypted_password")
+    if not isinstance(token, bytes):
         raise ValueError(f"{path}: no encrypted_password = b'...' line")
     key = os.environ.get("ORACLE_KEY")
     if not key:
         raise ValueError(f"{path} holds an encrypted password: set ORACLE_KEY to its Fernet key")
     from cryptography.fernet import Fernet
-    out["password"] = Fernet(key.encode()).decrypt(m.group(1).encode()).decode("utf-8")
+    out["password"] = Fernet(key.encode()).decrypt(token).decode("utf-8")
+    register_secret(out["password"])
     return out
 
 
 def write_encrypted_config(path: Path, *, user: str, password: str, dsn: str, schema: Optional[str],
                            table_name: str) -> None:
+    """The reference's db_config.py. Every value is written as a Python literal (repr), so the
+    file holds data only, whatever characters a value has: importing it runs no code of theirs."""
+    check_identifier(table_name, "--table-name")
+    if schema is not None:
+        check_identifier(schema, "--schema")
     key = os.environ.get("ORACLE_KEY")
     if not key:
         raise ValueError("set ORACLE_KEY to a Fernet key (python -c 'from cryptography.fernet import Fernet; "
                          "print(Fernet.generate_key().decode())')")
     from cryptography.fernet import Fernet
-    token = Fernet(key.encode()).encrypt(password.encode("utf-8")).decode()
-    schema_line = f'"{schema}"' if schema else "None"
-    Path(path).write_text(f'user = "{user}"\nencrypted_password = b\'{token}\'\ndsn = "{dsn}"\n'
-                          f"schema = {schema_line}\ntable_name = \"{table_name}\"\n", encoding="utf-8")
+    token = Fernet(key.encode()).encrypt(password.encode("utf-8"))
+    lines = [f"user = {user!r}", f"encrypted_password = {token!r}", f"dsn = {dsn!r}", f"schema = {schema!r}",
+             f"table_name = {table_name!r}"]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def db_url(cfg, output_dir: Optional[Path]) -> tuple[str, Optional[str]]:
-    """(url, password) for a run."""
+    """(url, password) for a run. The password is registered with the log redaction."""
     spec = cfg.database
     if spec.encrypted_config:
         c = read_encrypted_config(Path(spec.encrypted_config))
         return f"oracle://{c['user']}@{c['dsn']}", c["password"]
     if spec.url:
-        return spec.url, os.environ.get(spec.password_env)
+        password = os.environ.get(spec.password_env)
+        register_secret(password)
+        return spec.url, password
     if output_dir is None:
         raise ValueError("the embedded SQLite database lives in the output folder: pass -o OUTPUT or set database.url")
-    return f"sqlite:///{Path(output_dir) / '.sladd' / f'{cfg.table_name}.sqlite'}", None
+    return f"sqlite:///{embedded_sqlite_path(cfg.table_name, output_dir)}", None
+
+
+def embedded_sqlite_path(table_name: str, output_dir: Path) -> Path:
+    """OUTPUT/.sladd/<table_name>.sqlite; table_name is an identifier (checked again here), so
+    the file cannot land outside OUTPUT/.sladd."""
+    check_identifier(table_name, "table_name")
+    base = Path(output_dir) / ".sladd"
+    path = base / f"{table_name}.sqlite"
+    if path.parent != base:
+        raise ValueError(f"table_name {table_name!r} would put the database outside {base}")
+    return path
 
 
 def sink_from_config(cfg, output_dir: Optional[Path], spool: Path) -> DbSink:

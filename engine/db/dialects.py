@@ -11,8 +11,10 @@ from decimal import Decimal
 from typing import Any, Optional
 from urllib.parse import unquote, urlparse
 
+from engine.config import short_text
 from engine.db.geometry import SDOGeometry
 from engine.db.table import Column, TableDef
+from engine.logs import redact_text
 
 __all__ = ["DIALECTS", "dialect_for_url", "SqliteDialect", "PostgisDialect", "OracleDialect"]
 
@@ -22,11 +24,21 @@ def _varchar_len(dtype: str) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
+def _quoted(ident: str) -> str:
+    """A delimited identifier: double quotes, an inner double quote doubled (SQL standard)."""
+    return '"' + ident.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    """An SQL string literal, inner single quotes doubled."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
 class Dialect:
     name = ""
 
     def q(self, ident: str) -> str:
-        return f'"{ident}"'
+        return _quoted(ident)
 
     def ddl_type(self, col: Column) -> str:
         raise NotImplementedError
@@ -48,6 +60,13 @@ class Dialect:
 
     def geometry_metadata(self, t: TableDef) -> list[str]:
         return []
+
+
+def _num(v) -> str:
+    """A number for SQL text: ints as written (-180), other values as a float."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        v = float(v)
+    return str(v)
 
 
 class SqliteDialect(Dialect):
@@ -134,28 +153,53 @@ class PostgisDialect(Dialect):
         return psycopg.connect(url, **kwargs)
 
 
+# Oracle's reserved words (V$RESERVED_WORDS, RESERVED = 'Y'): such names must be quoted.
+_ORACLE_RESERVED = frozenset("""
+ACCESS ADD ALL ALTER AND ANY AS ASC AUDIT BETWEEN BY CHAR CHECK CLUSTER COLUMN COMMENT COMPRESS CONNECT CREATE
+CURRENT DATE DECIMAL DEFAULT DELETE DESC DISTINCT DROP ELSE EXCLUSIVE EXISTS FILE FLOAT FOR FROM GRANT GROUP HAVING
+IDENTIFIED IMMEDIATE IN INCREMENT INDEX INITIAL INSERT INTEGER INTERSECT INTO IS LEVEL LIKE LOCK LONG MAXEXTENTS
+MINUS MLSLABEL MODE MODIFY NOAUDIT NOCOMPRESS NOT NOWAIT NULL NUMBER OF OFFLINE ON ONLINE OPTION OR ORDER PCTFREE
+PRIOR PUBLIC RAW RENAME RESOURCE REVOKE ROW ROWID ROWNUM ROWS SELECT SESSION SET SHARE SIZE SMALLINT START
+SUCCESSFUL SYNONYM SYSDATE TABLE THEN TO TRIGGER UID UNION UNIQUE UPDATE USER VALIDATE VALUES VARCHAR VARCHAR2 VIEW
+WHENEVER WHERE WITH""".split())
+_ORACLE_PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9_$#]*", re.ASCII)
+
+
 class OracleDialect(Dialect):
-    """Oracle: MERGE upsert, MDSYS.SDO_GEOMETRY points (gtype 2001/3001, SRID, SDO_POINT_TYPE)."""
+    """Oracle: MERGE upsert, MDSYS.SDO_GEOMETRY points (gtype 2001/3001, SRID, SDO_POINT_TYPE).
+
+    Names are written unquoted, as the reference did, so Oracle folds them to upper case
+    (`Tidspunkt` is the column TIDSPUNKT of existing tables). A name that cannot stand unquoted
+    (a reserved word, a leading `_`) is quoted in its upper-case form, which names the same
+    object the folding would."""
 
     name = "oracle"
 
     def q(self, ident: str) -> str:
-        return ident                                  # the reference's unquoted, case-folded names
+        if _ORACLE_PLAIN.fullmatch(ident) and ident.upper() not in _ORACLE_RESERVED:
+            return ident
+        return _quoted(ident.upper())
+
+    def bind_names(self, t: TableDef) -> list[str]:
+        """Bind variable names, one per column: the column name where it is a plain name
+        (the reference's `:Tidspunkt`), else `b<i>` (a bind name cannot be quoted)."""
+        return [c.name if self.q(c.name) == c.name else f"b{i}" for i, c in enumerate(t.columns)]
 
     def ddl_type(self, col: Column) -> str:
         return col.dtype
 
     def create_table(self, t: TableDef, drop: bool = False) -> list[str]:
-        out = [f"DROP TABLE {t.name}"] if drop else []
-        cols = ",\n".join(f"  {c.name:<20} {c.dtype:<12} {c.extra}".rstrip() for c in t.columns)
-        out.append(f"CREATE TABLE {t.name}(\n{cols})")
+        out = [f"DROP TABLE {self.q(t.name)}"] if drop else []
+        cols = ",\n".join(f"  {self.q(c.name):<20} {c.dtype:<12} {c.extra}".rstrip() for c in t.columns)
+        out.append(f"CREATE TABLE {self.q(t.name)}(\n{cols})")
         return out
 
     def upsert(self, t: TableDef) -> str:
-        cols = [c.name for c in t.columns]
-        src = ", ".join(f":{c} AS {c}" for c in cols)
-        sets = ", ".join(f"t.{c} = s.{c}" for c in cols if c != t.pk)
-        return (f"MERGE INTO {t.name} t USING (SELECT {src} FROM dual) s ON (t.{t.pk} = s.{t.pk}) "
+        cols = [self.q(c.name) for c in t.columns]
+        pk = self.q(t.pk)
+        src = ", ".join(f":{b} AS {c}" for b, c in zip(self.bind_names(t), cols))
+        sets = ", ".join(f"t.{c} = s.{c}" for c in cols if c != pk)
+        return (f"MERGE INTO {self.q(t.name)} t USING (SELECT {src} FROM dual) s ON (t.{pk} = s.{pk}) "
                 f"WHEN MATCHED THEN UPDATE SET {sets} "
                 f"WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) VALUES ({', '.join('s.' + c for c in cols)})")
 
@@ -168,10 +212,11 @@ class OracleDialect(Dialect):
             if not c.geometry:
                 continue
             sm = c.spatial
-            dims = ", ".join(f"MDSYS.SDO_DIM_ELEMENT('{e['name']}', {e['min']}, {e['max']}, {e['tol']})"
-                             for e in sm["dim_elements"])
+            dims = ", ".join(f"MDSYS.SDO_DIM_ELEMENT({_literal(e['name'])}, {_num(e['min'])}, {_num(e['max'])}, "
+                             f"{_num(e['tol'])})" for e in sm["dim_elements"])
             out.append("INSERT INTO MDSYS.USER_SDO_GEOM_METADATA(TABLE_NAME, COLUMN_NAME, DIMINFO, SRID) "
-                       f"VALUES ('{t.name.upper()}', '{c.name.upper()}', MDSYS.SDO_DIM_ARRAY({dims}), {int(sm['srid'])})")
+                       f"VALUES ({_literal(t.name.upper())}, {_literal(c.name.upper())}, MDSYS.SDO_DIM_ARRAY({dims}), "
+                       f"{int(sm['srid'])})")
         return out
 
     @staticmethod
@@ -220,5 +265,6 @@ def dialect_for_url(url: str) -> Dialect:
     try:
         return DIALECTS[scheme]()
     except KeyError:
-        raise ValueError(f"database.url {url!r}: unknown scheme {scheme!r}; valid: sqlite:///FILE, "
+        raise ValueError(f"database.url {short_text(redact_text(url), 80)!r}: unknown scheme "
+                         f"{short_text(scheme, 20)!r}; valid: sqlite:///FILE, "
                          "postgresql://USER@HOST/DB, oracle://USER@HOST:PORT/SERVICE") from None

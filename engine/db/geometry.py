@@ -41,7 +41,8 @@ class SDOGeometry:
 
 
 def parse_wkt(wkt: Optional[str], dim: int = 2) -> Optional[SDOGeometry]:
-    """WKT -> SDOGeometry with `dim` coordinates; None for None, or when x or y is NaN."""
+    """WKT -> SDOGeometry with `dim` coordinates; None for None, or when x or y is NaN.
+    ValueError for text that is not a point WKT, or a WGS 84 (srid 4326) point off the globe."""
     if wkt is None:
         return None
     m = WKT.search(wkt)
@@ -51,6 +52,10 @@ def parse_wkt(wkt: Optional[str], dim: int = 2) -> Optional[SDOGeometry]:
     x, y, z = (float(v) for v in m.groups()[1:])
     if math.isnan(x) or math.isnan(y):
         return None
+    if srid == 4326 and not (-180 <= x <= 180 and -90 <= y <= 90):
+        # A JSON file from elsewhere (load-json) may hold an impossible point: NULL, not a row
+        # the spatial index places off the globe.
+        raise ValueError(f"point ({x}, {y}) is outside longitude [-180, 180] / latitude [-90, 90]")
     point = (x, y) if dim == 2 else (x, y, None if math.isnan(z) else z)
     return SDOGeometry(gtype=int(f"{dim}001"), srid=srid, point=point)
 

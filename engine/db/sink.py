@@ -17,14 +17,19 @@ from typing import Optional
 from engine.db.dialects import Dialect, dialect_for_url
 from engine.db.geometry import SDOGeometry
 from engine.db.table import RowRejected, TableDef
+from engine.logs import redact_text
 
-__all__ = ["DbSink", "DatabaseLimitExceeded", "encode_row", "decode_row"]
+__all__ = ["DbSink", "DatabaseLimitExceeded", "DatabaseConnectError", "encode_row", "decode_row"]
 
 LOG = logging.getLogger("sladd")
 
 
 class DatabaseLimitExceeded(RuntimeError):
     pass
+
+
+class DatabaseConnectError(RuntimeError):
+    """Connecting failed; the driver's message with any password redacted."""
 
 
 def encode_row(row: dict) -> str:
@@ -46,6 +51,12 @@ def decode_row(text: str) -> dict:
             return SDOGeometry(g[0], g[1], tuple(g[2]))
         return v
     return {k: dec(v) for k, v in json.loads(text).items()}
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error, redacted (drivers may quote the connection string)."""
+    text = str(exc).strip()
+    return redact_text(text.splitlines()[0]) if text else type(exc).__name__
 
 
 class DbSink:
@@ -91,7 +102,12 @@ class DbSink:
     # --- sending --------------------------------------------------------------------------------
     def _connection(self):
         if self._con is None:
-            self._con = self.dialect.connect(self.url, self.password)
+            try:
+                self._con = self.dialect.connect(self.url, self.password)
+            except ImportError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - drivers may echo the URL, password included
+                raise DatabaseConnectError(f"{type(exc).__name__}: {redact_text(str(exc))}") from None
             if self._create:
                 self.execute(self.dialect.create_table(self.table))
                 self._create = False
@@ -107,7 +123,7 @@ class DbSink:
     def _params(self, row: dict):
         cols = self.table.columns
         if self.dialect.name == "oracle":
-            return {c.name: self.dialect.bind(c, row.get(c.name)) for c in cols}
+            return {b: self.dialect.bind(c, row.get(c.name)) for b, c in zip(self.dialect.bind_names(self.table), cols)}
         return tuple(self.dialect.bind(c, row.get(c.name)) for c in cols)
 
     def _send(self, rows: list[tuple[str, dict]]) -> None:
@@ -143,7 +159,7 @@ class DbSink:
                     sent += self._one_by_one(decoded)
                 else:
                     LOG.warning("database %s unreachable (%s); %d row(s) kept in the spool", self.dialect.name,
-                                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                                _first_line(exc),
                                 self.pending())
                     self._check_limits()
                     return sent
@@ -167,7 +183,7 @@ class DbSink:
                     self._con = None
                     return ok
                 self.rejected += 1
-                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                msg = _first_line(exc)
                 LOG.error("database refused the row %s: %s (kept in the spool's refused rows)", pk, msg)
                 with self._lock:
                     self._spool.execute("INSERT OR REPLACE INTO refused (pk, row, error) VALUES (?, ?, ?)",

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import logging
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import yaml
-
-from engine.config import CONFIG_DIR
+from engine.config import CONFIG_DIR, ConfigError, check_identifier, read_yaml_file, short_text
 from engine.db.formatters import get_formatter
 
 __all__ = ["Column", "TableDef", "load_table", "RowRejected"]
@@ -68,15 +68,58 @@ class TableDef:
         return row
 
 
+# Column types and extras are written into CREATE TABLE as they are: only these shapes.
+_DTYPE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,30}(\(\s*\d{1,5}\s*(,\s*\d{1,3}\s*)?\))?", re.ASCII)
+_EXTRA = re.compile(r"\s*((NOT\s+NULL|NULL|PRIMARY\s+KEY|UNIQUE)\s*)*", re.ASCII | re.IGNORECASE)
+
+
+def _check_column(p: Path, i: int, c: dict) -> None:
+    name = check_identifier(c["name"], f"{p}: column {i + 1} name")
+    if not isinstance(c["dtype"], str) or not _DTYPE.fullmatch(c["dtype"]):
+        raise ValueError(f"{p}: column {name}: dtype must be a type name with an optional (size), such as "
+                         f"VARCHAR(64) or NUMBER, got {short_text(repr(c['dtype']), 60)}")
+    extra = c.get("extra") or ""
+    if not isinstance(extra, str) or not _EXTRA.fullmatch(extra):
+        raise ValueError(f"{p}: column {name}: extra may hold only NOT NULL, NULL, PRIMARY KEY, UNIQUE, "
+                         f"got {short_text(repr(extra), 60)}")
+    sm = c.get("spatial_metadata")
+    if sm is None:
+        return
+    try:
+        int(sm["srid"])
+        for e in sm["dim_elements"]:
+            check_identifier(e["name"], "dimension name")
+            if not all(math.isfinite(float(e[k])) for k in ("min", "max", "tol")):
+                raise ValueError("a bound is not finite")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{p}: column {name}: spatial_metadata needs an integer srid and dim_elements of "
+                         f"{{name, min, max, tol}} with finite numbers ({short_text(exc, 120)})") from None
+
+
+def _is_identifier(name: str) -> bool:
+    try:
+        check_identifier(name, "")
+    except ValueError:
+        return False
+    return True
+
+
 def load_table(name_or_path: str, table_name: Optional[str] = None) -> TableDef:
-    """A shipped definition (config/db_tables/<NAME>.yml) or a YAML path."""
+    """A shipped definition (config/db_tables/<NAME>.yml) or a YAML path. Table and column
+    names must be plain SQL identifiers (engine.config.check_identifier)."""
     p = Path(name_or_path)
     if not p.is_file():
-        p = CONFIG_DIR / "db_tables" / f"{name_or_path}.yml"
+        # Only a plain name is looked up among the shipped tables (never a path built from it).
+        shipped_dir = CONFIG_DIR / "db_tables"
+        p = shipped_dir / f"{name_or_path}.yml" if _is_identifier(name_or_path) else p
     if not p.is_file():
         shipped = sorted(x.stem for x in (CONFIG_DIR / "db_tables").glob("*.yml"))
-        raise ValueError(f"table definition {name_or_path!r} not found; shipped: {', '.join(shipped)}")
-    data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raise ValueError(f"table definition {short_text(repr(name_or_path), 80)} not found; shipped: "
+                         f"{', '.join(shipped)}")
+    try:
+        data = read_yaml_file(p)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
     if not isinstance(data, dict) or not isinstance(data.get("pk_column"), str):
         raise ValueError(f"{p}: `pk_column` must be a string")
     if not isinstance(data.get("columns"), list) or not data["columns"]:
@@ -88,9 +131,12 @@ def load_table(name_or_path: str, table_name: Optional[str] = None) -> TableDef:
             raise ValueError(f"{p}: column {i + 1} lacks {', '.join(missing)}")
         if str(c["dtype"]).upper() == "SDO_GEOMETRY" and not c.get("spatial_metadata"):
             raise ValueError(f"{p}: geometry column {c['name']} needs spatial_metadata (srid, dimension, dim_elements)")
+        _check_column(p, i, c)
         cols.append(Column(c["name"], str(c["dtype"]), c["formatter"], str(c.get("extra") or ""),
                            get_formatter(c["formatter"]), c.get("spatial_metadata")))
     names = [c.name for c in cols]
     if data["pk_column"] not in names:
-        raise ValueError(f"{p}: pk_column {data['pk_column']!r} is not one of the columns")
-    return TableDef(table_name or p.stem, data["pk_column"], tuple(cols))
+        raise ValueError(f"{p}: pk_column {short_text(repr(data['pk_column']), 60)} is not one of the columns")
+    name = table_name or p.stem
+    check_identifier(name, "table_name")
+    return TableDef(name, data["pk_column"], tuple(cols))

@@ -59,7 +59,8 @@ def make_json(cfg, config_file: Path, input_dir: Path, output_dir: Optional[Path
     if not (cfg.remote_json or cfg.local_json or cfg.archive_json):
         raise ValueError("no JSON output is enabled: set remote_json (with -o), local_json or archive_json (with -a)")
     ctx = MetaContext.from_config(cfg, config_file)
-    tree = Tree(input_dir, output_dir or input_dir, archive_dir, cfg.output.extensions)
+    tree = Tree(input_dir, output_dir or input_dir, archive_dir, cfg.output.extensions,
+                follow_symlinks=cfg.input_follow_symlinks)
 
     def fn(job):
         data = read_bytes(job.path)
@@ -85,7 +86,8 @@ def make_previews(cfg, input_dir: Path, output_dir: Optional[Path], archive_dir:
                                        or cfg.separate_preview_directory):
         raise ValueError("no preview output is enabled: set remote_preview (with -o), local_preview, "
                          "archive_preview (with -a) or separate_preview_directory, and preview_dim")
-    tree = Tree(input_dir, output_dir or input_dir, archive_dir, cfg.output.extensions)
+    tree = Tree(input_dir, output_dir or input_dir, archive_dir, cfg.output.extensions,
+                follow_symlinks=cfg.input_follow_symlinks)
     decoder = TurboDecoder(max_pixels=cfg.engine.max_image_pixels)
 
     def fn(job):
@@ -119,11 +121,25 @@ def expected_outputs(cfg, job) -> dict[str, Optional[Path]]:
     return out
 
 
-def check_tree(cfg, input_dir: Path, output_dir: Path, archive_dir: Optional[Path] = None):
-    """Yields (key, {kind: "OK" | "Missing" | "None"}) per input image (check_folders)."""
-    tree = Tree(input_dir, output_dir, archive_dir, cfg.output.extensions)
-    for path in tree.paths():
-        job = tree.job(path)
+def check_tree(cfg, input_dir: Path, output_dir: Path, archive_dir: Optional[Path] = None, *,
+               unlisted: Optional[list] = None, skipped: Optional[list] = None):
+    """Yields (key, {kind: "OK" | "Missing" | "None"}) per input image (check_folders).
+
+    Keys are as the walk gives them (surrogate-escaped str for names that are not UTF-8; print
+    them with fsutil.escape_line). Folders that cannot be listed are appended to `unlisted` and
+    symbolic links or special files not taken to `skipped`, as (path, reason), as `sladd run` does.
+    """
+    from engine.fsutil import escape_line
+
+    tree = Tree(input_dir, output_dir, archive_dir, cfg.output.extensions,
+                follow_symlinks=cfg.input_follow_symlinks)
+    for path in tree.paths(unlisted=unlisted, skipped=skipped):
+        try:
+            job = tree.job(path)
+        except OSError as exc:                       # vanished since it was listed
+            if skipped is not None:
+                skipped.append((escape_line(path), f"cannot stat: {exc.strerror or exc}"))
+            continue
         row = {}
         for kind, p in expected_outputs(cfg, job).items():
             row[kind] = "None" if p is None else ("OK" if p.is_file() else "Missing")

@@ -65,15 +65,26 @@ def redact_image_properties(xml: str) -> str:
     return xml
 
 
-def _xptitle(v) -> Optional[str]:
+def _xptitle(v) -> tuple[Optional[str], Optional[str]]:
+    """XPTitle -> (text, warning). XP* tags are UTF-16 byte arrays (LE unless a BOM says
+    otherwise); the reference kept trailing NULs, which are kept here too. Bytes that are not
+    UTF-16 (an odd length, a lone surrogate) are decoded with errors="replace": the readable
+    part is kept, each bad code unit becomes U+FFFD and a warning says so. The image is never
+    failed for its title."""
     if v is None:
-        return None
-    if isinstance(v, (tuple, list)):
-        v = bytes(v)
+        return None, None
     if isinstance(v, str):
-        return v
-    # XP* tags are UTF-16LE; the reference kept trailing NULs, which are kept here too.
-    return v.decode("utf-16") if v[:2] in (b"\xff\xfe", b"\xfe\xff") else v.decode("utf-16-le", "replace")
+        return v, None
+    try:
+        raw = bytes(v)
+    except (TypeError, ValueError):
+        return None, f"XPTitle is not a byte array ({type(v).__name__}): dropped"
+    codec = "utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-16-le"
+    try:
+        return raw.decode(codec), None
+    except UnicodeDecodeError as exc:
+        return raw.decode(codec, "replace"), (f"XPTitle is not valid UTF-16 ({exc.reason} at byte {exc.start} of "
+                                              f"{len(raw)}); undecodable parts replaced by U+FFFD")
 
 
 def read_exif(tiff: Optional[bytes]) -> ExifData:
@@ -91,7 +102,9 @@ def read_exif(tiff: Optional[bytes]) -> ExifData:
         return out
     out.model = _text(exif.get(TAG_MODEL))
     out.orientation = exif.get(TAG_ORIENTATION, 1) if isinstance(exif.get(TAG_ORIENTATION, 1), int) else 1
-    out.xptitle = _xptitle(exif.get(TAG_XPTITLE))
+    out.xptitle, warning = _xptitle(exif.get(TAG_XPTITLE))
+    if warning:
+        out.warnings.append(warning)
     out.image_properties = decode_xml(exif.get(TAG_IMAGE_PROPERTIES))
     out.reflink_info = decode_xml(exif.get(TAG_REFLINK_INFO))
     try:

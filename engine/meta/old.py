@@ -13,8 +13,8 @@ from typing import Optional
 
 from engine.meta.exif import ExifData, XmlNode, redact_image_properties
 from engine.meta.paths import FELT, STREKNING, filename_tokens, kryss, path_element, split_path, strip_zeros
-from engine.meta.record import (MetaContext, _file_time, _parse_into, _reflink, finish_record, roadident_tail,
-                                template, to_number)
+from engine.meta.record import (MetaContext, _file_time, _parse_into, _reflink, finish_record, finite_text,
+                                position_ok, roadident_tail, template, to_number)
 
 __all__ = ["build_record_old"]
 
@@ -24,7 +24,7 @@ _KM = re.compile(r"km(\d+)[_,.](\d+)")
 
 
 def _nan(v: Optional[str]) -> Optional[str]:
-    return None if v in (None, "") or str(v).strip().lower() == "nan" else v
+    return None if v in (None, "") else finite_text(v)
 
 
 def _image_properties(d: dict, xml: XmlNode) -> None:
@@ -32,9 +32,10 @@ def _image_properties(d: dict, xml: XmlNode) -> None:
     d["exif_kvalitet"] = "2" if geo else "1"
     if geo:
         lon, lat, alt = (xml.get(f"GeoTag/{k}") for k in ("dLongitude", "dLatitude", "dAltitude"))
-        if all(v not in (None, "") for v in (lon, lat, alt)):
+        if all(v not in (None, "") for v in (lon, lat, alt)) and \
+                position_ok(lon, lat, alt, d.setdefault("_warnings", []), "GeoTag"):
             d["exif_gpsposisjon"] = f"srid=4326;POINT Z( {lon} {lat} {alt} )"
-        d["exif_altitude"] = alt or None
+        d["exif_altitude"] = _nan(alt)
     d["exif_heading"] = _nan(xml.get("Heading"))
     speed = to_number(_nan(xml.get("Speed")))
     d["exif_speed_ms"] = str(round(float(speed), 2)) if speed is not None else None

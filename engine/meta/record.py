@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from engine.config import check_template, short_text
+from engine.fsutil import text_safe
 from engine.meta.exif import ExifData, XmlNode, parse_xml, redact_image_properties
 from engine.meta.paths import STREKNING, filename_tokens, kryss, path_element, split_path
 
@@ -40,6 +42,7 @@ class MetaContext:
                  exif_mappenavn="Vegbilder/{relative_input_dir}", exif_top_dir="tilSladding",
                  remove_imagetype_filepath=False, versjon="P0.2_K19700101", preview_enabled=False,
                  old_format=False):
+        check_template(exif_mappenavn, "exif_mappenavn")      # as at config load: fields and specs
         self.image_type = image_type
         self.data_eier = data_eier
         self.fylkesnummer = fylkesnummer
@@ -74,14 +77,14 @@ def versjon(application_version: str, config_file: Path) -> str:
 
 
 def to_number(x):
-    """The reference's `num`: None -> None, float, NaN -> None, int when integral."""
+    """The reference's `num`: None -> None, float, NaN (and infinity) -> None, int when integral."""
     if x is None:
         return None
     try:
         f = float(x)
     except (TypeError, ValueError):
         return None
-    if math.isnan(f):
+    if not math.isfinite(f):
         return None
     return int(f) if f.is_integer() else f
 
@@ -127,7 +130,8 @@ def mappenavn(d: dict, image_path: str, ctx: MetaContext, warnings: Optional[lis
             fylke=str(d.get("exif_fylke")).zfill(2), vegkat=d.get("exif_vegkat"), vegstat=d.get("exif_vegstat"),
             vegnr=d.get("exif_vegnr"), meter=d.get("exif_meter"), feltkode=d.get("exif_feltkode"),
             strekningreferanse=d.get("exif_strekningreferanse"), hp=d.get("exif_hp"), relative_input_dir=rel)
-    except (KeyError, IndexError, ValueError) as exc:
+    except (KeyError, IndexError, ValueError, TypeError) as exc:
+        # The template was checked at load; a format spec can still meet a missing (None) value.
         raise ValueError(f"exif_mappenavn {ctx.exif_mappenavn!r} cannot be formatted: {exc}") from None
     if ctx.remove_imagetype_filepath and t is not None:
         out = re.sub(rf"({t.year})/planar", str(t.year), out, flags=re.IGNORECASE)
@@ -207,6 +211,33 @@ _GNSS = {"exif_roll": "Roll", "exif_pitch": "Pitch", "exif_geoidalseparation": "
          "exif_altitude": "Altitude", "exif_heading": "Heading"}
 
 
+def finite_text(v: Optional[str]) -> Optional[str]:
+    """A number as read from XML, or None for NaN/infinity (never a "nan" string in the JSON)."""
+    try:
+        return None if v is not None and not math.isfinite(float(v)) else v
+    except (TypeError, ValueError):
+        return v
+
+
+def position_ok(lon, lat, alt, warnings: list, source: str) -> bool:
+    """True if the texts lon, lat, alt are finite numbers (`,` or `.` as the decimal mark) with
+    lat in [-90, 90] and lon in [-180, 180]; else False and a warning: the position is null,
+    never "nan" or an impossible point."""
+    try:
+        x, y, z = (float(str(v).strip().replace(",", ".")) for v in (lon, lat, alt))
+    except ValueError:
+        warnings.append(f"{source}: position ({short_text(lon)}, {short_text(lat)}, {short_text(alt)}) is not "
+                        "numeric; no position")
+        return False
+    if not all(math.isfinite(v) for v in (x, y, z)):
+        warnings.append(f"{source}: position ({x}, {y}, {z}) is not finite; no position")
+        return False
+    if not (-90 <= y <= 90 and -180 <= x <= 180):
+        warnings.append(f"{source}: latitude {y:g} / longitude {x:g} outside [-90, 90] / [-180, 180]; no position")
+        return False
+    return True
+
+
 def _reflink(d: dict, xml: XmlNode, image_type: str) -> None:
     if xml.tag == "ReflinkInfo":
         d["exif_reflinkid"] = xml.get("ReflinkId") or None
@@ -223,7 +254,7 @@ def _reflink(d: dict, xml: XmlNode, image_type: str) -> None:
     gnss_complete = all(v not in (None, "") for v in (lat, lon, alt))
     if image_type == "360" and not gnss_complete:
         d["exif_kvalitet"] = "1"
-    values: dict = {k: xml.get(f"GnssInfo/{tag}") for k, tag in _GNSS.items()}
+    values: dict = {k: finite_text(xml.get(f"GnssInfo/{tag}")) for k, tag in _GNSS.items()}
     geoid = to_number(xml.get("GnssInfo/GeoidalSeparation", "NaN"))
     altitude = to_number(alt)
     if geoid is not None and altitude is not None:
@@ -232,7 +263,10 @@ def _reflink(d: dict, xml: XmlNode, image_type: str) -> None:
     # The reference crashed on a NaN speed; a missing or NaN speed is simply not set.
     values["exif_speed_ms"] = f"{round(speed, 2):.2f}" if speed is not None else None
     # Fix 11: a position with a missing coordinate is null, not a string containing None.
-    values["exif_gpsposisjon"] = f"srid=4326;POINT Z( {lon} {lat} {alt} )" if gnss_complete else None
+    if gnss_complete and position_ok(lon, lat, alt, d.setdefault("_warnings", []), "GnssInfo"):
+        values["exif_gpsposisjon"] = f"srid=4326;POINT Z( {lon} {lat} {alt} )"
+    else:
+        values["exif_gpsposisjon"] = None
     ident = xml.get("RoadInfo/RoadIdent") or ""
     tokens = ident.split(" ")
     m = re.match(r"^.(\d+)D(\d+)", tokens[1]) if len(tokens) > 1 else None
@@ -260,32 +294,78 @@ def _reflink(d: dict, xml: XmlNode, image_type: str) -> None:
             d[k] = v
 
 
-def _gps_fallback(d: dict, gps: dict) -> None:
-    def rat(v):                                # Pillow: IFDRational; old Pillow: (num, den)
-        return float(v[0]) / float(v[1]) if isinstance(v, tuple) else float(v)
+class _BadGps(ValueError):
+    pass
 
+
+def _rational(v, what: str) -> float:
+    """A GPS RATIONAL (Pillow IFDRational, an old-Pillow (num, den) pair or a plain number) as
+    a float. EXIF GPS values are unsigned (the sign is in the *Ref tags): a zero or negative
+    denominator, a negative numerator, NaN or infinity is refused, never turned into "nan" or
+    a flipped sign."""
+    if isinstance(v, tuple) and len(v) == 2:
+        num, den = v
+    elif hasattr(v, "numerator") and hasattr(v, "denominator"):
+        num, den = v.numerator, v.denominator
+    else:
+        num, den = v, 1
     try:
-        lat = sum(rat(x) / 60 ** i for i, x in enumerate(gps[2]))
-        lon = sum(rat(x) / 60 ** i for i, x in enumerate(gps[4]))
-        if str(gps.get(1, "")).strip() == "S":
-            lat = -lat
-        if str(gps.get(3, "")).strip() == "W":
-            lon = -lon
-        alt = rat(gps[6])
-    except (KeyError, TypeError, ValueError, ZeroDivisionError, IndexError) as exc:
-        d.setdefault("_warnings", []).append(f"GPSInfo incomplete: {exc!r}")
+        num, den = float(num), float(den)
+    except (TypeError, ValueError):
+        raise _BadGps(f"{what} is not a number") from None
+    if not (math.isfinite(num) and math.isfinite(den)) or den <= 0 or num < 0:
+        raise _BadGps(f"{what} is an invalid rational ({num:g}/{den:g})")
+    return num / den
+
+
+def _dms(v, what: str) -> float:
+    """Degrees, minutes, seconds (one to three rationals) -> decimal degrees."""
+    if not isinstance(v, (tuple, list)):
+        v = (v,)
+    if not 1 <= len(v) <= 3:
+        raise _BadGps(f"{what} has {len(v)} values, not 3 (degrees, minutes, seconds)")
+    return sum(_rational(x, what) / 60 ** i for i, x in enumerate(v))
+
+
+def _gps_fallback(d: dict, gps: dict) -> None:
+    """§1.5. Each value is checked (see _rational); the position needs a valid latitude in
+    [-90, 90], longitude in [-180, 180] and altitude, else it is null with a warning. Speed
+    and heading are dropped on their own when invalid."""
+    warn = d.setdefault("_warnings", []).append
+    missing = [name for tag, name in ((2, "GPSLatitude"), (4, "GPSLongitude"), (6, "GPSAltitude")) if tag not in gps]
+    if missing:
+        warn(f"GPSInfo incomplete: no {', '.join(missing)}; no position")
+        return
+    try:
+        lat, lon = _dms(gps[2], "GPSLatitude"), _dms(gps[4], "GPSLongitude")
+        alt = _rational(gps[6], "GPSAltitude")
+    except _BadGps as exc:
+        warn(f"GPSInfo: {exc}; no position")
+        return
+    if str(gps.get(1, "")).strip() == "S":
+        lat = -lat
+    if str(gps.get(3, "")).strip() == "W":
+        lon = -lon
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        warn(f"GPSInfo: latitude {lat:g} / longitude {lon:g} outside [-90, 90] / [-180, 180]; no position")
         return
     ref = gps.get(5, 0)
-    if (ref[0] if isinstance(ref, bytes) else ref) == 1:
+    if (ref[0] if isinstance(ref, bytes) and ref else ref) == 1:
         alt = -alt                             # fix 12: GPSAltitudeRef 1 = below sea level
     d["exif_gpsposisjon"] = f"srid=4326;POINT Z( {lon} {lat} {alt} )"
     d["exif_altitude"] = f"{alt}"
     speed = gps.get(13)
     if speed:
         denom = {"K": 1, "M": 2.237, "N": 1.944}.get(str(gps.get(12, "K")).strip(), 1)
-        d["exif_speed_ms"] = f"{rat(speed) / denom:.2f}"
+        try:
+            d["exif_speed_ms"] = f"{_rational(speed, 'GPSSpeed') / denom:.2f}"
+        except _BadGps as exc:
+            warn(f"GPSInfo: {exc}; no speed")
     if gps.get(17) is not None:
-        d["exif_heading"] = rat(gps[17])
+        try:
+            d["exif_heading"] = _rational(gps[17], "GPSImgDirection")
+        except _BadGps as exc:
+            warn(f"GPSInfo: {exc}; no heading")
 
 
 def build_record(exif: ExifData, width: int, height: int, image_path: str, ctx: MetaContext, *,
@@ -357,7 +437,20 @@ def finish_record(d: dict, image_path: str, ctx: MetaContext, warnings: list, de
     d["detekterte_objekter"] = detections
     d["versjon"] = ctx.versjon
     d["exif_preview_filnavn"] = preview_name if ctx.preview_enabled else None
-    return d, warnings
+    return _text_safe(d), [_text_safe(w) for w in warnings]
+
+
+def _text_safe(v):
+    """Every text of a record encodable as UTF-8: a file name with bytes that are not UTF-8
+    arrives with surrogate escapes (PEP 383), which the JSON file, a log line or a database
+    cannot hold; each such byte becomes `\\xNN` (engine.fsutil.text_safe)."""
+    if isinstance(v, str):
+        return text_safe(v)
+    if isinstance(v, dict):
+        return {_text_safe(k): _text_safe(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_text_safe(x) for x in v]
+    return v
 
 
 def _parse_into(d: dict, text: str, what: str, warnings: list, fn) -> None:
