@@ -131,6 +131,13 @@ class Ledger:
                     pass                    # the connection is unusable; the raise below says why
                 raise self._error(exc, f"cannot write the ledger row of {text_safe(key)}") from exc
 
+    def forget_running(self) -> int:
+        """Drop the rows still `running` (only once no worker can still finish them)."""
+        with self._lock:
+            n = self._db.execute("DELETE FROM images WHERE status = 'running'").rowcount
+            self._db.commit()
+        return n
+
     def mark_running(self, job) -> None:
         self._upsert(job.key, RUNNING, job.size, job.mtime_ns)
 

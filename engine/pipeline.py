@@ -623,7 +623,11 @@ class Pipeline:
         except KeyboardInterrupt:
             self.stop.set()
             LOG.warning("interrupted: finishing the images in flight; rerun to continue")
-            self._drain(resq, failq)
+            if self._drain(resq, failq):
+                # Every stage has ended: the images queued but never started are not "running",
+                # they are simply not done; their rows go (a rerun finds them as new).
+                self.cleanup_interrupted()
+                self.ledger.forget_running()
             raise
         finally:
             if self.db is not None:
@@ -655,8 +659,10 @@ class Pipeline:
             self._record_failure(f)
             self._tick()
 
-    def _drain(self, resq, failq, timeout: float = 30.0):
+    def _drain(self, resq, failq, timeout: float = 30.0) -> bool:
+        """Record what the stages still finish after a stop; True when every stage has ended."""
         end = time.perf_counter() + timeout
+        ended = False
         while time.perf_counter() < end:
             self._flush_failures(failq)
             try:
@@ -664,6 +670,8 @@ class Pipeline:
             except queue.Empty:
                 continue
             if item is _END:
+                ended = True
                 break
             self._record_result(item)
         self._flush_failures(failq)
+        return ended

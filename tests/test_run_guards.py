@@ -103,8 +103,9 @@ def test_sigterm_stops_cleanly_with_a_summary_and_rerun_finishes(tmp_path, portr
     assert "SIGTERM" in err and "Traceback" not in err
     assert "Identified images" in err and "Run stopped early: interrupted (SIGTERM)" in err
     with sqlite3.connect(ledger_path(out)) as db:
-        done = dict(db.execute("SELECT status, COUNT(*) FROM images GROUP BY status")).get("done", 0)
-    assert 3 <= done < 60
+        status = dict(db.execute("SELECT status, COUNT(*) FROM images GROUP BY status"))
+    assert 3 <= status.get("done", 0) < 60
+    assert set(status) == {"done"}, f"a clean stop leaves no 'running' rows: {status}"
     assert not list(out.rglob("*partial*")), "no temporary file survives a clean stop"
     assert not lock_path(out).read_text(), "the lock record is cleared on a clean stop"
     r = subprocess.run(cmd, capture_output=True, text=True)
