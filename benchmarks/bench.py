@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.codecs import TurboDecoder
 from engine.config import load_config
-from engine.decode import TurboDecoder, read_bytes
+from engine.decode import read_bytes
 from engine.detect import Detector, build_models
-from engine.models import create_runtime
+from engine.runtimes import create_runtime
 from engine.types import Job
 from kernels import iou_matrix
 
@@ -70,13 +71,14 @@ def _job(p: Path) -> Job:
 def stage_times(cfg, files: list[Path], runs: int) -> tuple[dict, list]:
     """Each stage alone, as the pipeline runs it: decode at the DCT scale the models need,
     detect, then mask + encode (with the full-size decode this needs when scale < 1)."""
-    from engine.run import _ScaledDecoder
-    from engine.write import Writer
+    from engine.codecs import ScaledDecoder, create_decoder
+    from engine.worker.write import Writer
 
     rt = create_runtime("onnxruntime", device="cpu", threads=cfg.engine.inference_threads)
     slots, names = build_models(cfg, rt)
     detector = Detector(cfg, slots, names)
-    decoder = _ScaledDecoder(detector, cfg.engine.max_image_pixels)
+    decoder = ScaledDecoder(create_decoder("turbojpeg", min_scale=1.0, max_pixels=cfg.engine.max_image_pixels),
+                            detector.needed_scale)
     writer = Writer(cfg, decoder)
     datas = [read_bytes(p) for p in files]
     frames = [decoder.decode(_job(p), d) for p, d in zip(files, datas)]
@@ -86,7 +88,7 @@ def stage_times(cfg, files: list[Path], runs: int) -> tuple[dict, list]:
     dets = []
     dali = None
     try:
-        from engine.decode import create_decoder
+        from engine.codecs import create_decoder
         dali = create_decoder("dali", max_pixels=cfg.engine.max_image_pixels)
         dali.decode(_job(files[0]), datas[0])            # warm-up (builds the pipeline)
         out["decode (DALI CPU)"] = []

@@ -37,10 +37,11 @@ from pathlib import Path
 
 from benchmarks.bench import _job, machine, recall
 from benchmarks.corpus import build
+from engine.codecs import TurboDecoder
 from engine.config import load_config
-from engine.decode import TurboDecoder, read_bytes
+from engine.decode import read_bytes
 from engine.detect import Detector, build_models
-from engine.models import create_runtime
+from engine.runtimes import create_runtime
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -76,7 +77,7 @@ def _rate(n: int, seconds: list[float]) -> dict:
 
 
 def decode_only(files: list[Path], device: str, batch: int, runs: int) -> dict:
-    from engine.decode_dali import DaliDecoder
+    from engine.codecs.dali import DaliDecoder
 
     datas = [read_bytes(p) for p in files]
     items = [(_job(p), d) for p, d in zip(files, datas)]
@@ -107,14 +108,14 @@ def decode_only(files: list[Path], device: str, batch: int, runs: int) -> dict:
 def detect_and_mask(files: list[Path], device: str, runtime: str, precision: str, runs: int, batch: int,
                     calib: Path) -> tuple[dict, list]:
     """Detect alone and mask+copy+encode alone on frames decoded by DALI (device frames on cuda)."""
-    from engine.decode_dali import DaliDecoder
-    from engine.run import choose_encoder
-    from engine.write import Writer, create_encoder
+    from engine.codecs import create_encoder
+    from engine.codecs.dali import DaliDecoder
+    from engine.device import choose_encoder
+    from engine.worker.write import Writer
     from kernels import to_host
 
     cfg, _ = load_config()
-    opts = {"precision": precision, "calibration_images": calib} if runtime == "tensorrt" else {}
-    rt = create_runtime(runtime, device=device, **opts)
+    rt = create_runtime(runtime, device=device, precision=precision, calibration_images=calib)
     slots, names = build_models(cfg, rt)
     detector = Detector(cfg, slots, names)
     dali = DaliDecoder(device="mixed" if device == "cuda" else "cpu", batch=batch)
@@ -197,7 +198,7 @@ def main(argv=None) -> int:
     ap.add_argument("--results", type=Path, default=RESULTS, help="gpu.jsonl and gpu-latest.md go here")
     args = ap.parse_args(argv)
 
-    from engine.run import choose_device, gpu_components
+    from engine.device import choose_device, gpu_components
     if args.device == "cuda":
         try:
             choose_device("cuda")

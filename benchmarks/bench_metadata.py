@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine.decode import TurboDecoder
+from engine.codecs import TurboDecoder
 from engine.demo import _PROPS_XML, _REFLINK_XML, jpeg_with_exif, road_scene
 from engine.jpeg import parse_jpeg
 from engine.meta import MetaContext, build_record, dumps, read_exif

@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def _profile(text: str):
-    from engine.trt_plan import Profile, parse_shape
+    from engine.runtimes.trt_plan import Profile, parse_shape
 
     try:
         name, shapes = text.split("=", 1)
@@ -40,13 +40,14 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="rebuild even if a matching plan exists")
     ap.add_argument("--calib-dir", type=Path, default=None, help="int8: folder of sample JPEGs")
     ap.add_argument("--calib-cache", type=Path, default=None, help="int8: calibration cache file")
-    ap.add_argument("--family", default="centerface", help="int8: preprocessing (centerface, nanodet, yolo-seg)")
+    ap.add_argument("--family", default="centerface",
+                    help="int8: the model family (a card's `family`) whose preprocessing calibrates")
     ap.add_argument("--calib-shape", default="8x3x640x640", help="int8: calibration batch NxCxHxW")
     args = ap.parse_args(argv)
     if not args.onnx.is_file():
         print(f"build_engine: {args.onnx} does not exist", file=sys.stderr)
         return 2
-    from engine.trt_plan import build_plan, calibration_batches, make_calibrator, parse_shape
+    from engine.runtimes.trt_plan import build_plan, calibration_batches, make_calibrator, parse_shape
 
     try:
         calibrator = None

@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
             d.add_argument("--schema", default=None)
             d.add_argument("--out", type=Path, default=Path("db_config.py"))
 
+    cf = sub.add_parser("config", help="print the effective configuration (defaults, profile, -k file) as YAML")
+    cf.add_argument("-k", "--config", type=Path, default=None, help="YAML file overriding the keys it names")
+    cf.add_argument("--profile", choices=["default", "360"], default=None, help="shipped profile under -k")
+
     be = sub.add_parser("build-engine", help="compile an ONNX model to a TensorRT plan (needs TensorRT and a GPU)",
                         add_help=False)
     be.add_argument("args", nargs=argparse.REMAINDER)
@@ -149,10 +153,10 @@ def _load(args):
 
 def _cmd_run(args, input_dir: Path, output_dir: Path, archive_dir, log_dir, cfg_path) -> int:
     from engine.logs import FILE_ONLY, setup_logging
-    from engine.pipeline import ledger_path
+    from engine.driver import ledger_path, summary_lines
     from engine.progress import Progress
     from engine.lock import LockHeld
-    from engine.run import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, is_tty, run, summary_lines
+    from engine.run import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, is_tty, run
 
     cfg = args._cfg
     tty = is_tty() and not args.quiet
@@ -236,6 +240,10 @@ def main(argv=None) -> int:
             print("sladd: -a/--archive must differ from -o/--output", file=sys.stderr)
             return 2
         return _cmd_run(args, args.input, args.output, args.archive, args.log_dir, cfg_path)
+    if args.command == "config":
+        # Every key with its value, passwords redacted: the list of keys and defaults.
+        print(yaml.safe_dump(cfg.redacted_dump(), sort_keys=False, allow_unicode=True).rstrip())
+        return 0
     if args.command in ("json", "preview", "check"):
         return _cmd_meta(args, cfg, cfg_path)
     if args.command == "db":

@@ -12,7 +12,7 @@ from PIL import Image
 
 __all__ = ["sample_portrait", "road_scene", "build_demo_tree", "jpeg_with_exif"]
 
-# A minimal AdditionalInfoNorway2 vendor XML (SAMPLES.md C4), stored with its UTF-8 BOM.
+# A minimal AdditionalInfoNorway2 vendor XML (docs/samples.md C4), stored with its UTF-8 BOM.
 _REFLINK_XML = ("\ufeff<?xml version=\"1.0\" encoding=\"utf-8\"?><AdditionalInfoNorway2><RoadInfo>"
                 "<ReflinkId>1234567</ReflinkId><ReflinkPosition>0.5</ReflinkPosition>"
                 "<RoadIdent>EV6 S1D1 m1234</RoadIdent></RoadInfo><GnssInfo><Latitude>63.4305</Latitude>"

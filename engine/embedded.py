@@ -15,16 +15,16 @@ the first EOI) and vendor trailers after the EOI. Each can show what was masked.
 
 Pictures are removed, not regenerated from the anonymised pixels: that works the same on the
 GPU path, where the pixels never come back to the host, and no reader of sladd's outputs needs
-them. Everything here works on host bytes; segments are whole (`FFxx`, length, payload).
+them. Everything here works on host bytes; segments are whole (`FFxx`, length, payload). Finding
+pictures and frame ends in bytes is engine.pictures.
 """
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass, field
 from typing import Optional
 
-from engine.types import ImageError
+from engine.pictures import B64_PICTURES, find_picture, has_picture, main_image_end, scan_frame
 
 __all__ = ["Sanitized", "sanitize_segments", "sanitize_file", "main_image_end", "scan_frame",
            "find_picture", "XMP_SIG", "XMP_EXT_SIG", "PHOTOSHOP_SIG"]
@@ -34,19 +34,6 @@ XMP_SIG = b"http://ns.adobe.com/xap/1.0/\x00"
 XMP_EXT_SIG = b"http://ns.adobe.com/xmp/extension/\x00"
 PHOTOSHOP_SIG = b"Photoshop 3.0\x00"
 ICC_SIG = b"ICC_PROFILE\x00"
-
-# An SOI followed by a marker that can open a JPEG header (SOFn/DHT/DAC, DQT..EXP, APPn, JPGn,
-# COM), or a PNG signature. Three fixed bytes plus a marker class: random binary data matches
-# about once in 80 million positions.
-_PICTURE = re.compile(rb"\xff\xd8\xff[\xc0-\xcf\xdb-\xfe]|\x89PNG\r\n\x1a\n")
-# The same pictures in base64 (text metadata): the encoded signature and 32 more base64 bytes.
-_B64_PICTURES = ("/9j/", "iVBORw0KGgo", "R0lGOD")
-_B64_PICTURE = re.compile(rb"(?:/9j/|iVBORw0KGgo|R0lGOD)[A-Za-z0-9+/]{32}")
-_B64_RUN = re.compile(rb"(?:[A-Za-z0-9+/=\r\n\t ]|&#x[aAdD];)+")
-# The next marker inside entropy-coded data: FF not followed by a stuffed 00, a restart marker
-# (D0-D7) or another FF (fill).
-_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
-_PNG_END = b"IEND\xaeB`\x82"
 
 _NS_GIMG = "http://ns.adobe.com/xap/1.0/g/img/"
 _NS_XMP = "http://ns.adobe.com/xap/1.0/"
@@ -67,80 +54,6 @@ class Sanitized:
     @property
     def changed(self) -> bool:
         return bool(self.notes)
-
-
-# --- where a JPEG stream ends ------------------------------------------------------------------
-
-def scan_frame(data, pos: int) -> tuple[int, list[tuple[int, int]]]:
-    """Walk a JPEG from the marker at `pos` (after SOI: the header, or the first SOS) to its EOI.
-
-    Returns (offset just past the EOI, [(start, end) of APPn/COM segments met after the first
-    SOS]). Only marker segments are walked; inside entropy-coded data the next marker is found
-    with one regex search (C speed): a real marker is FF followed by anything but 00 (stuffing),
-    D0-D7 (restarts) or FF (fill), so FFD9 there is always the EOI. Progressive files have
-    DHT/SOS segments between their scans; those are walked like the header.
-    Raises ImageError when the stream ends before its EOI.
-    """
-    n, cuts, in_scan = len(data), [], False
-    while True:
-        if pos + 2 > n or data[pos] != 0xFF:
-            raise ImageError(f"corrupt JPEG: no marker at byte {pos} (no end-of-image marker)")
-        m = data[pos + 1]
-        if m == 0xFF:                                    # fill byte
-            pos += 1
-            continue
-        if m == 0xD9:
-            return pos + 2, cuts
-        if m == 0x01 or 0xD0 <= m <= 0xD7:
-            pos += 2
-            continue
-        if m == 0xD8 or pos + 4 > n:
-            raise ImageError(f"corrupt JPEG: unexpected marker FF{m:02X} at byte {pos}")
-        end = pos + 2 + ((data[pos + 2] << 8) | data[pos + 3])
-        if end > n or end < pos + 4:
-            raise ImageError(f"truncated JPEG: segment FF{m:02X} at byte {pos} runs past the end")
-        if in_scan and (0xE0 <= m <= 0xEF or m == 0xFE):
-            cuts.append((pos, end))
-        pos = end
-        if m == 0xDA:
-            in_scan = True
-            hit = _MARKER.search(data, pos)
-            if hit is None:
-                raise ImageError("truncated JPEG: no end-of-image marker after the scan data")
-            pos = hit.start()
-
-
-def main_image_end(data) -> int:
-    """Offset just past the EOI of the file's first (main) frame; what follows is trailer data
-    (MPO frames, an appended JPEG, vendor trailers). ImageError when there is no EOI."""
-    if data[:2] != b"\xff\xd8":
-        raise ImageError("not a JPEG stream (no SOI)")
-    return scan_frame(data, 2)[0]
-
-
-def _has_picture(buf, start: int = 0, end: Optional[int] = None) -> bool:
-    end = len(buf) if end is None else end
-    return _PICTURE.search(buf, start, end) is not None or _B64_PICTURE.search(buf, start, end) is not None
-
-
-def find_picture(buf, start: int = 0, end: Optional[int] = None) -> Optional[tuple[int, Optional[int]]]:
-    """The first embedded JPEG or PNG stream, binary or base64, in `buf[start:end]`: (offset,
-    offset past its end), the end None when it cannot be found (a truncated or damaged binary
-    stream); None when there is none."""
-    end = len(buf) if end is None else end
-    hit, b64 = _PICTURE.search(buf, start, end), _B64_PICTURE.search(buf, start, end)
-    if hit is None and b64 is None:
-        return None
-    if hit is None or (b64 is not None and b64.start() < hit.start()):
-        return b64.start(), _B64_RUN.match(buf, b64.start(), end).end()
-    at = hit.start()
-    if buf[at] == 0x89:
-        stop = bytes(buf).find(_PNG_END, at)
-        return at, (stop + len(_PNG_END) if stop >= 0 else None)
-    try:
-        return at, at + 2 + scan_frame(memoryview(buf)[at + 2:end], 0)[0]
-    except ImageError:
-        return at, None
 
 
 # --- segment sanitisers ------------------------------------------------------------------------
@@ -195,7 +108,7 @@ def _sanitize_one(seg: bytes, m: int, payload: bytes, notes: list[str], ext_xmp:
     if m == 0xE0 and payload.startswith(b"JFXX\x00"):
         notes.append("JFXX thumbnail segment dropped")
         return None
-    if _has_picture(payload):
+    if has_picture(payload):
         notes.append(f"APP{m - 0xE0} segment {bytes(payload[:12])!r} dropped: it holds a picture"
                      if m != 0xFE else "COM segment dropped: it holds a picture")
         return None
@@ -298,7 +211,7 @@ def _sanitize_photoshop(segs: list[bytes], notes: list[str]) -> list[bytes]:
         if p + 4 + size > n:
             break
         end = min(n, p + 4 + size + (size & 1))
-        if rid in _PS_THUMBNAILS or _has_picture(block, p + 4, p + 4 + size):
+        if rid in _PS_THUMBNAILS or has_picture(block, p + 4, p + 4 + size):
             dropped.append(rid)
         else:
             kept.append(block[pos:end])
@@ -321,7 +234,7 @@ def _sanitize_xmp(seg: bytes, notes: list[str], ext_xmp: bool) -> Optional[bytes
     GImage:Data). With the Extended XMP dropped, xmpNote:HasExtendedXMP goes too. A packet
     that may hold a thumbnail but is not well-formed is dropped."""
     packet = seg[4 + len(XMP_SIG):]
-    suspects = [_NS_GIMG.encode()] + [s.encode() for s in _B64_PICTURES] + ([b"HasExtendedXMP"] if ext_xmp else [])
+    suspects = [_NS_GIMG.encode()] + [s.encode() for s in B64_PICTURES] + ([b"HasExtendedXMP"] if ext_xmp else [])
     if not any(s in packet for s in suspects):
         return seg
     from lxml import etree
@@ -342,7 +255,7 @@ def _sanitize_xmp(seg: bytes, notes: list[str], ext_xmp: bool) -> Optional[bytes
         if el.getparent() is not None:
             el.getparent().remove(el)
     body = XMP_SIG + etree.tostring(root.getroottree(), encoding="UTF-8", xml_declaration=False)
-    if _has_picture(body):
+    if has_picture(body):
         notes.append("XMP segment dropped: a picture is left where no property holds it (a comment?)")
         return None
     notes.append(f"XMP: {len(elements) + attributes} thumbnail/picture properties removed")
@@ -360,7 +273,7 @@ def _strip_xmp(root, ext_xmp: bool) -> tuple[list, int]:
             return True
         if ext_xmp and q.namespace == _NS_NOTE and q.localname == "HasExtendedXMP":
             return True
-        return len(value or "") >= 32 and value.lstrip().startswith(_B64_PICTURES)
+        return len(value or "") >= 32 and value.lstrip().startswith(B64_PICTURES)
 
     elements, attributes = [], 0
     for el in root.iter(etree.Element):

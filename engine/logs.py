@@ -1,16 +1,16 @@
 """Logging set-up with the reference system's format and log file name, and the redaction of
-secrets (database passwords) from every record."""
+secrets (database passwords, engine.redact) from every record."""
 from __future__ import annotations
 
 import datetime as _dt
 import logging
-import re
 import socket
 import sys
 from pathlib import Path
 from typing import Optional
 
 from engine.progress import TqdmLoggingHandler
+from engine.redact import redact_text, register_secret
 
 __all__ = ["setup_logging", "log_file_path", "FILE_ONLY", "RedactingFilter", "redact_text", "register_secret"]
 
@@ -21,31 +21,8 @@ FILE_ONLY = {"file_only": True}
 def _console_filter(record: logging.LogRecord) -> bool:
     return not getattr(record, "file_only", False)
 
+
 FORMAT = "[%(asctime)s %(levelname)s]: %(message)s"
-
-# scheme://user:PASSWORD@host: the password runs to the last `@` before a space or quote, so a
-# password with an unescaped `@` or `/` is still hidden whole (over-redacting beats leaking).
-_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@'\"]*):[^\s'\"]*@")
-# libpq key=value strings and similar: password=..., pwd: ...
-_KEY_PASSWORD = re.compile(r"(?P<head>\b(?:password|passwd|pwd)\s*[=:]\s*)(?P<q>['\"]?)[^\s'\",;]+",
-                           re.IGNORECASE)
-_SECRETS: set[str] = set()
-
-
-def register_secret(value: Optional[str]) -> None:
-    """Hide `value` (a password read from the environment or a db_config.py) in every later
-    log record. Values under 4 characters are not registered: they would blank out words."""
-    if value and len(value) >= 4:
-        _SECRETS.add(value)
-
-
-def redact_text(text: str) -> str:
-    """`text` with URL passwords, password=... values and registered secrets replaced by ***."""
-    text = _URL_PASSWORD.sub(lambda m: m.group("head") + ":***@", text)
-    text = _KEY_PASSWORD.sub(lambda m: m.group("head") + m.group("q") + "***", text)
-    for secret in sorted(_SECRETS, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 class RedactingFilter(logging.Filter):
@@ -67,7 +44,7 @@ class RedactingFilter(logging.Filter):
 
 def log_file_path(log_dir: Path, pattern: str, now: Optional[_dt.datetime] = None) -> Path:
     """log_dir / pattern formatted; the name must stay a plain file name inside log_dir."""
-    from engine.config import check_template
+    from engine.config.checks import check_template
 
     check_template(pattern, "log_file_name")
     now = now or _dt.datetime.now()

@@ -9,7 +9,7 @@ from kernels import blur_ksize, box_to_int, dilate_square, draw_regions, shape_m
 
 __all__ = ["Masker", "LABEL_COLORS", "DEFAULT_COLOR"]
 
-# The reference's per-class fill colours (REFERENCE_NPRA.md §4), by class name.
+# The reference's per-class fill colours (docs/reference.md §4), by class name.
 LABEL_COLORS = {"person": (255, 255, 255), "bicycle": (0, 0, 255), "car": (255, 0, 0),
                 "motorcycle": (255, 255, 0), "bus": (0, 255, 255), "truck": (0, 255, 0)}
 DEFAULT_COLOR = (100, 100, 100)
@@ -17,21 +17,13 @@ DEFAULT_COLOR = (100, 100, 100)
 
 class Masker:
     def __init__(self, cfg: Config):
-        self.dilation = cfg.mask_dilation_pixels
-        self.blur = cfg.blur
-        self.mask_color = cfg.mask_color
-        self.min_fraction = cfg.mask.min_kernel_fraction
+        m = cfg.mask
+        self.dilation = m.dilation_pixels
+        self.blur = m.blur
+        self.mask_color = m.color
+        self.min_fraction = m.min_kernel_fraction
+        self.mode = m.mode
         self.wrap = cfg.image_type == "360"            # boxes may run past the right edge
-        if cfg.mask.mode == "pixelate":
-            self.mode = "pixelate"
-        elif cfg.blur is None:
-            self.mode = "fill"
-        elif not cfg.gray_blur:
-            self.mode = "blur"
-        elif cfg.normalized_gray_blur:
-            self.mode = "normalized_gray_blur"
-        else:
-            self.mode = "gray_blur"
 
     def regions(self, dets: Detections, h: int, w: int, select=None):
         """Dilated `(y0, x0, mask)` regions of the detections (indices `select`, default all)."""
@@ -55,7 +47,7 @@ class Masker:
     def __call__(self, pixels: np.ndarray, dets: Detections, *, inplace: bool = False) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> anonymised image (a copy, or `pixels` itself with `inplace`)."""
         h, w = pixels.shape[:2]
-        ksize = blur_ksize(self.blur, w) if self.blur is not None else 3
+        ksize = blur_ksize(self.blur, w)
         if self.mode != "fill" or self.mask_color is not None:
             color = self.mask_color or DEFAULT_COLOR
             return draw_regions(pixels, self.regions(dets, h, w), mode=self.mode, ksize=ksize, color=color,

@@ -1,4 +1,4 @@
-"""E-mail notifications (REFERENCE_NPRA.md §8): on an uncaught exception, on a processing error,
+"""E-mail notifications (docs/reference.md §8): on an uncaught exception, on a processing error,
 and when a run finishes, optionally with the log file attached. Unlike the reference, the
 "finished" mail does not depend on `processing_error_email` (fix 15), and STARTTLS and login
 are supported."""

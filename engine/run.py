@@ -7,20 +7,21 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from engine.codecs import ScaledDecoder, create_decoder, create_encoder
 from engine.config import CONFIG_DIR, Config
-from engine.meta.record import MetaContext
-from engine.decode import create_decoder
 from engine.detect import Detector, build_models
+from engine.device import choose_decoder, choose_device, choose_encoder, choose_runtime, gpu_components
+from engine.driver import Driver, ResumePolicy, RunStats, ledger_path
 from engine.ledger import Ledger
 from engine.lock import RunLock
-from engine.models import create_runtime
-from engine.pipeline import Pipeline, RunStats, ledger_path
+from engine.meta.record import MetaContext
 from engine.progress import Progress
+from engine.runtimes import create_runtime
 from engine.walk import Tree
-from engine.write import Writer, create_encoder
+from engine.worker import Worker
+from engine.worker.write import Writer
 
-__all__ = ["choose_device", "choose_decoder", "choose_encoder", "choose_runtime", "gpu_components", "run",
-           "summary_lines", "check_roots", "UsageError", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_ABORTED"]
+__all__ = ["run", "check_roots", "UsageError", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_ABORTED"]
 
 LOG = logging.getLogger("sladd")
 
@@ -35,99 +36,6 @@ class _Interrupted:
 
 INTERRUPTED = _Interrupted()
 
-
-
-def gpu_components() -> dict[str, bool]:
-    """What the GPU path can use here: a CuPy-visible device, TensorRT, ONNX Runtime's CUDA
-    provider, DALI. Nothing is initialised beyond what answering needs."""
-    import importlib.util
-
-    from kernels._xp import cupy_or_none
-
-    try:
-        import onnxruntime as ort
-        ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    except ImportError:
-        ort_cuda = False
-
-    def has(name: str) -> bool:
-        try:
-            return importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):
-            return False
-
-    return {"cupy": cupy_or_none() is not None, "tensorrt": has("tensorrt"), "onnxruntime-cuda": ort_cuda,
-            "dali": has("nvidia.dali"), "nvimagecodec": has("nvidia.nvimgcodec")}
-
-
-def _describe(c: dict[str, bool]) -> str:
-    return ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in c.items())
-
-
-def choose_device(requested: str, components: Optional[dict[str, bool]] = None) -> str:
-    """`cuda` needs CuPy with a usable device and a GPU runtime (TensorRT or ONNX Runtime's CUDA
-    provider): an error naming what is missing otherwise, never a silent fallback. `auto` picks
-    cuda when that holds and logs the choice and why, once per run."""
-    if requested == "cpu":
-        return "cpu"
-    c = components if components is not None else gpu_components()
-    usable = c["cupy"] and (c["tensorrt"] or c["onnxruntime-cuda"])
-    if requested == "cuda":
-        if not usable:
-            missing = (["a usable NVIDIA GPU seen by CuPy (pip install 'sladd[gpu]'; check nvidia-smi)"]
-                       if not c["cupy"] else [])
-            if not (c["tensorrt"] or c["onnxruntime-cuda"]):
-                missing.append("a GPU model runtime: TensorRT (NVIDIA's image, see Dockerfile.gpu) or "
-                               "onnxruntime-gpu with its CUDA provider")
-            raise RuntimeError(f"--device cuda: missing {' and '.join(missing)} ({_describe(c)}); "
-                               "or run with --device cpu")
-        LOG.info("device cuda (%s)", _describe(c))
-        return "cuda"
-    if requested != "auto":
-        raise ValueError(f"unknown device {requested!r}; valid: auto, cpu, cuda")
-    if usable:
-        LOG.info("device auto -> cuda (%s)", _describe(c))
-        return "cuda"
-    LOG.info("device auto -> cpu (%s)", _describe(c))
-    return "cpu"
-
-
-def choose_decoder(requested: str, device: str, components: Optional[dict[str, bool]] = None) -> tuple[str, str]:
-    """(decoder name, DALI device). `auto`: DALI decoding into GPU memory on cuda when DALI is
-    installed, else TurboJPEG (faster than DALI's CPU mode on the host: 49 vs 31-35 img/s)."""
-    if requested == "auto":
-        c = components if components is not None else gpu_components()
-        requested = "dali" if device == "cuda" and c["dali"] else "turbojpeg"
-        LOG.info("decoder auto -> %s", "dali (nvJPEG, frames stay in GPU memory)" if requested == "dali"
-                 else "turbojpeg (host)")
-    return requested, ("mixed" if device == "cuda" else "cpu")
-
-
-def choose_runtime(requested: str, device: str, components: Optional[dict[str, bool]] = None) -> str:
-    """`tensorrt` needs cuda; `auto` takes TensorRT on cuda when it is installed, else ONNX Runtime
-    (its CUDA provider on cuda)."""
-    if requested == "tensorrt" and device != "cuda":
-        raise RuntimeError("engine.runtime tensorrt needs a GPU (--device cuda)")
-    if requested != "auto":
-        return requested
-    if device == "cuda":
-        c = components if components is not None else gpu_components()
-        if c["tensorrt"]:
-            LOG.info("runtime auto -> tensorrt")
-            return "tensorrt"
-        LOG.info("runtime auto -> onnxruntime (CUDA provider; TensorRT is not installed)")
-    return "onnxruntime"
-
-
-def choose_encoder(requested: str, device: str, components: Optional[dict[str, bool]] = None) -> str:
-    """`auto`: nvImageCodec on cuda when installed (masked device frames are encoded on the GPU;
-    only the JPEG comes back), else TurboJPEG on the host."""
-    if requested != "auto":
-        return requested
-    c = components if components is not None else gpu_components()
-    name = "nvimagecodec" if device == "cuda" and c.get("nvimagecodec") else "turbojpeg"
-    LOG.info("encoder auto -> %s", "nvimagecodec (nvJPEG on the GPU)" if name == "nvimagecodec" else "turbojpeg (host)")
-    return name
 
 
 class UsageError(ValueError):
@@ -229,17 +137,20 @@ def _run_locked(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Opt
     encoder_name = choose_encoder(cfg.output.encoder, device, components)
     create_encoder(encoder_name, device)          # fails here, not once per image, if it cannot start
     runtime_name = choose_runtime(cfg.engine.runtime, device, components)
-    trt_opts = ({"precision": cfg.engine.precision, "calibration_images": cfg.engine.calibration_images,
-                 "max_batch": cfg.engine.batch_size} if runtime_name == "tensorrt" else {})
-    runtime = create_runtime(runtime_name, device=device, threads=cfg.engine.inference_threads, **trt_opts)
+    runtime = create_runtime(runtime_name, device=device, threads=cfg.engine.inference_threads,
+                             precision=cfg.engine.precision, calibration_images=cfg.engine.calibration_images,
+                             max_batch=cfg.engine.batch_size)
     slots, names = build_models(cfg, runtime)
     detector = Detector(cfg, slots, names)
     tree = Tree(input_dir, output_dir, archive_dir, cfg.output.extensions, follow_symlinks=cfg.input_follow_symlinks)
     ledger = Ledger(ledger_path(output_dir))
 
     def make_decoder():
-        return _ScaledDecoder(detector, cfg.engine.max_image_pixels, decoder_name, dali_device=dali_device,
-                              batch=cfg.engine.decode_batch)
+        # threads: DALI's own workers (Huffman decoding on the host for nvJPEG's hybrid path).
+        inner = create_decoder(decoder_name, min_scale=1.0, max_pixels=cfg.engine.max_image_pixels,
+                               device=dali_device, batch=cfg.engine.decode_batch,
+                               threads=max(2, min(8, os.cpu_count() or 2)))
+        return ScaledDecoder(inner, detector.needed_scale)
 
     meta = MetaContext.from_config(cfg, config_file or CONFIG_DIR / "default.yml")
     db = None
@@ -250,14 +161,15 @@ def _run_locked(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Opt
         if not cfg.data_eier and any(c.formatter == "Dataeier" and c.not_null for c in db.table.columns):
             LOG.warning("data_eier is null but column Dataeier is NOT NULL: every database row will be rejected "
                         "(the images and JSON are still written); set data_eier")
-    pipe = Pipeline(tree=tree, ledger=ledger, make_decoder=make_decoder, detector=detector,
+    worker = Worker(make_decoder=make_decoder, detector=detector,
                     make_writer=lambda: Writer(cfg, make_decoder(), encoder=create_encoder(encoder_name, device),
                                                meta=meta, db=db is not None),
-                    queue_size=cfg.engine.queue_size,
-                    decoders=cfg.engine.decoders, writers=cfg.engine.writers, force=force,
-                    retry_failed=retry_failed, progress=progress, batch_size=cfg.engine.batch_size, db=db,
-                    delete_input=cfg.delete_input, retry_seconds=cfg.file_access_retry_seconds,
-                    timeout_seconds=cfg.file_access_timeout_seconds, notifier=notifier)
+                    decode_batch=cfg.engine.decode_batch if decoder_name == "dali" else 1)
+    pipe = Driver(tree=tree, ledger=ledger, worker=worker, resume=ResumePolicy(force, retry_failed),
+                  queue_size=cfg.engine.queue_size, decoders=cfg.engine.decoders, writers=cfg.engine.writers,
+                  batch_size=cfg.engine.batch_size, progress=progress, db=db, delete_input=cfg.delete_input,
+                  retry_seconds=cfg.file_access_retry_seconds, timeout_seconds=cfg.file_access_timeout_seconds,
+                  notifier=notifier)
     if progress is not None:
         import threading
 
@@ -274,77 +186,6 @@ def _run_locked(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Opt
         ledger.close()
         if db is not None:
             db.close()
-
-
-class _ScaledDecoder:
-    """The configured decoder; with TurboJPEG the DCT scale is chosen per image from what the
-    models need (DALI always decodes at full resolution)."""
-
-    def __init__(self, detector: Detector, max_pixels: int, name: str = "turbojpeg", *, dali_device: str = "cpu",
-                 batch: int = 8):
-        # DALI's own worker threads (Huffman decoding on the host for nvJPEG's hybrid path).
-        kw = {"device": dali_device, "batch": batch, "threads": max(2, min(8, os.cpu_count() or 2))} \
-            if name == "dali" else {}
-        self._inner = create_decoder(name, min_scale=1.0, max_pixels=max_pixels, **kw)
-        self.name = name
-        self.detector = detector
-        if hasattr(self._inner, "decode_batch"):
-            self.decode_batch = self._inner.decode_batch     # DALI: several images per run
-            self.batch = self._inner.batch
-
-    def decode(self, job, data):
-        if self.name != "turbojpeg":
-            return self._inner.decode(job, data)
-        from fractions import Fraction
-
-        from engine.jpeg import parse_jpeg
-
-        info = parse_jpeg(data)
-        need = self.detector.needed_scale(info.height, info.width)
-        ok = sorted(f for f in (Fraction(n, d) for n, d in self._inner.tj.scaling_factors)
-                    if Fraction(need).limit_denominator(64) <= f <= 1)
-        self._inner.scale = ok[0] if ok else Fraction(1)
-        return self._inner.decode(job, data, info)      # the header is parsed once
-
-    def full_pixels(self, frame):
-        return self._inner.full_pixels(frame)
-
-
-def summary_lines(stats: RunStats, input_dir, output_dir, archive_dir, ledger: Path) -> list[str]:
-    from engine.fsutil import escape_line
-
-    rate = stats.processed / stats.seconds if stats.seconds > 0 else 0.0
-    lines = [
-        "Anonymisation finished",
-        f"Input folder: {escape_line(input_dir)}",
-        f"Output folder: {escape_line(output_dir)}",
-        f"Archive folder: {escape_line(archive_dir) if archive_dir else '-'}",
-        f"Identified images: {stats.found}",
-        f"Anonymised (pixels masked): {stats.anonymised}",
-        f"Nothing to mask (copied unchanged): {stats.unchanged}",
-        f"Skipped, done earlier: {stats.skipped_done}",
-        f"Skipped, failed earlier (use --retry-failed): {stats.skipped_failed}",
-        f"Skipped, symbolic links or not regular files: {len(stats.skipped_links)}",
-        f"Failed: {stats.failed}" + (f" (of which {stats.no_space} found no space to be written; the next run "
-                                     "tries them again)" if stats.no_space else ""),
-        f"DB rows written {stats.db_written}, rejected {stats.db_rejected}, pending {stats.db_pending}",
-        f"Objects found: {', '.join(f'{k} {v}' for k, v in sorted(stats.detections.items())) or 'none'}",
-        f"Total time spent: {stats.seconds:.1f} s ({rate:.2f} images/s)",
-        f"Ledger: {escape_line(ledger)}",
-    ]
-    if stats.unlisted:
-        # Paths in stats.unlisted are already escaped for one line (Tree.paths).
-        lines.append(f"Run incomplete: {len(stats.unlisted)} folder(s) could not be listed; their images were "
-                     "not processed (fix the access rights, then rerun):")
-        lines += [f"  cannot list folder {folder}: {reason}" for folder, reason in stats.unlisted[:20]]
-        if len(stats.unlisted) > 20:
-            lines.append(f"  ... and {len(stats.unlisted) - 20} more (see the log)")
-    if stats.fatal:
-        lines.append(f"Run stopped early: {stats.fatal}")
-    if stats.failed > stats.no_space:
-        lines.append(f"Failed images are listed in the ledger and copied to "
-                     f"{escape_line(Path(output_dir).resolve())}_error")
-    return lines
 
 
 def is_tty() -> bool:

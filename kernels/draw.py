@@ -4,7 +4,8 @@ pixelate — computed over the masked regions only.
 A *region* is `(y0, x0, mask)`: a box-local `(h, w)` bool mask whose top-left pixel is at
 image row `y0`, column `x0`; parts outside the image are ignored. Overlapping regions are
 grouped so each pixel is filtered once. Inside the mask the result equals the reference's
-full-image `cv2.blur` followed by a masked copy (REFERENCE_NPRA.md §4).
+full-image `cv2.blur` followed by a masked copy (docs/reference.md §4). A mode is one
+function in DRAW_MODES.
 """
 from __future__ import annotations
 
@@ -13,9 +14,7 @@ import math
 from kernels._xp import get_array_module
 from kernels.filters import box_filter_region, rgb_to_gray
 
-__all__ = ["blur_ksize", "region_ksize", "group_regions", "draw_regions", "regions_to", "MODES"]
-
-MODES = ("fill", "blur", "gray_blur", "normalized_gray_blur", "pixelate")
+__all__ = ["blur_ksize", "region_ksize", "group_regions", "draw_regions", "regions_to", "MODES", "DRAW_MODES"]
 
 
 def blur_ksize(blur: int, width: int) -> int:
@@ -68,35 +67,49 @@ def _intersects(a, b) -> bool:
     return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
 
 
-def _filtered(image, region, mode: str, ksize: int, color, block: int):
+# --- draw modes: (image, region, ksize, color, block) -> the region's new pixels -------------
+# Each returns an array that broadcasts to the region's (h, w, 3): ksize is the region's box
+# kernel (see region_ksize), color the RGB fill, block the pixelate cell size.
+def _fill(image, region, ksize: int, color, block: int):
     xp = get_array_module(image)
+    return xp.asarray(color, dtype=xp.uint8)[None, None, :]
+
+
+def _blur(image, region, ksize: int, color, block: int):
+    return box_filter_region(image, ksize, region)
+
+
+def _gray_window(image, region, ksize: int):
+    """The gray image over the region plus the kernel's reach (1.2 k for the normalised mode),
+    and the region's bounds inside it. On sides where that window is clipped it *is* the image
+    border, so reflect-101 inside the window equals reflect-101 of the image; on the other sides
+    the kernel never reaches the window edge."""
     y0, y1, x0, x1 = region
-    if mode == "fill":
-        return xp.asarray(color, dtype=xp.uint8)[None, None, :]
-    if mode == "blur":
-        return box_filter_region(image, ksize, region)
-    if mode == "pixelate":
-        return _pixelate(image, region, block)
-    # Gray modes need the gray image only over the region plus the kernel's reach (1.2 k for
-    # the normalised mode). On sides where that window is clipped it *is* the image border, so
-    # reflect-101 inside the window equals reflect-101 of the image; on the other sides the
-    # kernel never reaches the window edge.
     reach = int(1.2 * ksize) // 2 + 1
     gy0, gx0 = max(0, y0 - reach), max(0, x0 - reach)
     gy1, gx1 = min(image.shape[0], y1 + reach), min(image.shape[1], x1 + reach)
-    gray = rgb_to_gray(image[gy0:gy1, gx0:gx1])
-    sub = (y0 - gy0, y1 - gy0, x0 - gx0, x1 - gx0)
-    if mode == "gray_blur":
-        return box_filter_region(gray, ksize, sub)[..., None]
+    return rgb_to_gray(image[gy0:gy1, gx0:gx1]), (y0 - gy0, y1 - gy0, x0 - gx0, x1 - gx0)
+
+
+def _gray_blur(image, region, ksize: int, color, block: int):
+    gray, sub = _gray_window(image, region, ksize)
+    return box_filter_region(gray, ksize, sub)[..., None]
+
+
+def _normalized_gray_blur(image, region, ksize: int, color, block: int):
+    xp = get_array_module(image)
+    gray, sub = _gray_window(image, region, ksize)
     a = box_filter_region(gray, ksize, sub).astype(xp.int16)
     b = box_filter_region(gray, int(1.2 * ksize), sub).astype(xp.int16)
     # Fix 4: saturate to 0..255; the reference wrapped around in uint8 arithmetic.
     return (a - b + 100).clip(0, 255).astype(xp.uint8)[..., None]
 
 
-def _pixelate(image, region, block: int):
-    """Mean colour of `block x block` cells aligned to the image origin, over the region."""
+def _pixelate(image, region, ksize: int, color, block: int):
+    """Mean colour of cells aligned to the image origin, over the region. The cell is `block`,
+    or the region's kernel when larger (a big face needs big cells to stay unrecognisable)."""
     xp = get_array_module(image)
+    block = max(block, ksize)
     y0, y1, x0, x1 = region
     by0, bx0 = (y0 // block) * block, (x0 // block) * block
     by1 = min(image.shape[0], -(-y1 // block) * block)
@@ -113,6 +126,13 @@ def _pixelate(image, region, block: int):
     cells = xp.floor(s / c + 0.5).astype(xp.uint8)
     full = xp.repeat(xp.repeat(cells, block, 0), block, 1)
     return full[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]
+
+
+# The draw modes by name. This is the one place a mode is added: the config key `mask.mode`
+# accepts exactly these names (engine.config derives its enum from MODES).
+DRAW_MODES = {"fill": _fill, "blur": _blur, "gray_blur": _gray_blur,
+              "normalized_gray_blur": _normalized_gray_blur, "pixelate": _pixelate}
+MODES = tuple(DRAW_MODES)
 
 
 def region_ksize(ksize: int, h: int, w: int, min_fraction: float) -> int:
@@ -150,7 +170,8 @@ def draw_regions(image, regions, *, mode: str = "normalized_gray_blur", ksize: i
             block the cell size for "pixelate"; min_fraction see `region_ksize` (0 = off)
     returns the anonymised image (a copy, or `out`)
     """
-    if mode not in MODES:
+    draw = DRAW_MODES.get(mode)
+    if draw is None:
         raise ValueError(f"unknown draw mode {mode!r}; valid: {', '.join(MODES)}")
     xp = get_array_module(image)
     regions = regions_to(xp, list(regions))
@@ -161,8 +182,7 @@ def draw_regions(image, regions, *, mode: str = "normalized_gray_blur", ksize: i
     drawn = []
     for y0, y1, x0, x1, m in group_regions(regions, image.shape):
         k = region_ksize(ksize, y1 - y0, x1 - x0, min_fraction)
-        block_k = max(block, k if mode == "pixelate" else 0)
-        drawn.append(((y0, y1, x0, x1), m, _filtered(image, (y0, y1, x0, x1), mode, k, color, block_k)))
+        drawn.append(((y0, y1, x0, x1), m, draw(image, (y0, y1, x0, x1), k, color, block)))
     for (y0, y1, x0, x1), m, values in drawn:
         xp.copyto(out[y0:y1, x0:x1], values, where=m[..., None])
     return out

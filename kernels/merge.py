@@ -1,6 +1,6 @@
 """Merging detections from several views (full pass, cutouts, mirrored pass) of one image.
 
-Instances (segmenters): the reference rule of REFERENCE_NPRA.md §3.4 steps 5-6 — a mask from
+Instances (segmenters): the reference rule of docs/reference.md §3.4 steps 5-6 — a mask from
 one view that overlaps, by at least one pixel, a mask from another view is the same object:
 union mask, union box, mean score, majority class (ties to the lowest class id). Unlike the
 reference, the rule is applied transitively and symmetrically (union-find), every overlapping

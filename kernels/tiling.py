@@ -36,7 +36,7 @@ def _wrap_starts(n: int, win: int, step: int) -> list[int]:
 
 def cutout_windows(h: int, w: int, downscale: tuple[int, int], step: tuple[int, int], *, wrap: bool = False):
     """Windows `(y0, x0, h, w)` of `int(h/downscale[0]) x int(w/downscale[1])` stepped by
-    `step` = (dy, dx), row by row (REFERENCE_NPRA.md §3.4), plus edge-aligned last row and
+    `step` = (dy, dx), row by row (docs/reference.md §3.4), plus edge-aligned last row and
     column; a step larger than the window is reduced to the window size, so every pixel is
     inside some window. With `wrap` (360° images) columns go round the seam: `x0 + w` may
     exceed the image width, and an object cut by the seam is whole in some window."""

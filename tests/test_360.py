@@ -6,7 +6,8 @@ from engine.cli import main
 from engine.config import load_config
 from engine.detect import Detector, build_models
 from engine.demo import paste_portrait, road_scene
-from engine.models import create_adapter, create_runtime, load_card, resolve_model
+from engine.models import create_adapter, load_card, resolve_model
+from engine.runtimes import create_runtime
 from engine.types import Frame, Job
 from tests.conftest import jpeg_bytes
 

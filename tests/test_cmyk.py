@@ -9,9 +9,10 @@ from PIL import Image
 from turbojpeg import TJPF_CMYK, TJSAMP_420, TurboJPEG
 
 from engine.cli import main
-from engine.decode import TurboDecoder, cmyk_to_rgb, rgb_to_cmyk
+from engine.codecs import TurboDecoder, cmyk_to_rgb, rgb_to_cmyk
 from engine.jpeg import parse_jpeg
-from engine.models import create_adapter, create_runtime, load_card, resolve_model
+from engine.models import create_adapter, load_card, resolve_model
+from engine.runtimes import create_runtime
 from engine.types import ImageError, Job
 from tests.conftest import jpeg_bytes, scene_with_faces
 

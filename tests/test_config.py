@@ -4,9 +4,9 @@ import logging
 import pytest
 import yaml
 
-from engine.config import CONFIG_DIR, ConfigError, load_config
+from engine.config import CONFIG_DIR, Config, ConfigError, load_config
 
-# REFERENCE_NPRA.md §9 (default_config.yml), the values sladd must keep.
+# docs/reference.md §9 (default_config.yml), the values sladd must keep.
 REFERENCE_DEFAULTS = {
     "data_eier": None, "fylkesnummer": None, "force_fylke": False, "image_type": "Planar", "draw_mask": True,
     "delete_input": False, "file_access_retry_seconds": 10, "file_access_timeout_seconds": 60,
@@ -27,25 +27,45 @@ REFERENCE_360 = {"image_type": "360", "application_version": "0.1", "exif_top_di
                  "processing_error_email": True, "finished_email": True, "email_attach_log_file": True}
 
 
+# The reference's flat masking keys live in the `mask` section (engine/config/reference.py).
+MASK_SECTION = {"blur": ("blur", 15), "mask_color": ("color", None), "mask_dilation_pixels": ("dilation_pixels", 4),
+                "gray_blur": ("mode", "normalized_gray_blur"), "normalized_gray_blur": ("mode", "normalized_gray_blur")}
+
+
+def _reference_value(cfg, key):
+    if key in MASK_SECTION:
+        return getattr(cfg.mask, MASK_SECTION[key][0])
+    return getattr(cfg, key)
+
+
+def _expected(key, profile=REFERENCE_DEFAULTS):
+    if key in profile and key not in MASK_SECTION:
+        return profile[key]
+    return MASK_SECTION[key][1] if key in MASK_SECTION else REFERENCE_DEFAULTS[key]
+
+
 def test_default_profile_has_reference_defaults():
     cfg, path = load_config()
     assert path == CONFIG_DIR / "default.yml"
-    for key, value in REFERENCE_DEFAULTS.items():
-        assert getattr(cfg, key) == value, key
+    for key in REFERENCE_DEFAULTS:
+        assert _reference_value(cfg, key) == _expected(key), key
+    # The reference's default masking keys, written out, select exactly the default drawing.
+    flat = {k: REFERENCE_DEFAULTS[k] for k in MASK_SECTION}
+    assert Config(**flat).mask == cfg.mask
 
 
 def test_360_profile_differs_only_where_reference_does():
     cfg, _ = load_config(profile="360")
-    for key, value in {**REFERENCE_DEFAULTS, **REFERENCE_360}.items():
-        assert getattr(cfg, key) == value, key
+    for key in {**REFERENCE_DEFAULTS, **REFERENCE_360}:
+        assert _reference_value(cfg, key) == _expected(key, REFERENCE_360), key
 
 
 def test_user_file_overrides_only_named_keys(tmp_path):
     f = tmp_path / "mine.yml"
     f.write_text("blur: 30\nengine:\n  writers: 4\n")
     cfg, path = load_config(f)
-    assert path == f and cfg.blur == 30 and cfg.engine.writers == 4
-    assert cfg.engine.queue_size == 8 and cfg.mask_dilation_pixels == 4   # untouched (fix 17)
+    assert path == f and cfg.mask.blur == 30 and cfg.engine.writers == 4
+    assert cfg.engine.queue_size == 8 and cfg.mask.dilation_pixels == 4   # untouched (fix 17)
 
 
 def test_user_file_with_image_type_360_picks_360_profile(tmp_path):
@@ -64,7 +84,7 @@ def test_reference_config_file_loads_with_deprecation_warnings(tmp_path, caplog)
     f.write_text(yaml.safe_dump(ref))
     with caplog.at_level(logging.WARNING, logger="sladd"):
         cfg, _ = load_config(f)
-    assert cfg.blur == 15
+    assert cfg.mask.blur == 15 and cfg.mask.mode == "normalized_gray_blur"
     warned = " ".join(r.getMessage() for r in caplog.records)
     for key in ("force_remask", "lazy_paths", "enable_async", "max_num_async_workers", "model_type"):
         assert f"`{key}`" in warned

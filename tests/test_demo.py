@@ -3,7 +3,7 @@ import json
 import sqlite3
 
 from engine.cli import main
-from engine.pipeline import ledger_path
+from engine.driver import ledger_path
 
 
 def test_demo_builds_and_anonymises(tmp_path):

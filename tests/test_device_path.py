@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 
 from engine.config import Config, ModelSpec, load_config
-from engine.decode import TurboDecoder
+from engine.codecs import TurboDecoder
 from engine.detect import Detector, build_models
 from engine.jpeg import apply_orientation
-from engine.models import create_runtime
+from engine.runtimes import create_runtime
 from engine.types import Job
-from engine.write import TurboEncoder, Writer
+from engine.codecs import TurboEncoder
+from engine.worker.write import Writer
 from kernels._xp import cupy_or_none
 from tests import cupy_sim
 from tests.conftest import jpeg_bytes, scene_with_faces

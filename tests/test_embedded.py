@@ -12,7 +12,8 @@ from PIL import Image
 from engine.cli import main
 from engine.embedded import main_image_end, sanitize_file, sanitize_segments
 from engine.jpeg import parse_jpeg
-from engine.models import create_adapter, create_runtime, load_card, resolve_model
+from engine.models import create_adapter, load_card, resolve_model
+from engine.runtimes import create_runtime
 from engine.types import ImageError
 from tests.conftest import jpeg_bytes, scene_with_faces
 
@@ -321,13 +322,13 @@ def test_sanitize_file_leaves_clean_files_alone():
 def _ledger(out):
     import sqlite3
 
-    from engine.pipeline import ledger_path
+    from engine.driver import ledger_path
     with sqlite3.connect(ledger_path(out)) as db:
         return dict(db.execute("SELECT key, status FROM images"))
 
 
 def test_a_failing_metadata_record_writes_nothing(tmp_path, portrait, monkeypatch):
-    import engine.write
+    import engine.worker.write
 
     img, _ = scene_with_faces(portrait, faces=((200, 60, 300),))
     inp, out = tmp_path / "in", tmp_path / "out"
@@ -336,20 +337,20 @@ def test_a_failing_metadata_record_writes_nothing(tmp_path, portrait, monkeypatc
 
     def broken(*a, **k):
         raise UnicodeDecodeError("utf-16-le", b"\xff", 0, 1, "undecodable XPTitle")
-    monkeypatch.setattr(engine.write, "build_record", broken)
+    monkeypatch.setattr(engine.worker.write, "build_record", broken)
     assert main(["run", "-i", str(inp), "-o", str(out), "-q"]) == 1
     assert _ledger(out) == {"a.jpg": "failed"}
     assert not (out / "a.jpg").exists() and not list(out.glob("*.json"))
 
 
 def test_a_failing_write_removes_what_the_image_already_wrote(tmp_path, portrait, monkeypatch):
-    import engine.write
+    import engine.worker.sinks
 
     img, _ = scene_with_faces(portrait, faces=((200, 60, 300),))
     inp, out, arch = tmp_path / "in", tmp_path / "out", tmp_path / "arch"
     inp.mkdir()
     (inp / "a.jpg").write_bytes(jpeg_bytes(img))
-    real = engine.write.write_atomic
+    real = engine.worker.sinks.write_atomic
     written = []
 
     def fail_on_preview(path, data):
@@ -357,7 +358,7 @@ def test_a_failing_write_removes_what_the_image_already_wrote(tmp_path, portrait
             raise OSError(5, "Input/output error")
         real(path, data)
         written.append(path)
-    monkeypatch.setattr(engine.write, "write_atomic", fail_on_preview)
+    monkeypatch.setattr(engine.worker.sinks, "write_atomic", fail_on_preview)
     cfg = tmp_path / "c.yml"
     cfg.write_text("remote_preview: true\npreview_dim: [64, 64]\n")
     assert main(["run", "-i", str(inp), "-o", str(out), "-a", str(arch), "-k", str(cfg), "-q"]) == 1

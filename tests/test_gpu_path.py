@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from engine.cli import main
-from engine.decode import TurboDecoder
+from engine.codecs import TurboDecoder
 from engine.types import Job
 from kernels._xp import cupy_or_none
 from tests.conftest import jpeg_bytes, scene_with_faces
@@ -31,7 +31,7 @@ def _cupy():
 def _dali_mixed():
     _cupy()
     pytest.importorskip("nvidia.dali", reason="needs NVIDIA DALI (pip install 'sladd[gpu]')")
-    from engine.decode_dali import DaliDecoder
+    from engine.codecs.dali import DaliDecoder
 
     return DaliDecoder(device="mixed", batch=4)
 
@@ -88,7 +88,8 @@ def test_ort_cuda_keeps_device_outputs_for_device_inputs():
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("needs onnxruntime-gpu with its CUDA provider")
-    from engine.models import create_runtime, load_card, resolve_model
+    from engine.models import load_card, resolve_model
+    from engine.runtimes import create_runtime
     from engine.models.centerface import fix_centerface_graph
 
     graph = fix_centerface_graph(onnx.load(str(resolve_model(load_card("centerface")))), 256, 320).SerializeToString()
@@ -110,7 +111,7 @@ def test_full_run_on_gpu_masks_what_the_cpu_masks(tmp_path, portrait):
     device masks) against `--device cpu` on the same images: the same faces found and the
     masked areas agreeing (IoU >= 0.9 of the changed pixels)."""
     _cupy()
-    from engine.run import gpu_components
+    from engine.device import gpu_components
 
     c = gpu_components()
     if not (c["tensorrt"] or c["onnxruntime-cuda"]):

@@ -3,9 +3,10 @@ import numpy as np
 import onnx
 import pytest
 
-from engine.models import create_runtime, load_card, resolve_model
+from engine.device import choose_runtime
+from engine.models import load_card, resolve_model
 from engine.models.centerface import fix_centerface_graph
-from engine.run import choose_runtime
+from engine.runtimes import create_runtime
 from kernels._xp import cupy_or_none
 from tests.conftest import needs_tensorrt_gpu
 
@@ -64,7 +65,7 @@ def _components(**kw):
     ({"cupy": True, "onnxruntime-cuda": True, "dali": True}, "cuda"),
 ])
 def test_device_auto_picks_cuda_only_when_usable_and_says_why(have, expect, caplog):
-    from engine.run import choose_device
+    from engine.device import choose_device
 
     with caplog.at_level("INFO", logger="sladd"):
         assert choose_device("auto", _components(**have)) == expect
@@ -73,7 +74,7 @@ def test_device_auto_picks_cuda_only_when_usable_and_says_why(have, expect, capl
 
 
 def test_device_cuda_names_what_is_missing():
-    from engine.run import choose_device
+    from engine.device import choose_device
 
     with pytest.raises(RuntimeError, match="usable NVIDIA GPU") as e:
         choose_device("cuda", _components(tensorrt=True))
@@ -85,7 +86,7 @@ def test_device_cuda_names_what_is_missing():
 
 
 def test_decoder_auto_is_dali_into_gpu_memory_on_cuda_only():
-    from engine.run import choose_decoder
+    from engine.device import choose_decoder
 
     assert choose_decoder("auto", "cuda", _components(cupy=True, tensorrt=True, dali=True)) == ("dali", "mixed")
     assert choose_decoder("auto", "cuda", _components(cupy=True, tensorrt=True)) == ("turbojpeg", "mixed")

@@ -16,7 +16,7 @@ from PIL import Image
 from engine.cli import main
 from engine.fsutil import is_partial, partial_name
 from engine.ledger import Ledger
-from engine.pipeline import ledger_path
+from engine.driver import ledger_path
 from engine.walk import Tree
 from tests.conftest import jpeg_bytes, scene_with_faces
 from tests.test_reliability import _cfg
@@ -372,7 +372,7 @@ def test_full_disk_under_the_ledger_stops_cleanly_and_a_rerun_finishes(tmp_path,
 def _reads_then(monkeypatch, n, action) -> list:
     """After n reads of inputs, call action() once (the share goes away between two images).
     Returns the list of the keys whose read succeeded, filled as the run goes."""
-    import engine.pipeline as pl
+    import engine.worker.worker as pl
     real, count, read = pl.read_bytes, [0], []
 
     def hooked(path):
@@ -427,7 +427,7 @@ def test_unmounted_input_share_stops_the_run(tmp_path, portrait):
     share.mkdir()
     driver = tmp_path / "driver.py"
     driver.write_text(f"""import subprocess, sys
-import engine.pipeline as pl
+import engine.worker.worker as pl
 real, n = pl.read_bytes, [0]
 def hooked(path):
     n[0] += 1
@@ -470,7 +470,7 @@ def test_output_that_turns_read_only_mid_run_stops_the_run(tmp_path, portrait):
     out = disk / "out"
     driver = tmp_path / "driver.py"
     driver.write_text(f"""import subprocess, sys
-import engine.pipeline as pl
+import engine.worker.worker as pl
 real, n = pl.read_bytes, [0]
 def hooked(path):
     n[0] += 1

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image, ImageOps
 from turbojpeg import TJSAMP_420, TurboJPEG
 
-from engine.decode import TurboDecoder
+from engine.codecs import TurboDecoder
 from engine.jpeg import (apply_orientation, estimate_quality, parse_jpeg, read_orientation, set_orientation,
                          splice_segments)
 from engine.types import ImageError, Job

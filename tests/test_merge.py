@@ -98,7 +98,7 @@ def test_box_merges():
 
 
 def test_class_counts_reference_example():
-    """SAMPLES.md C8 (the reference repository's own expectation)."""
+    """docs/samples.md C8 (the reference repository's own expectation)."""
     coco = {1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 6: "bus", 8: "truck"}
     got = class_counts([6, 3, 6, 2, 6, 3, 4, 8, 8, 2, 2, 1, 6], coco)
     assert got == {"person": "1", "bicycle": "3", "car": "2", "motorcycle": "1", "bus": "4", "truck": "2"}

@@ -31,7 +31,7 @@ def _rat(x):
 
 def gps_exif(lat=(_rat(59), _rat(57), R(462017, 10000)), lon=(_rat(10), _rat(53), R(595499, 10000)),
              alt=R(23712, 100), lat_ref="N", lon_ref="E", speed=R(3499, 100), heading=R(21190, 100)) -> Image.Exif:
-    """SAMPLES.md C5's GPSInfo with the given values swapped in."""
+    """docs/samples.md C5's GPSInfo with the given values swapped in."""
     e = Image.Exif()
     e[0x0110] = "TestCam"
     e.get_ifd(0x8769)[0x9003] = "2021:08:15 13:45:10"

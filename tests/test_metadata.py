@@ -1,4 +1,4 @@
-"""Metadata JSON against the worked examples of SAMPLES.md (C4-C8) and the reference rules."""
+"""Metadata JSON against the worked examples of docs/samples.md (C4-C8) and the reference rules."""
 import io
 import json
 import os

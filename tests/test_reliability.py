@@ -18,7 +18,7 @@ from PIL import Image
 from engine.cli import main
 from engine.config import load_config
 from engine.fsutil import is_partial
-from engine.pipeline import ledger_path
+from engine.driver import ledger_path
 from engine.run import run
 from tests.conftest import jpeg_bytes, scene_with_faces
 
@@ -117,8 +117,8 @@ def test_delete_input_after_outputs_and_after_an_interruption(tmp_path, portrait
     inp, out, arch = _tree(tmp_path / "in", portrait, 4), tmp_path / "out", tmp_path / "arch"
     originals = {p.relative_to(inp): p.read_bytes() for p in inp.rglob("*.jpg")}
     cfg, _ = load_config(_cfg(tmp_path, "delete_input: true\n"))
-    from engine.pipeline import Pipeline
-    real = Pipeline._delete_input
+    from engine.driver import Driver
+    real = Driver._delete_input
 
     def crash_once(self, job, outputs):
         if not crash_once.done:
@@ -126,7 +126,7 @@ def test_delete_input_after_outputs_and_after_an_interruption(tmp_path, portrait
             raise KeyboardInterrupt                   # the run dies between write and delete
         return real(self, job, outputs)
     crash_once.done = False
-    monkeypatch.setattr(Pipeline, "_delete_input", crash_once)
+    monkeypatch.setattr(Driver, "_delete_input", crash_once)
     stats = run(cfg, inp, out, arch)                  # an interrupted run reports, it does not raise
     assert stats.fatal and "interrupted" in stats.fatal
     assert any(inp.rglob("*.jpg"))                    # nothing deleted yet for the interrupted image
@@ -155,14 +155,14 @@ def test_input_share_that_appears_late(tmp_path, portrait):
 
 def test_output_share_that_vanishes_stops_the_run_not_the_images(tmp_path, portrait, monkeypatch):
     inp, out = _tree(tmp_path / "in", portrait, 2), tmp_path / "out"
-    from engine.pipeline import Pipeline
-    real = Pipeline._write
+    from engine.worker import Worker
+    real = Worker.write
 
     def vanish(self, item):
         import shutil
-        shutil.rmtree(self.tree.output, ignore_errors=True)     # the share went away
+        shutil.rmtree(out, ignore_errors=True)                  # the share went away
         return real(self, item)
-    monkeypatch.setattr(Pipeline, "_write", vanish)
+    monkeypatch.setattr(Worker, "write", vanish)
     cfg, _ = load_config(_cfg(tmp_path))
     st = run(cfg, inp, out)
     # One wait for the share (file_access_timeout_seconds), then a stop: no image is failed for it.
@@ -205,12 +205,12 @@ def test_hostile_inputs_fail_cleanly_or_work(tmp_path, portrait, kind, monkeypat
         expect_fail = False                          # unreadable EXIF: still anonymised, metadata warns
     elif kind == "changed":
         bad.write_bytes(jpeg_bytes(img))
-        import engine.pipeline as pl
+        import engine.worker.worker as pl
         real = pl.read_bytes
         monkeypatch.setattr(pl, "read_bytes", lambda p: real(p)[:-10] if p.name == "bad.jpg" else real(p))
     elif kind == "permission":
         bad.write_bytes(jpeg_bytes(img))
-        import engine.pipeline as pl
+        import engine.worker.worker as pl
         real = pl.read_bytes
 
         def denied(p):
@@ -271,7 +271,7 @@ def test_log_file_has_config_errors_and_summary(tmp_path, portrait):
     import socket
     assert re.fullmatch(rf"\d{{4}}-\d{{2}}-\d{{2}}_\d{{6}}_{re.escape(socket.gethostname())}\.log", log.name)
     text = log.read_text(encoding="utf-8")
-    assert "#" * 40 + " CONFIG START " + "#" * 40 in text and "mask_dilation_pixels: 4" in text
+    assert "#" * 40 + " CONFIG START " + "#" * 40 in text and "\n  dilation_pixels: 4\n" in text
     assert f"FAILED {inp / 'broken.jpg'}" in text and "Anonymisation finished" in text and "Failed: 1" in text
 
 
@@ -289,7 +289,7 @@ def test_arithmetic_coded_jpeg_and_ycck_are_processed(tmp_path, portrait):
     assert rows["arith.jpg"][0] == "done"
     # Nothing to mask: copied byte for byte, and it decodes as Pillow decodes it.
     assert (out / "arith.jpg").read_bytes() == (inp / "arith.jpg").read_bytes()
-    from engine.decode import TurboDecoder
+    from engine.codecs import TurboDecoder
     from engine.types import Job
     frame = TurboDecoder().decode(Job(inp / "arith.jpg", "a", out, None, out, 0, 0), (inp / "arith.jpg").read_bytes())
     ref = np.asarray(Image.open(inp / "arith.jpg").convert("RGB")).astype(int)

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from engine.lock import RunLock, lock_path
-from engine.pipeline import ledger_path
+from engine.driver import ledger_path
 from tests.conftest import jpeg_bytes, scene_with_faces
 from tests.test_reliability import _assert_complete, _cfg
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from engine.trt_plan import Profile, find_plan, parse_shape, plan_paths
+from engine.runtimes.trt_plan import Profile, find_plan, parse_shape, plan_paths
 
 PROFILES = [Profile("images", (1, 3, 640, 640), (8, 3, 640, 640), (16, 3, 640, 640))]
 
@@ -70,7 +70,7 @@ def test_build_centerface_plan_and_reuse(tmp_path):
 
     from engine.models import load_card, resolve_model
     from engine.models.centerface import fix_centerface_graph
-    from engine.trt_plan import build_plan
+    from engine.runtimes.trt_plan import build_plan
     model = tmp_path / "cf.onnx"
     onnx_lib.save(fix_centerface_graph(onnx_lib.load(str(resolve_model(load_card("centerface")))), 640, 640), model)
     plan = build_plan(model, tmp_path / "plans", precision="fp16")
@@ -83,7 +83,7 @@ def test_calibration_batches_match_the_adapters_preprocessing(tmp_path, family, 
     """INT8 calibration data is prepared exactly as the adapter feeds the model (no TensorRT needed)."""
     import numpy as np
 
-    from engine.trt_plan import calibration_batches
+    from engine.runtimes.trt_plan import calibration_batches
     from tests.conftest import jpeg_bytes, scene_with_faces
     for i in range(5):
         img, _ = scene_with_faces(portrait, h=240, w=320, faces=((20 * i, 20, 150),), seed=i)

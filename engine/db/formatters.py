@@ -1,4 +1,4 @@
-"""Column formatters: JSON record -> database value (REFERENCE_NPRA.md §7.2). A table YAML names
+"""Column formatters: JSON record -> database value (docs/reference.md §7.2). A table YAML names
 them; `text:<key>` and `number:<key>` serve user tables too."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""WKT points (`srid=4326;POINT Z( lon lat h )`) and their database forms (REFERENCE_NPRA.md §7.3)."""
+"""WKT points (`srid=4326;POINT Z( lon lat h )`) and their database forms (docs/reference.md §7.3)."""
 from __future__ import annotations
 
 import math

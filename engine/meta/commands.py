@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from engine.decode import TurboDecoder, read_bytes
+from engine.codecs import TurboDecoder
+from engine.decode import read_bytes
 from engine.jpeg import parse_jpeg
 from engine.meta.exif import read_exif
 from engine.meta.outputs import crop_preview, targets_for, write_json_files, write_previews
@@ -91,7 +92,7 @@ def make_previews(cfg, input_dir: Path, output_dir: Optional[Path], archive_dir:
     decoder = TurboDecoder(max_pixels=cfg.engine.max_image_pixels)
 
     def fn(job):
-        from engine.write import TurboEncoder
+        from engine.codecs import TurboEncoder
 
         frame = decoder.decode(job, read_bytes(job.path))
         crop = crop_preview(frame.pixels, cfg.preview_dim, cfg.preview_center)
@@ -107,17 +108,21 @@ OUTPUT_KINDS = ("image", "json", "preview", "archive", "archive_json", "archive_
 
 
 def expected_outputs(cfg, job) -> dict[str, Optional[Path]]:
-    """Each output kind -> its path, or None when the configuration does not produce it."""
-    t = targets_for(cfg, job)
+    """Each output kind -> its path, or None when the configuration does not produce it. The
+    files come from the run's own sinks (engine.worker.sinks); the report splits the JSON and
+    preview copies by folder, as the reference's check_folders did."""
+    from engine.worker.sinks import expected
+
+    files = expected(cfg, job)
     arch_dir = job.archive.parent if job.archive is not None else None
     out = dict.fromkeys(OUTPUT_KINDS)
-    out["image"] = job.output
-    out["json"] = next((p for p in t.json if p.parent == job.output.parent), None)
-    out["preview"] = next((p for p in t.previews if p.parent == job.output.parent), None)
+    out["image"] = files["image"][0]
+    out["json"] = next((p for p in files["json"] if p.parent == job.output.parent), None)
+    out["preview"] = next((p for p in files["preview"] if p.parent == job.output.parent), None)
     if job.archive is not None:
-        out["archive"] = job.archive
-        out["archive_json"] = next((p for p in t.json if p.parent == arch_dir), None)
-        out["archive_preview"] = next((p for p in t.previews if p.parent == arch_dir), None)
+        out["archive"] = files["archive"][0]
+        out["archive_json"] = next((p for p in files["json"] if p.parent == arch_dir), None)
+        out["archive_preview"] = next((p for p in files["preview"] if p.parent == arch_dir), None)
     return out
 
 

@@ -1,7 +1,7 @@
 """EXIF and vendor-XML reading (Pillow for EXIF, lxml for XML).
 
 Road-survey cameras (Viatech) store two private IFD0 tags holding UTF-8 XML, usually after a
-byte-order mark: 40055 `ImageProperties` and 40056 `ReflinkInfo` (REFERENCE_NPRA.md §1.1).
+byte-order mark: 40055 `ImageProperties` and 40056 `ReflinkInfo` (docs/reference.md §1.1).
 """
 from __future__ import annotations
 

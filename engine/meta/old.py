@@ -1,5 +1,5 @@
-"""The older metadata variant for pre-2022 images (REFERENCE_NPRA.md §1.9, the reference's
-exif_util_old / anonymise_old), selected with `metadata_format: old` or `--old-metadata`.
+"""The older metadata variant for pre-2022 images (docs/reference.md §1.9, the reference's
+exif_util_old / anonymise_old), selected with `metadata.format: old` or `--old-metadata`.
 
 ImageProperties is the primary source. The variant's bugs are fixed, not copied: a missing or
 NaN speed is null (the reference crashed), the built roadident uses strekning (not delstrekning
@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 from typing import Optional
 
+from engine.meta.common import (MetaContext, file_time, finish_record, finite_text, parse_into, position_ok,
+                                roadident_tail, template, to_number)
 from engine.meta.exif import ExifData, XmlNode, redact_image_properties
 from engine.meta.paths import FELT, STREKNING, filename_tokens, kryss, path_element, split_path, strip_zeros
-from engine.meta.record import (MetaContext, _file_time, _parse_into, _reflink, finish_record, finite_text,
-                                position_ok, roadident_tail, template, to_number)
+from engine.meta.reflink import reflink_into
 
 __all__ = ["build_record_old"]
 
@@ -99,7 +100,7 @@ def _meterstring(filename: str) -> Optional[str]:
 
 def _from_filename(d: dict, image_path: str, file_path) -> None:
     """No vendor XML: the path elements, then each `_` token of the file name (old rules)."""
-    _file_time(d, file_path)
+    file_time(d, file_path)
     elems = split_path(image_path)
     for e in elems:
         path_element(d, e)
@@ -133,7 +134,7 @@ def _roadident_old(d: dict) -> Optional[str]:
 def _reflink_old(d: dict, xml: XmlNode, image_type: str) -> None:
     """v2's ReflinkInfo handling, but ImageInfo fills only fields still empty (meter excepted)."""
     before = dict(d)
-    _reflink(d, xml, image_type)
+    reflink_into(d, xml, image_type)
     for k, v in before.items():
         if k not in ("exif_meter", "exif_reflinkid", "exif_reflinkposisjon", "exif_roadident", "exif_kvalitet") \
                 and v not in (None, "", "Ukjent"):
@@ -153,7 +154,7 @@ def build_record_old(exif: ExifData, width: int, height: int, image_path: str, c
         if exif.image_properties:
             redacted = redact_image_properties(exif.image_properties)
             d["exif_imageproperties"] = redacted
-            _parse_into(d, redacted, "ImageProperties", warnings, lambda x: _image_properties(d, x))
+            parse_into(d, redacted, "ImageProperties", warnings, lambda x: _image_properties(d, x))
         if not d.get("exif_tid") and exif.datetime_original and " " in exif.datetime_original:
             date, time = exif.datetime_original.split(" ", 1)
             d["exif_dato"] = date.replace(":", "-")
@@ -161,7 +162,7 @@ def build_record_old(exif: ExifData, width: int, height: int, image_path: str, c
         if exif.reflink_info:
             d["exif_reflinkinfo"] = exif.reflink_info
             d["exif_kvalitet"] = d["exif_kvalitet"] or "2"
-            _parse_into(d, exif.reflink_info, "ReflinkInfo", warnings, lambda x: _reflink_old(d, x, ctx.image_type))
+            parse_into(d, exif.reflink_info, "ReflinkInfo", warnings, lambda x: _reflink_old(d, x, ctx.image_type))
         if not exif.image_properties and not exif.reflink_info:
             d["exif_kvalitet"] = "1"
             _from_filename(d, image_path, file_path)

@@ -1,4 +1,4 @@
-"""Where an image's metadata JSON and previews go (REFERENCE_NPRA.md §5-6), and writing them.
+"""Where an image's metadata JSON and previews go (docs/reference.md §5-6), and writing them.
 
 JSON: `remote_json` -> output folder, `local_json` -> beside the input, `archive_json` ->
 archive folder; `<stem>.json`. Previews: `<stem>_preview.jpg` in the output (`remote_preview`),
@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from engine.fsutil import write_atomic
-from engine.meta.record import relative_to_top
+from engine.meta.common import relative_to_top
 
 __all__ = ["MetaTargets", "targets_for", "preview_box", "crop_preview"]
 

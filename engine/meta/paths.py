@@ -1,4 +1,4 @@
-"""Road information from folder and file names (REFERENCE_NPRA.md §1.6), with the fixes:
+"""Road information from folder and file names (docs/reference.md §1.6), with the fixes:
 paths split on both `\\` and `/` (fix 1), lane codes stop at `_` (fix 8), every valid county
 number, historic and current (fix 9)."""
 from __future__ import annotations

@@ -41,6 +41,13 @@ class Adapter:
     def __call__(self, view: np.ndarray, view_scale: float) -> RawDetections:
         raise NotImplementedError
 
+    @classmethod
+    def calibration_blob(cls, pixels: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+        """`(3, h, w)` float32 host model input for one decoded image `(H, W, 3)` uint8 RGB, made
+        as this family feeds a graph whose input is `size_hw`: TensorRT's INT8 calibration data
+        (engine.runtimes.trt_plan). Families that support INT8 override this."""
+        raise ValueError(f"no calibration preprocessing for family {cls.family!r}")
+
     def batch(self, views: list[np.ndarray], view_scale: float, threshold: float | None = None) -> list[RawDetections]:
         """Several views of one shape. Families whose graph takes a batch override this.
         `threshold` (a lower candidate threshold for cascades) is honoured by families that

@@ -7,8 +7,8 @@ from collections import OrderedDict
 import numpy as np
 
 from engine.models.base import Adapter, RawDetections
-from engine.models.runtime import onnx_module
-from kernels import get_array_module, nms, to_host
+from engine.runtimes.onnxruntime import onnx_module
+from kernels import get_array_module, nms, resize_bilinear, to_host
 
 __all__ = ["CenterFaceAdapter", "fix_centerface_graph"]
 
@@ -89,13 +89,29 @@ class CenterFaceAdapter(Adapter):
         h, w = views[0].shape[:2]
         m = self.card.input.multiple
         ih, iw = max(m, math.ceil(h / m) * m), max(m, math.ceil(w / m) * m)
+        blob = self.blob(views, ih, iw)
+        heat, scale, offset, _ = self._session(ih, iw, len(views)).run(None, {self._input: blob})
+        return [self.decode(heat[i:i + 1], scale[i:i + 1], offset[i:i + 1], (h, w), threshold)
+                for i in range(len(views))]
+
+    @staticmethod
+    def blob(views: list, ih: int, iw: int):
+        """`(N, 3, ih, iw)` float32 RGB 0..255 of N views `(h, w, 3)` of one shape, zero-padded
+        below and right; on the device for device views. Allocates."""
+        h, w = views[0].shape[:2]
         xp = get_array_module(views[0])          # device views are padded on the device
         blob = xp.zeros((len(views), 3, ih, iw), xp.float32)
         for i, v in enumerate(views):
             blob[i, :, :h, :w] = v.transpose(2, 0, 1)
-        heat, scale, offset, _ = self._session(ih, iw, len(views)).run(None, {self._input: blob})
-        return [self.decode(heat[i:i + 1], scale[i:i + 1], offset[i:i + 1], (h, w), threshold)
-                for i in range(len(views))]
+        return blob
+
+    @classmethod
+    def calibration_blob(cls, pixels: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+        """The image shrunk to fit `size_hw` (never enlarged), then padded as `blob` pads."""
+        h, w = size_hw
+        s = min(h / pixels.shape[0], w / pixels.shape[1], 1.0)
+        img = resize_bilinear(pixels, max(1, int(pixels.shape[0] * s)), max(1, int(pixels.shape[1] * s)))
+        return cls.blob([img], h, w)[0]
 
     def decode(self, heat, scale, offset, size_hw, threshold: float | None = None) -> RawDetections:
         """Vectorised CenterFace decoding (stride 4), boxes clipped to the unpadded view.

@@ -79,12 +79,22 @@ class NanoDetAdapter(Adapter):
     def view_scale(self, h: int, w: int) -> float:
         return min(self.size[0] / h, self.size[1] / w)
 
-    def __call__(self, view: np.ndarray, view_scale: float) -> RawDetections:
+    @staticmethod
+    def blob(view, size_hw: tuple[int, int]):
+        """(`(1, 3, h, w)` float32 BGR normalised with NanoDet's mean and std, letterboxed to
+        `size_hw` with 0 padding; the letterbox scale). On the device for a device view."""
         xp = get_array_module(view)              # device views are prepared on the device
-        canvas, scale = letterbox(view, self.size, pad_value=0.0)
+        canvas, scale = letterbox(view, size_hw, pad_value=0.0)
         bgr = canvas[..., ::-1]
-        blob = xp.ascontiguousarray(((bgr - xp.asarray(MEAN_BGR)) / xp.asarray(STD_BGR))
-                                    .transpose(2, 0, 1)[None].astype(xp.float32))
+        return xp.ascontiguousarray(((bgr - xp.asarray(MEAN_BGR)) / xp.asarray(STD_BGR))
+                                    .transpose(2, 0, 1)[None].astype(xp.float32)), scale
+
+    @classmethod
+    def calibration_blob(cls, pixels: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+        return cls.blob(pixels, size_hw)[0][0]
+
+    def __call__(self, view: np.ndarray, view_scale: float) -> RawDetections:
+        blob, scale = self.blob(view, self.size)
         # The outputs are small (about 3,500 cells): decoded on the host.
         res = {n: to_host(o) for n, o in zip(self.names, self.session.run(self.names, {self.input_name: blob}))}
         levels = [(s, res[c][0], res[r][0]) for s, c, r in self.pairs]

@@ -14,6 +14,8 @@ from kernels import batched_nms, get_array_module, letterbox, to_host
 
 __all__ = ["YoloSegAdapter", "decode_yolo_seg"]
 
+PAD_VALUE = 114.0            # Ultralytics' letterbox grey (InputSpec.pad_value's default)
+
 
 def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
@@ -93,12 +95,23 @@ class YoloSegAdapter(Adapter):
             return [self._run([v])[0] for v in views]
         return self._run(views)
 
-    def _run(self, views: list[np.ndarray]) -> list[RawDetections]:
+    @staticmethod
+    def blob(views: list, size_hw: tuple[int, int], pad_value: float = PAD_VALUE):
+        """(`(N, 3, h, w)` float32 RGB / 255 of N views letterboxed to `size_hw`; their letterbox
+        scales). On the device for device views. Allocates."""
         xp = get_array_module(views[0])          # device views are prepared on the device
-        boxed = [letterbox(v, self.size, self.card.input.pad_value) for v in views]
-        blob = (xp.stack([c.transpose(2, 0, 1) for c, _ in boxed]) / 255.0).astype(xp.float32)
+        boxed = [letterbox(v, size_hw, pad_value) for v in views]
+        return (xp.stack([c.transpose(2, 0, 1) for c, _ in boxed]) / 255.0).astype(xp.float32), [s for _, s in boxed]
+
+    @classmethod
+    def calibration_blob(cls, pixels: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+        """Letterboxed with PAD_VALUE, the cards' default (calibration has no card to ask)."""
+        return cls.blob([pixels], size_hw)[0][0]
+
+    def _run(self, views: list[np.ndarray]) -> list[RawDetections]:
+        blob, scales = self.blob(views, self.size, self.card.input.pad_value)
         pred, protos = (to_host(o) for o in self.session.run(None, {self.input_name: blob})[:2])
         return [decode_yolo_seg(pred[i], protos[i], num_classes=len(self.card.class_names),
                                 score_threshold=self.card.score_threshold, iou=self.card.nms_iou,
                                 input_hw=self.size, scale=scale, view_hw=v.shape[:2])
-                for i, ((_, scale), v) in enumerate(zip(boxed, views))]
+                for i, (scale, v) in enumerate(zip(scales, views))]

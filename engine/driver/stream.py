@@ -1,0 +1,117 @@
+"""Threads joined by bounded queues: each stage applies a function (or a batch function) to the
+items of its input queue. A slow stage applies back-pressure, so memory stays flat whatever the
+corpus size; TurboJPEG, ONNX Runtime and NumPy release the GIL, so the stages overlap."""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import traceback
+from typing import Callable, Optional
+
+from engine.failures import Stopped, classify
+from engine.fsutil import escape_line
+from engine.types import Failure, ImageError
+
+__all__ = ["Stage", "END", "put"]
+
+LOG = logging.getLogger("sladd")
+END = object()                  # the end marker, forwarded once by the last worker of a stage
+
+
+class Stage:
+    """`workers` threads applying `fn` to items of `inq`, putting results on `outq`.
+
+    The last worker to see the end marker forwards it once, so any number of workers per
+    stage shut down cleanly. An exception in `fn` becomes a Failure for that item.
+    """
+
+    def __init__(self, name: str, fn: Callable, inq: queue.Queue, outq: queue.Queue,
+                 failq: queue.Queue, workers: int, stop: threading.Event, batch_fn: Optional[Callable] = None,
+                 batch_size: int = 1):
+        self.name, self.fn, self.inq, self.outq, self.failq = name, fn, inq, outq, failq
+        self.stop = stop
+        self.batch_fn, self.batch_size = batch_fn, batch_size
+        self._alive = workers
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._loop, name=f"sladd-{name}-{i}", daemon=True)
+                        for i in range(workers)]
+
+    def start(self):
+        for t in self.threads:
+            t.start()
+
+    def _loop(self):
+        while True:
+            item = self.inq.get()
+            if item is END:
+                with self._lock:
+                    self._alive -= 1
+                    last = self._alive == 0
+                if last:
+                    put(self.outq, END, None)
+                else:
+                    self.inq.put(END)               # let the sibling workers see it too
+                return
+            if self.stop.is_set():
+                continue                             # drain without work after a stop
+            if self.batch_fn is not None and self.batch_size > 1:
+                self._run_batch(item)
+            else:
+                self._one(item)
+
+    def _run_batch(self, first) -> None:
+        """Take what is already queued (up to batch_size) and run it as one batch; never waits
+        for a batch to fill. An end marker met on the way is put back for the loop."""
+        items, ended = [first], False
+        while len(items) < self.batch_size:
+            try:
+                nxt = self.inq.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is END:
+                ended = True
+                break
+            items.append(nxt)
+        try:
+            outs = list(self.batch_fn(items))
+        except Stopped:
+            outs = []                                # fatal: the items stay `running`
+        except Exception:  # noqa: BLE001 - retry one by one so one bad image fails alone
+            LOG.debug("%s batch of %d failed, retrying one by one:\n%s", self.name, len(items), traceback.format_exc())
+            outs = None
+            for item in items:
+                self._one(item)
+        for out in outs or ():
+            # A batch function reports the items that failed alone as Failures.
+            put(self.failq if isinstance(out, Failure) else self.outq, out, self.stop)
+        if ended:
+            self.inq.put(END)                       # seen again by the loop, which forwards it
+
+    def _one(self, item):
+        job = item[0].job if isinstance(item, tuple) else getattr(item, "job", item)
+        try:
+            out = self.fn(item)
+        except Stopped:
+            return                                   # fatal: the item stays `running`
+        except ImageError as exc:
+            put(self.failq, classify(job, self.name, str(exc), exc), self.stop)
+            return
+        except MemoryError:
+            put(self.failq, Failure(job, self.name, "out of memory"), self.stop)
+            return
+        except Exception as exc:  # noqa: BLE001 - one image's failure must not end the run
+            LOG.debug("%s failed on %s:\n%s", self.name, escape_line(job.key), traceback.format_exc())
+            put(self.failq, classify(job, self.name, f"{type(exc).__name__}: {exc}", exc), self.stop)
+            return
+        put(self.outq, out, self.stop)
+
+
+def put(q: queue.Queue, item, stop: Optional[threading.Event]):
+    while True:
+        try:
+            q.put(item, timeout=0.2)
+            return
+        except queue.Full:
+            if stop is not None and stop.is_set() and item is not END:
+                return

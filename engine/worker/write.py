@@ -1,0 +1,79 @@
+"""Write stage: render the anonymised JPEG, build the metadata record, JSON and previews, then
+publish every output through the sinks (engine.worker.sinks) — all or none."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+from engine.config import Config
+from engine.meta.exif import read_exif
+from engine.meta.outputs import crop_preview
+from engine.meta.record import build_record, dumps
+from engine.types import Detections, Frame, Result
+from engine.worker.render import Renderer
+from engine.worker.sinks import SINKS, publish
+from kernels import class_counts
+
+__all__ = ["Writer"]
+
+LOG = logging.getLogger("sladd")
+
+
+class Writer:
+    """One per write worker. `meta` (a MetaContext) turns on the metadata JSON and previews;
+    `db` asks for the metadata record (a database row) even without JSON files."""
+
+    def __init__(self, cfg: Config, decoder, encoder=None, meta=None, db: bool = False):
+        from engine.codecs import TurboEncoder
+
+        self.cfg, self.meta, self.db = cfg, meta, db
+        encoder = encoder or TurboEncoder()
+        # Previews are small host crops, CMYK is host only: TurboJPEG for both.
+        host = encoder if isinstance(encoder, TurboEncoder) else TurboEncoder()
+        self.renderer = Renderer(cfg, decoder, encoder, host)
+
+    @property
+    def encoder(self):
+        return self.renderer.encoder
+
+    def render(self, frame: Frame, dets: Detections, need_pixels: bool = False):
+        return self.renderer.render(frame, dets, need_pixels)
+
+    def __call__(self, frame: Frame, dets: Detections) -> Result:
+        """Everything that can fail (JPEG, metadata record, JSON text, preview) is computed
+        before the first file is written."""
+        job = frame.job
+        plan = {s.kind: (s.targets(self.cfg, job) if self.meta is not None or s.kind in ("image", "archive") else [])
+                for s in SINKS}
+        data, masked, pixels = self.renderer.render(frame, dets, need_pixels=bool(plan["preview"]))
+        counts = class_counts(dets.classes[dets.counted] if dets.counted is not None else dets.classes, dets.names)
+        record, rendered = None, {"image": data}
+        if self.meta is not None:
+            record, rendered["json"], rendered["preview"] = self._metadata(frame, pixels, counts, plan)
+        t0 = time.perf_counter()
+        outputs = publish(job, [(p, s.payload(rendered)) for s in SINKS for p in plan[s.kind]])
+        frame.timings["write"] = time.perf_counter() - t0
+        return Result(job=job, outputs=outputs, detections={k: int(v) for k, v in counts.items()}, masked=masked,
+                      timings=dict(frame.timings), record=record)
+
+    def _metadata(self, frame: Frame, pixels, counts: dict, plan: dict) -> tuple[Optional[dict], Optional[bytes],
+                                                                                  Optional[bytes]]:
+        """(metadata record or None, JSON bytes or None, preview JPEG or None)."""
+        t0 = time.perf_counter()
+        record = text = jpeg = None
+        if plan["json"] or self.db:
+            w, h = frame.stored_size
+            record, warnings = build_record(read_exif(frame.exif), w, h, str(frame.job.path), self.meta,
+                                            file_path=frame.job.path, detections=counts,
+                                            preview_name=f"{frame.job.path.stem}_preview.jpg")
+            for msg in warnings:
+                LOG.debug("%s: %s", frame.job.key, msg)
+        if plan["json"]:
+            text = dumps(record).encode("utf-8")
+        if plan["preview"]:
+            # `pixels` are the anonymised ones (render draws the masks before returning them).
+            crop = crop_preview(pixels, self.cfg.preview_dim, self.cfg.preview_center)
+            jpeg = self.renderer.preview_encoder.encode(crop, self.renderer.quality(frame), 2)
+        frame.timings["metadata"] = time.perf_counter() - t0
+        return record, text, jpeg
