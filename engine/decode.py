@@ -1,6 +1,8 @@
 """Read stage: the bytes of an input file. Decoding itself is in engine.codecs."""
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from engine.types import ImageError
@@ -9,9 +11,15 @@ __all__ = ["read_bytes"]
 
 
 def read_bytes(path: Path) -> bytes:
-    """Read a whole file; errors become ImageError naming the problem."""
+    """Read a whole file; errors become ImageError naming the problem.
+
+    Opened without blocking and checked to be a regular file: a name swapped for a FIFO or a
+    device after the walk saw it must fail that image, not hang the run."""
     try:
-        with open(path, "rb") as fh:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ImageError("not a regular file (a FIFO, socket or device)")
             return fh.read()
     except PermissionError:
         raise ImageError("permission denied reading the file") from None

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -503,3 +504,16 @@ cp -a {q(str(disk))} {q(str(tmp_path / 'final'))}
     final = tmp_path / "final" / "out"
     assert {s for s, _ in _rows(final).values()} == {"done"} and len(_rows(final)) == 12
     assert _all_complete_jpegs(final) and not _no_partials(final)
+
+
+def test_a_name_swapped_for_a_fifo_after_the_walk_fails_that_image_without_hanging(tmp_path):
+    """The walk refuses FIFOs, but a file can be replaced by one between the walk and the read."""
+    from engine.decode import read_bytes
+    from engine.types import ImageError
+
+    fifo = tmp_path / "x.jpg"
+    os.mkfifo(fifo)
+    t = time.monotonic()
+    with pytest.raises(ImageError, match="not a regular file"):
+        read_bytes(fifo)
+    assert time.monotonic() - t < 5
