@@ -110,6 +110,11 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-failed", action="store_true", help="retry images that failed in an earlier run")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar; warnings and the summary only")
     p.add_argument("--old-metadata", action="store_true", help="pre-2022 metadata variant (metadata.format: old)")
+    p.add_argument("--executor", choices=["local", "ray"], default=None,
+                   help="overrides engine.executor: local threads, or Ray actors (one per GPU)")
+    p.add_argument("--workers", type=int, default=None, help="Ray actors (engine.workers; default: one per GPU, or 1)")
+    p.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (engine.ray_address; default RAY_ADDRESS, else an embedded local one)")
     p.add_argument("--wait-lock", action="store_true",
                    help="if another run uses the same output folder, wait for it to end instead of refusing")
 
@@ -145,7 +150,10 @@ def _on_stop_signals():
 def _load(args):
     from engine.config import load_config
 
-    overrides = {"engine": {"device": args.device}} if getattr(args, "device", None) else {}
+    engine = {k: v for k, v in (("device", getattr(args, "device", None)), ("executor", getattr(args, "executor", None)),
+                                ("workers", getattr(args, "workers", None)),
+                                ("ray_address", getattr(args, "ray_address", None))) if v is not None}
+    overrides = {"engine": engine} if engine else {}
     if getattr(args, "old_metadata", False):
         overrides["metadata"] = {"format": "old"}
     return load_config(getattr(args, "config", None), profile=args.profile, overrides=overrides or None)

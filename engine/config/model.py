@@ -123,6 +123,13 @@ class EngineSpec(Strict):
     # 8 on cuda (frames and crops of several images per TensorRT/ONNX Runtime call).
     batch_size: Optional[int] = Field(None, ge=1, le=256)
     max_image_pixels: int = Field(200_000_000, ge=1)   # refuse larger images before decoding them
+    # local: the in-process stream of threads. ray: Ray actors, one per GPU (or `workers` CPU
+    # actors), on an embedded local cluster or the one at `ray_address` (or RAY_ADDRESS).
+    executor: Literal["local", "ray"] = "local"
+    workers: Optional[int] = Field(None, ge=1, le=4096)   # Ray actors; null = the GPUs Ray sees, or 1
+    ray_address: Optional[str] = None
+    ray_batch: int = Field(8, ge=1, le=1024)      # images per actor call (small images: fewer round trips)
+    ray_inflight: int = Field(2, ge=1, le=64)     # calls in flight per actor (back-pressure)
 
 
 def _default_models() -> list[ModelSpec]:

@@ -20,7 +20,7 @@ from typing import Optional
 
 from engine.driver.roots import Roots
 from engine.driver.stats import RunStats
-from engine.driver.stream import END, Stage, put
+from engine.driver.stream import END, put
 from engine.failures import NO_SPACE_PREFIX, NO_SPACE_TEXT, NoSpace, ReadOnly, Stopped, mount_point
 from engine.fsutil import copy_atomic, escape_line, is_partial, text_safe, write_atomic
 from engine.ledger import DONE, FAILED, Ledger, LedgerError
@@ -30,6 +30,7 @@ from engine.walk import Tree
 __all__ = ["Driver", "ResumePolicy", "ledger_path"]
 
 LOG = logging.getLogger("sladd")
+WALK_BATCH = 16                     # images marked running per ledger commit
 
 
 def ledger_path(output: Path) -> Path:
@@ -45,24 +46,26 @@ class ResumePolicy:
 
 
 class Driver:
-    """Runs one `sladd run` over `worker` (engine.worker.Worker; its I/O guard and refusal rule
-    are set here). `db` is a database sink (engine.db.sink) or None."""
+    """Runs one `sladd run`: the walk feeds `executor` (engine.driver.stream.LocalExecutor, the
+    threads of this process, or engine.driver.ray_executor.RayExecutor), whose result records
+    come back through `record`. A local executor's worker gets the driver's I/O guard (roots on
+    shares that come and go) and refusal rule. `db` is a database sink (engine.db.sink) or None."""
 
-    def __init__(self, *, tree: Tree, ledger: Ledger, worker, resume: ResumePolicy = ResumePolicy(),
-                 queue_size: int = 8, decoders: int = 1, writers: int = 2, batch_size: int = 1, progress=None,
-                 db=None, delete_input: bool = False, retry_seconds: float = 10.0, timeout_seconds: float = 60.0,
-                 enospc_limit: int = 3, notifier=None):
-        self.tree, self.ledger, self.worker = tree, ledger, worker
+    def __init__(self, *, tree: Tree, ledger: Ledger, executor, resume: ResumePolicy = ResumePolicy(),
+                 queue_size: int = 8, progress=None, db=None, delete_input: bool = False,
+                 retry_seconds: float = 10.0, timeout_seconds: float = 60.0, enospc_limit: int = 3, notifier=None):
+        self.tree, self.ledger, self.executor = tree, ledger, executor
         self.force, self.retry_failed = resume.force, resume.retry_failed
-        self.queue_size, self.n_decoders, self.n_writers = queue_size, decoders, writers
-        self.batch_size = batch_size
+        self.queue_size = queue_size
         self.progress, self.db, self.notifier = progress, db, notifier
         self.delete_input = delete_input
         self.enospc_limit, self._enospc = enospc_limit, 0
         self.stop = threading.Event()
         self.stats = RunStats()
         self.roots = Roots(tree, self.stop, self._fatal, retry_seconds, timeout_seconds)
-        worker.io, worker.refusal = self.roots, tree.refusal
+        worker = getattr(executor, "worker", None)
+        if worker is not None:
+            worker.io, worker.refusal = self.roots, tree.refusal
         self._ledger_ok = True
 
     # --- stopping --------------------------------------------------------------------------------
@@ -78,6 +81,7 @@ class Driver:
         of the images in flight stay `running`, so the next run redoes them."""
         if not self._ledger_ok:
             return False
+        t0 = time.perf_counter()
         try:
             getattr(self.ledger, method)(*args)
             return True
@@ -91,6 +95,8 @@ class Driver:
                 self._fatal(f"the ledger {escape_line(exc.filename)} cannot be written ({exc.strerror}); "
                             "rerun to continue")
             return False
+        finally:
+            self.stats.stage_seconds["ledger"] = self.stats.stage_seconds.get("ledger", 0.0) + time.perf_counter() - t0
 
     # --- walking ---------------------------------------------------------------------------------
     def _should_skip(self, job: Job) -> Optional[str]:
@@ -118,7 +124,20 @@ class Driver:
         self.roots.wait(root)
         return True
 
+    def _start(self, jobs: list, jobq: queue.Queue) -> bool:
+        """Mark `jobs` running in one committed transaction, then queue them: a row is durable
+        before its image's first temporary file can exist, so a crash's leftovers are found."""
+        if not jobs or self.stop.is_set():
+            return not self.stop.is_set()
+        if not self._ledger("mark_running_many", jobs):
+            return False
+        for job in jobs:
+            put(jobq, job, self.stop)
+        jobs.clear()
+        return True
+
     def _walk(self, jobq: queue.Queue):
+        batch: list = []
         try:
             for path in self.tree.paths(unlisted=self.stats.unlisted, skipped=self.stats.skipped_links,
                                         on_error=self._listing_failed):
@@ -141,9 +160,11 @@ class Driver:
                     self.stats.skipped_failed += 1
                     self._tick()
                     continue
-                if not self._ledger("mark_running", job):
+                batch.append(job)
+                if len(batch) >= WALK_BATCH and not self._start(batch, jobq):
                     break
-                put(jobq, job, self.stop)
+            else:
+                self._start(batch, jobq)
         except Stopped:
             pass                                     # stats.fatal says why
         except Exception as exc:  # noqa: BLE001 - a walk that breaks stops the run, never silently
@@ -235,6 +256,8 @@ class Driver:
             LOG.error("not deleting %s: outputs missing: %s", escape_line(job.path),
                       [escape_line(p) for p in missing] or [escape_line(job.archive)])
             return
+        if not self._ledger("flush"):               # the row saying "done" is durable first
+            return
         try:
             job.path.unlink()
         except FileNotFoundError:
@@ -296,28 +319,15 @@ class Driver:
         if self.db is not None and self.db.pending():
             LOG.info("sending %d database row(s) left by an earlier run", self.db.pending())
             self._flush_db(all_rows=True)
-        q, w = self.queue_size, self.worker
-        jobq, frameq, detq, resq, failq = (queue.Queue(q), queue.Queue(q), queue.Queue(q),
-                                           queue.Queue(q * 4), queue.Queue())
-        batch_decode = w.decode_batch_size
-        stages = [
-            Stage("decode", w.decode, jobq, frameq, failq, self.n_decoders, self.stop,
-                  batch_fn=w.decode_batch if batch_decode > 1 else None, batch_size=batch_decode),
-            Stage("detect", w.detect, frameq, detq, failq, 1, self.stop,
-                  batch_fn=w.detect_batch if hasattr(w.detector, "detect_batch") else None,
-                  batch_size=self.batch_size),
-            Stage("write", w.write, detq, resq, failq, self.n_writers, self.stop),
-        ]
+        jobq: queue.Queue = queue.Queue(self.queue_size)
         walker = threading.Thread(target=self._walk, args=(jobq,), name="sladd-walk", daemon=True)
         walker.start()
-        for s in stages:
-            s.start()
         try:
-            self._consume(resq, failq)
+            self.executor.execute(jobq, END, self.record, self.stop)
         except KeyboardInterrupt:
             self.stop.set()
             LOG.warning("interrupted: finishing the images in flight; rerun to continue")
-            if self._consume(resq, failq, timeout=30.0):
+            if self.executor.drain(self.record, timeout=30.0):
                 # Every stage has ended: the images queued but never started are not "running",
                 # they are simply not done; their rows go (a rerun finds them as new).
                 self.cleanup_interrupted()
@@ -331,29 +341,10 @@ class Driver:
             self.stats.seconds = time.perf_counter() - t_start
         return self.stats
 
-    def _consume(self, resq: queue.Queue, failq: queue.Queue, timeout: Optional[float] = None) -> bool:
-        """Record results and failures until the stages end (True), or for `timeout` seconds
-        after a stop (False if they did not end by then)."""
-        end = None if timeout is None else time.perf_counter() + timeout
-        while end is None or time.perf_counter() < end:
-            self._flush_failures(failq)
-            try:
-                item = resq.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if item is END:
-                self._flush_failures(failq)
-                return True
+    def record(self, item) -> None:
+        """One result record (Result or Failure) from wherever the image was processed."""
+        if isinstance(item, Failure):
+            self._record_failure(item)
+        else:
             self._record_result(item)
-            self._tick()
-        self._flush_failures(failq)
-        return False
-
-    def _flush_failures(self, failq: queue.Queue):
-        while True:
-            try:
-                f = failq.get_nowait()
-            except queue.Empty:
-                return
-            self._record_failure(f)
-            self._tick()
+        self._tick()

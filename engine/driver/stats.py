@@ -52,6 +52,8 @@ def summary_lines(stats: RunStats, input_dir, output_dir, archive_dir, ledger: P
         f"DB rows written {stats.db_written}, rejected {stats.db_rejected}, pending {stats.db_pending}",
         f"Objects found: {', '.join(f'{k} {v}' for k, v in sorted(stats.detections.items())) or 'none'}",
         f"Total time spent: {stats.seconds:.1f} s ({rate:.2f} images/s)",
+        "Per image (ms, summed over threads and workers): " + (", ".join(
+            f"{k} {v * 1000 / max(1, stats.processed):.2f}" for k, v in stats.stage_seconds.items()) or "-"),
         f"Ledger: {escape_line(ledger)}",
     ]
     if stats.unlisted:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import traceback
 from typing import Callable, Optional
 
@@ -13,7 +14,7 @@ from engine.failures import Stopped, classify
 from engine.fsutil import escape_line
 from engine.types import Failure, ImageError
 
-__all__ = ["Stage", "END", "put"]
+__all__ = ["Stage", "LocalExecutor", "END", "put"]
 
 LOG = logging.getLogger("sladd")
 END = object()                  # the end marker, forwarded once by the last worker of a stage
@@ -115,3 +116,66 @@ def put(q: queue.Queue, item, stop: Optional[threading.Event]):
         except queue.Full:
             if stop is not None and stop.is_set() and item is not END:
                 return
+
+
+class LocalExecutor:
+    """The worker's stages as threads of this process: decode (`decoders` threads, DALI batches
+    when the worker's decoder takes them), detect (one thread, `batch_size` frames per model
+    call), write (`writers` threads). Same interface as the Ray executor."""
+
+    def __init__(self, worker, *, queue_size: int = 8, decoders: int = 1, writers: int = 2, batch_size: int = 1):
+        self.worker = worker
+        self.queue_size, self.decoders, self.writers, self.batch_size = queue_size, decoders, writers, batch_size
+        self._resq: Optional[queue.Queue] = None
+        self._failq: Optional[queue.Queue] = None
+
+    def execute(self, jobq: queue.Queue, end, record: Callable, stop: threading.Event) -> None:
+        if end is not END:
+            raise ValueError("LocalExecutor runs on the stream's own end marker (engine.driver.stream.END)")
+        q, w = self.queue_size, self.worker
+        frameq, detq = queue.Queue(q), queue.Queue(q)
+        self._resq, self._failq = queue.Queue(q * 4), queue.Queue()
+        nb = w.decode_batch_size
+        stages = [
+            Stage("decode", w.decode, jobq, frameq, self._failq, self.decoders, stop,
+                  batch_fn=w.decode_batch if nb > 1 else None, batch_size=nb),
+            Stage("detect", w.detect, frameq, detq, self._failq, 1, stop,
+                  batch_fn=w.detect_batch if hasattr(w.detector, "detect_batch") else None,
+                  batch_size=self.batch_size),
+            Stage("write", w.write, detq, self._resq, self._failq, self.writers, stop),
+        ]
+        for s in stages:
+            s.start()
+        self._consume(record)
+
+    def drain(self, record: Callable, timeout: float) -> bool:
+        """After a stop: record what the stages still finish; True when every stage has ended."""
+        return self._resq is not None and self._consume(record, timeout)
+
+    def _consume(self, record: Callable, timeout: Optional[float] = None) -> bool:
+        """Record results and failures until the stages end (True), or for `timeout` seconds
+        (False if they did not end by then)."""
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        while deadline is None or time.perf_counter() < deadline:
+            self._flush_failures(record)
+            try:
+                item = self._resq.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is END:
+                self._flush_failures(record)
+                return True
+            record(item)
+        self._flush_failures(record)
+        return False
+
+    def _flush_failures(self, record: Callable) -> None:
+        while True:
+            try:
+                f = self._failq.get_nowait()
+            except queue.Empty:
+                return
+            record(f)
+
+    def close(self) -> None:
+        return None

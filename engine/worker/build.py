@@ -1,0 +1,57 @@
+"""Build the worker of a run from its configuration: device, decoder, encoder, runtime, models,
+writer. The same function serves the in-process stream and each Ray actor (engine.driver.ray_executor),
+so both anonymise byte for byte alike."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from engine.codecs import ScaledDecoder, create_decoder, create_encoder
+from engine.config import CONFIG_DIR, Config
+from engine.detect import Detector, build_models
+from engine.device import choose_decoder, choose_device, choose_encoder, choose_runtime, gpu_components
+from engine.meta.record import MetaContext
+from engine.runtimes import create_runtime
+from engine.worker.worker import Worker
+from engine.worker.write import Writer
+
+__all__ = ["build_worker", "GPU_BATCH"]
+
+GPU_BATCH = 8                      # engine.batch_size: null (auto) on cuda
+
+
+def build_worker(cfg: Config, tree, *, config_file: Optional[Path] = None, db: bool = False,
+                 threads: Optional[int] = None) -> tuple[Worker, Config]:
+    """(worker, the configuration with its automatic values filled in). `threads` caps the
+    decoder's and the runtime's threads (a Ray actor's share of a node's cores)."""
+    components = gpu_components() if cfg.engine.device != "cpu" else None
+    device = choose_device(cfg.engine.device, components)
+    if cfg.engine.batch_size is None:
+        # auto: batches pay on a GPU; on a few CPU cores batch 1 is as fast and uses less memory.
+        cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(
+            update={"batch_size": GPU_BATCH if device == "cuda" else 1})})
+    decoder_name, dali_device = choose_decoder(cfg.engine.decoder, device, components)
+    encoder_name = choose_encoder(cfg.output.encoder, device, components)
+    create_encoder(encoder_name, device)          # fails here, not once per image, if it cannot start
+    runtime_name = choose_runtime(cfg.engine.runtime, device, components)
+    runtime = create_runtime(runtime_name, device=device, threads=threads or cfg.engine.inference_threads,
+                             precision=cfg.engine.precision, calibration_images=cfg.engine.calibration_images,
+                             max_batch=cfg.engine.batch_size)
+    slots, names = build_models(cfg, runtime)
+    detector = Detector(cfg, slots, names)
+    cores = threads or os.cpu_count() or 2
+
+    def make_decoder():
+        # threads: DALI's own workers (Huffman decoding on the host for nvJPEG's hybrid path).
+        inner = create_decoder(decoder_name, min_scale=1.0, max_pixels=cfg.engine.max_image_pixels,
+                               device=dali_device, batch=cfg.engine.decode_batch, threads=max(2, min(8, cores)))
+        return ScaledDecoder(inner, detector.needed_scale)
+
+    meta = MetaContext.from_config(cfg, config_file or CONFIG_DIR / "default.yml")
+    worker = Worker(make_decoder=make_decoder, detector=detector,
+                    make_writer=lambda: Writer(cfg, make_decoder(), encoder=create_encoder(encoder_name, device),
+                                               meta=meta, db=db),
+                    decode_batch=cfg.engine.decode_batch if decoder_name == "dali" else 1,
+                    refusal=tree.refusal)
+    return worker, cfg
