@@ -16,11 +16,11 @@ from engine.types import ImageError
 __all__ = ["JpegInfo", "parse_jpeg", "estimate_quality", "splice_segments", "set_orientation",
            "apply_orientation", "CARRIED_MARKERS"]
 
-# Segments carried from the input into the output: APP1 (EXIF, XMP), APP2 (ICC, FlashPix),
-# APP3-APP13 (vendor, IPTC/Photoshop), APP15, COM. APP0 (JFIF) comes from the encoder, and
-# APP14 (Adobe) describes the *input's* colour transform, which no longer applies. Carried
-# segments pass through engine.embedded.sanitize_segments first: pictures inside them
-# (thumbnails, previews, extra frames) are removed, never carried.
+# Segments parse_jpeg collects as candidates to carry: APP1..APP13, APP15 and COM. APP0 (JFIF)
+# comes from the encoder, and APP14 (Adobe) describes the *input's* colour transform, which no
+# longer applies. What is actually carried is decided by engine.embedded.sanitize_segments: EXIF,
+# the main XMP packet, ICC, IPTC/Photoshop and COM, each without the pictures it may hide;
+# every other segment is dropped (see README, "What is kept, what is rewritten").
 CARRIED_MARKERS = frozenset(list(range(0xE1, 0xEE)) + [0xEF, 0xFE])
 
 # libjpeg's standard luminance table (ITU T.81 Annex K), natural order, for quality estimation.

@@ -23,7 +23,7 @@ def test_image_runs_sladd_as_a_non_root_user_with_the_gpu_extra():
     text = DOCKERFILE.read_text()
     base = re.search(r"^FROM\s+(\S+)", text, re.M).group(1)
     assert base.startswith("nvcr.io/nvidia/tensorrt:")                   # CUDA 12 + TensorRT 10
-    assert re.search(r'pip install "\.\[gpu\]"', text)
+    assert re.search(r'pip install "\.\[gpu(,[a-z]+)*\]"', text)           # the gpu extra (+ ray, ...)
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert re.search(r'^ENTRYPOINT \["sladd"\]', text, re.M)

@@ -356,7 +356,7 @@ def test_full_disk_under_the_ledger_stops_cleanly_and_a_rerun_finishes(tmp_path,
     inp = _tree(tmp_path / "in", portrait, 30)
     out = tmp_path / "disk" / "out"
     mounts = (f"mount -t tmpfs -o size=8m tmpfs {tmp_path / 'disk'} && mkdir -p {out}/.sladd && "
-              f"mount -t tmpfs -o size=128k tmpfs {out}/.sladd")
+              f"mount -t tmpfs -o size=96k tmpfs {out}/.sladd")
     (rc1, rc2), (t1, t2), snap, final = _disk_full_script(tmp_path, inp, _cfg(tmp_path), mounts)
     assert rc1 == 3, t1
     assert f"Run stopped early: no space left on {out}/.sladd" in t1 and "Traceback" not in t1

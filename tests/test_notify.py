@@ -83,8 +83,8 @@ def test_crash_mail(smtp, tmp_path, portrait, monkeypatch):
     cfg = tmp_path / "c.yml"
     cfg.write_text(f"uncaught_exception_email: true\nemail: {{smtp_host: 127.0.0.1, port: {port}, "
                    "to_addresses: [ops@x]}\n")
-    import engine.run as er
-    monkeypatch.setattr(er, "build_models", lambda *a: (_ for _ in ()).throw(ZeroDivisionError("boom")))
+    import engine.worker.build as wb
+    monkeypatch.setattr(wb, "build_models", lambda *a: (_ for _ in ()).throw(ZeroDivisionError("boom")))
     with pytest.raises(ZeroDivisionError):
         main(["run", "-i", str(_tree(tmp_path, portrait)), "-o", str(tmp_path / "o"), "-k", str(cfg), "-q"])
     assert _subject(inbox.messages[0]).endswith(": Execution stopped due to uncaught ZeroDivisionError.")

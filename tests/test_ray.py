@@ -149,16 +149,25 @@ def test_driver_killed_three_times_then_rerun_gives_every_image_once(tmp_path, p
             kids = descendants(p.pid)
             os.kill(p.pid, signal.SIGKILL)
             p.wait()
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and any(os.path.exists(f"/proc/{q}") and _alive(q) for q in kids):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and any(_alive(q) for q in kids):
                 time.sleep(0.2)
-            assert not [q for q in kids if _alive(q)], "no Ray process outlives a driver killed with -9"
+            left = {q: _cmdline(q) for q in kids if _alive(q)}
+            assert not left, f"no Ray process outlives a driver killed with -9: {left}"
         else:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     _exactly_once(inp, out)
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace")[:80]
+    except OSError:
+        return "?"
 
 
 def _alive(pid):

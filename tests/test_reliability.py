@@ -156,13 +156,13 @@ def test_input_share_that_appears_late(tmp_path, portrait):
 def test_output_share_that_vanishes_stops_the_run_not_the_images(tmp_path, portrait, monkeypatch):
     inp, out = _tree(tmp_path / "in", portrait, 2), tmp_path / "out"
     from engine.worker import Worker
-    real = Worker.write
+    real = Worker.publish
 
     def vanish(self, item):
         import shutil
         shutil.rmtree(out, ignore_errors=True)                  # the share went away
         return real(self, item)
-    monkeypatch.setattr(Worker, "write", vanish)
+    monkeypatch.setattr(Worker, "publish", vanish)
     cfg, _ = load_config(_cfg(tmp_path))
     st = run(cfg, inp, out)
     # One wait for the share (file_access_timeout_seconds), then a stop: no image is failed for it.

@@ -17,6 +17,7 @@ from engine.runtimes import create_runtime
 from engine.driver import Driver, ledger_path
 from engine.driver.stream import LocalExecutor
 from engine.worker import Worker
+from engine.worker.write import Prepared
 from engine.run import run
 from engine.types import Result
 from engine.walk import Tree
@@ -220,11 +221,11 @@ def test_stream_is_bounded(tmp_path):
             return type("F", (), {"job": job, "timings": {}})()
 
     class Wr:
-        def __call__(self, frame, dets):
+        def prepare(self, frame, dets):
             time.sleep(0.01)
             with lock:
                 in_flight.discard(frame.job.key)
-            return Result(job=frame.job, outputs=[], detections={}, masked=False, timings={})
+            return Prepared(frame.job, [], Result(job=frame.job, outputs=[], detections={}, masked=False, timings={}))
 
     (tmp_path / "out").mkdir()
     tree = Tree(inp, tmp_path / "out", None, [".jpg"])

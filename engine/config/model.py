@@ -117,7 +117,8 @@ class EngineSpec(Strict):
     calibration_images: Optional[str] = None      # int8: a folder of sample JPEGs for calibration
     queue_size: int = Field(8, ge=1, le=1024)     # bound of every queue between stages
     decoders: int = Field(1, ge=1, le=64)         # decode threads
-    writers: int = Field(2, ge=1, le=64)          # mask + encode + write threads
+    writers: int = Field(2, ge=1, le=64)          # mask + encode + metadata threads
+    publishers: int = Field(4, ge=1, le=64)       # threads writing the files (fsync per file: I/O)
     inference_threads: Optional[int] = Field(None, ge=1, le=256)   # ONNX Runtime intra-op; null = all cores
     # Views (tiles, images) per model call; null = auto: 1 on the CPU (as fast on few cores),
     # 8 on cuda (frames and crops of several images per TensorRT/ONNX Runtime call).

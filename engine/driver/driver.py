@@ -334,6 +334,9 @@ class Driver:
                 self.ledger.forget_running()
             raise
         finally:
+            # The last group of ledger rows: a failure here (a full disk) stops the run as any
+            # ledger write does, rather than a done run whose last rows were never kept.
+            self._ledger("flush")
             if self.db is not None:
                 if not self.stats.fatal:
                     self._flush_db(all_rows=True)

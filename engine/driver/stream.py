@@ -121,11 +121,14 @@ def put(q: queue.Queue, item, stop: Optional[threading.Event]):
 class LocalExecutor:
     """The worker's stages as threads of this process: decode (`decoders` threads, DALI batches
     when the worker's decoder takes them), detect (one thread, `batch_size` frames per model
-    call), write (`writers` threads). Same interface as the Ray executor."""
+    call), mask + encode + metadata (`writers` threads), writing the files (`publishers`
+    threads). Same interface as the Ray executor."""
 
-    def __init__(self, worker, *, queue_size: int = 8, decoders: int = 1, writers: int = 2, batch_size: int = 1):
+    def __init__(self, worker, *, queue_size: int = 8, decoders: int = 1, writers: int = 2, publishers: int = 4,
+                 batch_size: int = 1):
         self.worker = worker
         self.queue_size, self.decoders, self.writers, self.batch_size = queue_size, decoders, writers, batch_size
+        self.publishers = publishers
         self._resq: Optional[queue.Queue] = None
         self._failq: Optional[queue.Queue] = None
 
@@ -133,7 +136,7 @@ class LocalExecutor:
         if end is not END:
             raise ValueError("LocalExecutor runs on the stream's own end marker (engine.driver.stream.END)")
         q, w = self.queue_size, self.worker
-        frameq, detq = queue.Queue(q), queue.Queue(q)
+        frameq, detq, prepq = queue.Queue(q), queue.Queue(q), queue.Queue(q)
         self._resq, self._failq = queue.Queue(q * 4), queue.Queue()
         nb = w.decode_batch_size
         stages = [
@@ -142,7 +145,10 @@ class LocalExecutor:
             Stage("detect", w.detect, frameq, detq, self._failq, 1, stop,
                   batch_fn=w.detect_batch if hasattr(w.detector, "detect_batch") else None,
                   batch_size=self.batch_size),
-            Stage("write", w.write, detq, self._resq, self._failq, self.writers, stop),
+            Stage("write", w.prepare, detq, prepq, self._failq, self.writers, stop),
+            # Writing the files is I/O (an fsync per file): its own threads, so that the fsyncs
+            # of several images overlap with each other and with the encoding.
+            Stage("publish", w.publish, prepq, self._resq, self._failq, self.publishers, stop),
         ]
         for s in stages:
             s.start()

@@ -10,6 +10,7 @@ from typing import Optional
 
 from engine.codecs import TurboDecoder
 from engine.decode import read_bytes
+from engine.embedded import clean_exif
 from engine.jpeg import parse_jpeg
 from engine.meta.exif import read_exif
 from engine.meta.outputs import crop_preview, targets_for, write_json_files, write_previews
@@ -66,7 +67,7 @@ def make_json(cfg, config_file: Path, input_dir: Path, output_dir: Optional[Path
     def fn(job):
         data = read_bytes(job.path)
         info = parse_jpeg(data)
-        record, warnings = build_record(read_exif(info.exif), info.width, info.height, str(job.path), ctx,
+        record, warnings = build_record(read_exif(clean_exif(info.exif)), info.width, info.height, str(job.path), ctx,
                                         file_path=job.path, detections=None,
                                         preview_name=f"{job.path.stem}_preview.jpg")
         for w in warnings:

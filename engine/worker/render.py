@@ -1,5 +1,7 @@
 """Mask and encode stage: the anonymised JPEG of one frame, with the input's metadata segments
-(without the pictures they may hide: engine.embedded)."""
+(without the pictures they may hide: engine.embedded). Rendering replaces `frame.exif` by the
+EXIF payload the output carries (cleaned), so that the metadata record built after it
+(engine.worker.write) never shows what the image no longer holds."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +12,7 @@ import numpy as np
 
 from engine.config import Config
 from engine.codecs.turbo import decode_cmyk, rgb_to_cmyk
-from engine.embedded import sanitize_file, sanitize_segments
+from engine.embedded import NotCopyable, rebuild_file, sanitize_segments
 from engine.jpeg import apply_orientation, parse_jpeg, set_orientation, splice_segments
 from engine.mask import Masker
 from engine.types import Detections, Frame
@@ -46,12 +48,14 @@ class Renderer:
         Device frames (the GPU path) are masked on the device; an encoder that takes device
         arrays (nvImageCodec on cuda) encodes them there and only the JPEG comes back, else the
         pixels are copied to the host once, for the host encoder. No picture the input hides
-        besides its main image (thumbnails, MPO frames, trailers) reaches the output."""
+        besides its main image (thumbnails, MPO frames, trailers) reaches the output. An
+        image with nothing to mask that cannot be rebuilt losslessly without doubt is re-encoded."""
         info = parse_jpeg(frame.data) if frame.data[:2] == b"\xff\xd8" else None
         draw = len(dets) > 0 and self.cfg.draw_mask
         if not draw and self.cfg.output.copy_unmasked:
-            return (self._unmasked_copy(frame, info), False,
-                    to_host(self.decoder.full_pixels(frame)) if need_pixels else None)
+            copied = self._unmasked_copy(frame, info)
+            if copied is not None:
+                return copied, False, to_host(self.decoder.full_pixels(frame)) if need_pixels else None
         if info is not None and info.cmyk:
             return self._render_cmyk(frame, dets if draw else None, info, need_pixels)
         if draw:
@@ -69,17 +73,24 @@ class Renderer:
         frame.timings["encode"] = time.perf_counter() - t0
         return data, draw, (to_host(pixels) if need_pixels else None)
 
-    def _unmasked_copy(self, frame: Frame, info) -> bytes:
-        """Nothing to mask: the input itself, or, when it hides pictures, a lossless rebuild
-        without them (same entropy-coded data, so the same pixels; nothing is re-encoded)."""
+    def _unmasked_copy(self, frame: Frame, info) -> Optional[bytes]:
+        """Nothing to mask: the input itself when it is already exactly what the lossless
+        rebuild would write, else that rebuild (same entropy-coded data, so the same pixels;
+        only the allowlisted, cleaned segments). None: re-encode it (engine.embedded.NotCopyable)."""
         if info is None:
             return frame.data
         t0 = time.perf_counter()
-        rebuilt, notes = sanitize_file(frame.data, info)
-        for note in notes:
+        try:
+            res = rebuild_file(frame.data, info)
+        except NotCopyable as exc:
+            LOG.debug("%s: not copied, re-encoded: %s", frame.job.key, exc)
+            return None
+        finally:
+            frame.timings["sanitize"] = time.perf_counter() - t0
+        for note in res.notes:
             LOG.debug("%s: %s", frame.job.key, note)
-        frame.timings["sanitize"] = time.perf_counter() - t0
-        return frame.data if rebuilt is None else rebuilt
+        frame.exif = res.exif
+        return frame.data if res.data is None else res.data
 
     def _carried(self, frame: Frame) -> list[bytes]:
         """The input's metadata segments for a re-encoded output: pictures removed, and the
@@ -87,6 +98,7 @@ class Renderer:
         res = sanitize_segments(frame.segments)
         for note in res.notes:
             LOG.debug("%s: %s", frame.job.key, note)
+        frame.exif = res.exif
         if frame.orientation == 1:
             return res.segments
         return [set_orientation(s, 1) if s[4:10] == b"Exif\x00\x00" else s for s in res.segments]

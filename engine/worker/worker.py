@@ -108,12 +108,23 @@ class Worker:
 
     def write(self, item) -> Result:
         """Mask, encode and write every output of one image (the writer publishes all or none)."""
+        return self.publish(self.prepare(item))
+
+    def prepare(self, item):
+        """Mask, encode, build the metadata: everything but the writing (CPU)."""
         frame, dets = item
+        # The metadata reads the input's folder and file names: a share gone here is not the image's.
+        return self.io.call(self.writer().prepare, frame, dets)
+
+    def publish(self, prepared) -> Result:
+        """Write the prepared outputs atomically (I/O: fsync per file)."""
         self.io.before_write()
-        why = self.refusal(frame.job.path)          # the archive copy reads the input again
+        why = self.refusal(prepared.job.path)       # the archive copy reads the input again
         if why is not None:
             raise ImageError(why)
-        return self.io.call(self.writer(), frame, dets)
+        from engine.worker.write import Writer
+
+        return self.io.call(Writer.publish, prepared)
 
     # --- one call per image ----------------------------------------------------------------------
     def process(self, job: Job):

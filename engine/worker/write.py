@@ -4,20 +4,30 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Optional
 
 from engine.config import Config
 from engine.meta.exif import read_exif
 from engine.meta.outputs import crop_preview
 from engine.meta.record import build_record, dumps
-from engine.types import Detections, Frame, Result
+from engine.types import Detections, Frame, Job, Result
 from engine.worker.render import Renderer
 from engine.worker.sinks import SINKS, publish
 from kernels import class_counts
 
-__all__ = ["Writer"]
+__all__ = ["Writer", "Prepared"]
 
 LOG = logging.getLogger("sladd")
+
+
+@dataclass
+class Prepared:
+    """An image ready to be written: (path, bytes or None = copy of the input) per output file."""
+
+    job: Job
+    files: list
+    result: Result
 
 
 class Writer:
@@ -41,8 +51,11 @@ class Writer:
         return self.renderer.render(frame, dets, need_pixels)
 
     def __call__(self, frame: Frame, dets: Detections) -> Result:
+        return self.publish(self.prepare(frame, dets))
+
+    def prepare(self, frame: Frame, dets: Detections) -> "Prepared":
         """Everything that can fail (JPEG, metadata record, JSON text, preview) is computed
-        before the first file is written."""
+        before the first file is written: the files to write, and the result record."""
         job = frame.job
         plan = {s.kind: (s.targets(self.cfg, job) if self.meta is not None or s.kind in ("image", "archive") else [])
                 for s in SINKS}
@@ -51,11 +64,19 @@ class Writer:
         record, rendered = None, {"image": data}
         if self.meta is not None:
             record, rendered["json"], rendered["preview"] = self._metadata(frame, pixels, counts, plan)
+        files = [(p, s.payload(rendered)) for s in SINKS for p in plan[s.kind]]
+        return Prepared(job, files, Result(job=job, outputs=[], detections={k: int(v) for k, v in counts.items()},
+                                           masked=masked, timings=dict(frame.timings), record=record))
+
+    @staticmethod
+    def publish(prepared: "Prepared") -> Result:
+        """Write the prepared files (each atomically, fsync'ed; all or none). I/O only, so the
+        stream runs it in its own threads and the fsyncs of several images overlap."""
         t0 = time.perf_counter()
-        outputs = publish(job, [(p, s.payload(rendered)) for s in SINKS for p in plan[s.kind]])
-        frame.timings["write"] = time.perf_counter() - t0
-        return Result(job=job, outputs=outputs, detections={k: int(v) for k, v in counts.items()}, masked=masked,
-                      timings=dict(frame.timings), record=record)
+        result = prepared.result
+        result.outputs = publish(prepared.job, prepared.files)
+        result.timings["write"] = time.perf_counter() - t0
+        return result
 
     def _metadata(self, frame: Frame, pixels, counts: dict, plan: dict) -> tuple[Optional[dict], Optional[bytes],
                                                                                   Optional[bytes]]:
@@ -64,6 +85,9 @@ class Writer:
         record = text = jpeg = None
         if plan["json"] or self.db:
             w, h = frame.stored_size
+            # frame.exif is the EXIF the output carries: render() replaced the input's by its
+            # cleaned copy (engine.embedded), so the record never shows a thumbnail or a picture
+            # in a text tag that the image no longer holds.
             record, warnings = build_record(read_exif(frame.exif), w, h, str(frame.job.path), self.meta,
                                             file_path=frame.job.path, detections=counts,
                                             preview_name=f"{frame.job.path.stem}_preview.jpg")
