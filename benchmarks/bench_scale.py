@@ -31,7 +31,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from engine.demo import road_scene

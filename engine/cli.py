@@ -16,6 +16,8 @@ from pathlib import Path
 import yaml
 
 from engine import __version__
+from engine.cli_commands import _cmd_correct, _cmd_db, _cmd_meta, _cmd_models
+from engine.config.load import PROFILES
 
 __all__ = ["main", "build_parser"]
 
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                       ("create-config", "write a db config with the password Fernet-encrypted (key ORACLE_KEY)")):
         d = dsub.add_parser(name, help=hlp)
         d.add_argument("-k", "--config", type=Path, default=None, help="YAML file overriding the keys it names")
-        d.add_argument("--profile", choices=["default", "360"], default=None)
+        d.add_argument("--profile", choices=PROFILES, default=None)
         d.add_argument("-o", "--output", type=Path, default=None,
                        help="output folder of a run (where the embedded SQLite database and the spool live)")
         if name == "create-table":
@@ -76,14 +78,28 @@ def build_parser() -> argparse.ArgumentParser:
             d.add_argument("--schema", default=None)
             d.add_argument("--out", type=Path, default=Path("db_config.py"))
 
+    co = sub.add_parser("correct", help="re-render images from their originals with added/removed regions")
+    co.add_argument("-o", "--output", required=True, type=Path, help="output folder of a run")
+    src = co.add_mutually_exclusive_group(required=True)
+    src.add_argument("-a", "--archive", type=Path, default=None, help="the run's archive folder (the originals)")
+    src.add_argument("-i", "--input", type=Path, default=None, help="the run's input folder (the originals)")
+    co.add_argument("-k", "--config", type=Path, default=None, help="the run's YAML configuration")
+    co.add_argument("--profile", choices=PROFILES, default=None, help="the run's profile")
+    co.add_argument("--file", required=True, type=Path, help='{"images": [{"image", "add", "remove"}]}')
+
+    from engine.review.command import add_arguments as review_arguments
+    review_arguments(sub.add_parser("review", help="local web page to go through a run: add and remove masked regions"))
+
     cf = sub.add_parser("config", help="print the effective configuration (defaults, profile, -k file) as YAML")
     cf.add_argument("-k", "--config", type=Path, default=None, help="YAML file overriding the keys it names")
-    cf.add_argument("--profile", choices=["default", "360"], default=None, help="shipped profile under -k")
+    cf.add_argument("--profile", choices=PROFILES, default=None, help="shipped profile under -k")
 
     be = sub.add_parser("build-engine", help="compile an ONNX model to a TensorRT plan (needs TensorRT and a GPU)",
                         add_help=False)
     be.add_argument("args", nargs=argparse.REMAINDER)
 
+    from engine.service.server import add_parser as add_serve_parser      # `sladd serve` (engine/service)
+    add_serve_parser(sub)
     m = sub.add_parser("models", help="install or list models")
     msub = m.add_subparsers(dest="models_command", required=True)
     f = msub.add_parser("fetch", help="install a shipped card's model file into the models cache")
@@ -97,13 +113,13 @@ def _tree_args(p: argparse.ArgumentParser, output_required: bool) -> None:
     p.add_argument("-o", "--output", required=output_required, type=Path, default=None, help="output folder")
     p.add_argument("-a", "--archive", type=Path, default=None, help="archive folder")
     p.add_argument("-k", "--config", type=Path, default=None, help="YAML file overriding the keys it names")
-    p.add_argument("--profile", choices=["default", "360"], default=None, help="shipped profile under -k")
+    p.add_argument("--profile", choices=PROFILES, default=None, help="shipped profile under -k")
     p.add_argument("--device", default=None, help=argparse.SUPPRESS)
     p.add_argument("--old-metadata", action="store_true", help="pre-2022 metadata variant (metadata.format: old)")
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", choices=["default", "360"], default=None,
+    p.add_argument("--profile", choices=PROFILES, default=None,
                    help="shipped profile under the -k file (default: 360 if it sets image_type 360)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="overrides engine.device")
     p.add_argument("--force", action="store_true", help="redo images the ledger marks done")
@@ -236,6 +252,9 @@ def main(argv=None) -> int:
     if args.command == "build-engine":
         from engine.build_cli import main as build_main
         return build_main(args.args)
+    if args.command == "serve":
+        from engine.service.server import cli_main
+        return cli_main(args)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s]: %(message)s")
     try:
         cfg, cfg_path = _load(args)
@@ -248,6 +267,11 @@ def main(argv=None) -> int:
             print("sladd: -a/--archive must differ from -o/--output", file=sys.stderr)
             return 2
         return _cmd_run(args, args.input, args.output, args.archive, args.log_dir, cfg_path)
+    if args.command == "correct":
+        return _cmd_correct(args, cfg)
+    if args.command == "review":
+        from engine.review import cli_main as review_main
+        return review_main(args, cfg)
     if args.command == "config":
         # Every key with its value, passwords redacted: the list of keys and defaults.
         print(yaml.safe_dump(cfg.redacted_dump(), sort_keys=False, allow_unicode=True).rstrip())
@@ -266,106 +290,6 @@ def main(argv=None) -> int:
         print(f"demo output: {(root / 'output').resolve()}  (compare with {inp.resolve()})", file=sys.stderr)
         return code
     return 2
-
-
-def _cmd_meta(args, cfg, cfg_path) -> int:
-    from engine.meta.commands import OUTPUT_KINDS, check_tree, make_json, make_previews
-
-    logging.getLogger("sladd").setLevel(logging.INFO)
-    if not args.input.is_dir():
-        print(f"sladd {args.command}: input folder {args.input} does not exist", file=sys.stderr)
-        return 2
-    try:
-        if args.command == "json":
-            st = make_json(cfg, cfg_path, args.input, args.output, args.archive)
-            print(f"{st.images} images, {st.written} JSON files written, {st.failed} failed", file=sys.stderr)
-            return 1 if st.failed else 0
-        if args.command == "preview":
-            st = make_previews(cfg, args.input, args.output, args.archive)
-            print(f"{st.images} images, {st.written} previews written, {st.failed} failed", file=sys.stderr)
-            return 1 if st.failed else 0
-    except ValueError as exc:
-        print(f"sladd {args.command}: {exc}", file=sys.stderr)
-        return 2
-    from engine.fsutil import escape_line
-
-    totals = {k: {"OK": 0, "Missing": 0, "None": 0} for k in OUTPUT_KINDS}
-    incomplete = 0
-    unlisted, skipped = [], []
-    # One line per image: keys are escaped (\\ \\n \\t \\xNN for control characters and bytes that
-    # are not UTF-8), so a name with a newline or from another system cannot split or break a line.
-    print("key\t" + "\t".join(OUTPUT_KINDS))
-    for key, row in check_tree(cfg, args.input, args.output, args.archive, unlisted=unlisted, skipped=skipped):
-        for k, v in row.items():
-            totals[k][v] += 1
-        missing = "Missing" in row.values()
-        incomplete += missing
-        if missing or not args.missing_only:
-            print(escape_line(key) + "\t" + "\t".join(row[k] for k in OUTPUT_KINDS))
-    print("totals\t" + "\t".join(f"OK {t['OK']} / Missing {t['Missing']} / None {t['None']}"
-                                  for t in totals.values()))
-    print(f"{incomplete} image(s) with a missing output", file=sys.stderr)
-    if skipped:
-        print(f"{len(skipped)} symbolic link(s) or special file(s) skipped (see above)", file=sys.stderr)
-    if unlisted:
-        # Their images are unknown: the check is incomplete, whatever the rows say.
-        print(f"{len(unlisted)} folder(s) could not be listed; the check is incomplete", file=sys.stderr)
-    return 1 if (incomplete or unlisted) else 0
-
-
-def _cmd_db(args, cfg) -> int:
-    from engine.db import commands as dbc
-
-    logging.getLogger("sladd").setLevel(logging.INFO)
-    c = args.db_command
-    try:
-        if c == "create-config":
-            dbc.create_config(args.out, user=args.user, password=args.password, dsn=args.dsn, schema=args.schema,
-                              table_name=args.table_name)
-            print(f"wrote {args.out}", file=sys.stderr)
-        elif c == "create-table":
-            print(";\n".join(dbc.create_table(cfg, args.output, drop=args.drop)))
-        elif c == "insert-geom-metadata":
-            print(";\n".join(dbc.insert_geom_metadata(cfg, args.output)))
-        elif c == "execute-sql":
-            if (args.sql is None) == (args.file is None):
-                print("sladd db execute-sql: give either SQL or --file", file=sys.stderr)
-                return 2
-            sql = args.sql if args.sql is not None else args.file.read_text(encoding="utf-8")
-            for row in dbc.execute_sql(cfg, args.output, sql):
-                print("\t".join("" if v is None else str(v) for v in row))
-        elif c == "load-json":
-            added, rejected = dbc.load_json(cfg, args.output, args.folder, args.archive)
-            print(f"{added} rows written, {rejected} rejected", file=sys.stderr)
-            return 1 if rejected else 0
-        elif c == "flush":
-            sent, pending, refused = dbc.flush(cfg, args.output, retry_refused=args.retry_refused)
-            print(f"{sent} rows sent, {pending} still pending, {refused} refused by the database "
-                  "(kept in the spool; --retry-refused)", file=sys.stderr)
-            return 1 if (pending or refused) else 0
-    except (ValueError, ImportError, OSError) as exc:
-        print(f"sladd db {c}: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - database errors: report, do not trace back
-        print(f"sladd db {c}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _cmd_models(args) -> int:
-    from engine.models.fetch import fetch, main_list
-
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s]: %(message)s")
-    if args.models_command == "list":
-        print(main_list())
-        return 0
-    try:
-        path = fetch(args.name)
-    except (RuntimeError, ValueError) as exc:
-        print(f"sladd models fetch: {exc}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Detect stage: views (full image, cutouts, the 360° seam, mirrored passes) through every
 configured model, results mapped to full-resolution pixels, merged, and combined into one
-`Detections` per image.
+`Detections` per image. Search cards (plates) then look in crops around what the others found
+(engine/search.py); the models themselves are loaded by engine/slots.py.
 
 For 360° images (`image_type: "360"`) x is a circle: a view may run past the right edge into
 the left one, and boxes are kept in "unwrapped" coordinates (x1 in [0, W), x2 up to 2W); the
@@ -16,8 +17,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.config import Config, ModelSpec
-from engine.models import ModelCard, ModelNotFound, RawDetections, create_adapter, load_card, resolve_model
+from engine.config import Config
+from engine.models import RawDetections
+from engine.search import bucket_crop, crop_scales, region_rects, tile_rects
+from engine.slots import ModelSlot, build_models
 from engine.types import Detections, Frame
 from kernels import (box_to_int, cluster_boxes, crop_view, cutout_windows, downscale_mean, get_array_module,
                      merge_boxes, merge_instances, resize_bilinear, scale_boxes, seam_window)
@@ -40,14 +43,6 @@ class View:
     flip: bool = False
 
 
-@dataclass
-class ModelSlot:
-    card: ModelCard
-    adapter: object
-    anonymise_ids: np.ndarray          # model class ids that are anonymised
-    name_ids: np.ndarray               # model class id -> index into Detector.names
-
-
 _BUCKETS = (128, 192, 256, 384, 512, 768, 1024)
 
 
@@ -68,55 +63,6 @@ def _crops(boxes: np.ndarray, context: float, min_crop: int, h: int, w: int) -> 
             kept.append(r)
     rects = kept
     return [tuple(r) for r in rects if r[2] > r[0] and r[3] > r[1]]
-
-
-def _effective_card(card: ModelCard, spec: ModelSpec) -> ModelCard:
-    upd = {}
-    if spec.score_threshold is not None:
-        upd["score_threshold"] = spec.score_threshold
-    if spec.classes is not None:
-        upd["anonymise"] = list(spec.classes)
-    if spec.tta_flip is not None:
-        upd["tta_flip"] = spec.tta_flip
-    if spec.merge is not None:
-        upd["merge"] = spec.merge
-    inp = {}
-    if spec.scale is not None:
-        inp["scale"] = spec.scale
-    if spec.input_size is not None:
-        inp["size"] = tuple(spec.input_size)
-    if inp:
-        upd["input"] = card.input.model_copy(update=inp)
-    # Re-validate: an override may name classes the model lacks.
-    return ModelCard.model_validate(card.model_copy(update=upd).model_dump())
-
-
-def build_models(cfg: Config, runtime) -> tuple[list[ModelSlot], tuple[str, ...]]:
-    names: list[str] = []
-    slots = []
-    for spec in cfg.models:
-        card = _effective_card(load_card(spec.card), spec)
-        try:
-            path = resolve_model(card, spec.file)
-        except ModelNotFound as exc:
-            if not spec.optional:
-                raise
-            LOG.warning("NOT anonymised in this run: %s — model %s is not installed (%s)",
-                        ", ".join(card.anonymise), card.name, exc)
-            continue
-        adapter = create_adapter(card, path, runtime)
-        for n in card.class_names:
-            if n in card.anonymise and n not in names:
-                names.append(n)
-        anon = np.array([card.class_names.index(n) for n in card.anonymise], np.int64)
-        name_ids = np.array([names.index(n) if n in names else -1 for n in card.class_names], np.int32)
-        slots.append(ModelSlot(card, adapter, anon, name_ids))
-        LOG.info("model %s (%s) from %s: anonymises %s, score >= %.2f", card.name, card.family, path,
-                 ", ".join(card.anonymise), card.score_threshold)
-    if not slots:
-        raise ModelNotFound("no model could be loaded: nothing would be anonymised")
-    LOG.info("anonymising: %s", ", ".join(names))
-    return slots, tuple(names)
 
 
 class _Part(NamedTuple):
@@ -171,6 +117,8 @@ class Detector:
         """Largest fraction of the full resolution any model needs for any view of an h x w image."""
         need = 0.0
         for slot in self.slots:
+            if slot.card.search is not None:
+                return 1.0                                  # search crops run at native resolution
             for v in self.views(h, w):
                 need = max(need, self._model_scale(slot, v, h, w))
         return min(1.0, need)
@@ -186,9 +134,12 @@ class Detector:
         tasks = []                                          # (frame idx, slot idx, view, crop, given)
         per: dict[tuple[int, int], list[_ViewResult]] = {}
         cascades: dict[int, list[int]] = {}
+        regions: list[list[np.ndarray]] = [[] for _ in frames]   # search regions, full-res px
         for fi, frame in enumerate(frames):
             h, w = frame.full_size
             for si, slot in enumerate(self.slots):
+                if slot.card.search is not None:
+                    continue
                 if slot.card.cascade is not None:
                     cascades.setdefault(si, []).append(fi)
                     continue
@@ -198,11 +149,22 @@ class Detector:
         for si, fis in cascades.items():
             for fi, results in zip(fis, self._cascade_many(self.slots[si], [frames[fi] for fi in fis])):
                 per[(fi, si)] = results
-        raws = self._run_grouped(lambda k: self.slots[tasks[k][1]], [(t[3], t[4], None) for t in tasks],
-                                 key=lambda k: tasks[k][1])
+        # Region models run at the lower of their thresholds; what they anonymise keeps the card's.
+        raws = self._run_grouped(lambda k: self.slots[tasks[k][1]],
+                                 [(t[3], t[4], self.slots[t[1]].region_threshold) for t in tasks], key=lambda k: tasks[k][1])
         for (fi, si, v, crop, given), raw in zip(tasks, raws):
-            per.setdefault((fi, si), []).append(
-                self._map(self.slots[si], frames[fi].full_size, v, crop.shape[1], given, raw))
+            slot = self.slots[si]
+            floor = slot.card.score_threshold if slot.region_threshold is not None else None
+            per.setdefault((fi, si), []).append(self._map(slot, frames[fi].full_size, v, crop.shape[1], given, raw,
+                                                          min_score=floor))
+            if slot.region_ids is not None and slot.region_ids.size:
+                plain = RawDetections(raw.boxes, raw.scores, raw.classes)
+                regions[fi].append(self._map(slot, frames[fi].full_size, v, crop.shape[1], given, plain,
+                                             ids=slot.region_ids).boxes)
+        for si, slot in enumerate(self.slots):
+            if slot.card.search is not None:
+                for fi, results in enumerate(self._search_many(slot, frames, regions)):
+                    per[(fi, si)] = results
         out = [self._concat([self._merge_views(slot, per.get((fi, si), []))
                              for si, slot in enumerate(self.slots)]) for fi in range(len(frames))]
         share = (time.perf_counter() - t0) / max(1, len(frames))
@@ -279,6 +241,31 @@ class Detector:
             out[k] += res
         return out
 
+    def _search_many(self, slot: ModelSlot, frames: list[Frame], regions) -> list[list[_ViewResult]]:
+        """A `search` card (plates) over crops around each frame's search regions (vehicles
+        found by the other models) and, with plates.full_frame_tiles, tiles over the whole
+        frame; native resolution, padded to the card's bucket sizes, batched across frames."""
+        sp, card = slot.card.search, slot.card
+        jobs = []                                           # (frame idx, view, canvas, given)
+        for fi, frame in enumerate(frames):
+            h, w = frame.full_size
+            boxes = np.concatenate(regions[fi]) if regions[fi] else np.zeros((0, 4), np.float32)
+            looks = [(r, s) for r in region_rects(boxes, sp.margin, h, w, wrap=self.wrap)
+                     for s in crop_scales(r, frame.scale, sp.scales, sp.buckets[-1], sp.min_side)]
+            if self.cfg.plates.full_frame_tiles:
+                looks += [(r, None) for r in tile_rects(h, w, sp.tile, sp.tile_overlap, wrap=self.wrap)]
+            if sp.full_frame:                               # large plates, whatever found their vehicle
+                jobs.append((fi, View(0, 0, h, w, full=True), frame.pixels, frame.scale))
+            for (x0, y0, x1, y1), s in looks:
+                canvas, given = bucket_crop(frame.pixels, (x0, y0, x1, y1), frame.scale, sp.buckets,
+                                            card.input.pad_value, s)
+                jobs.append((fi, View(y0, x0, y1 - y0, x1 - x0), canvas, given))
+        raws = self._run_grouped(lambda _: slot, [(c, g, None) for _, _, c, g in jobs])
+        out: list[list[_ViewResult]] = [[] for _ in frames]
+        for (fi, view, canvas, given), raw in zip(jobs, raws):
+            out[fi].append(self._map(slot, frames[fi].full_size, view, canvas.shape[1], given, raw))
+        return out
+
     def _prepare(self, slot: ModelSlot, frame: Frame, v: View):
         """The view's pixels as the model gets them, and their scale (model px per full-res px)."""
         h, w = frame.full_size
@@ -295,10 +282,13 @@ class Detector:
             given = target
         return get_array_module(crop).ascontiguousarray(crop), given
 
-    def _map(self, slot: ModelSlot, full_size, v: View, crop_w: int, given: float, raw) -> _ViewResult:
-        """Adapter output (view pixels) -> full-image pixels; masks sampled box-locally."""
+    def _map(self, slot: ModelSlot, full_size, v: View, crop_w: int, given: float, raw, ids=None,
+             min_score=None) -> _ViewResult:
+        """Adapter output (view pixels) -> full-image pixels, for the anonymised classes (or
+        class `ids`) scoring at least `min_score`; masks sampled box-locally."""
         h, w = full_size
-        keep = np.nonzero(np.isin(raw.classes, slot.anonymise_ids))[0]
+        sel = np.isin(raw.classes, slot.anonymise_ids if ids is None else ids)
+        keep = np.nonzero(sel if min_score is None else sel & (raw.scores >= min_score))[0]
         b = raw.boxes[keep].astype(np.float32) / given
         cw = crop_w / given                                 # view width in full-res pixels
         if v.flip:

@@ -23,6 +23,7 @@ class Masker:
         self.mask_color = m.color
         self.min_fraction = m.min_kernel_fraction
         self.mode = m.mode
+        self.feather = m.feather_pixels
         self.wrap = cfg.image_type == "360"            # boxes may run past the right edge
 
     def regions(self, dets: Detections, h: int, w: int, select=None):
@@ -51,12 +52,12 @@ class Masker:
         if self.mode != "fill" or self.mask_color is not None:
             color = self.mask_color or DEFAULT_COLOR
             return draw_regions(pixels, self.regions(dets, h, w), mode=self.mode, ksize=ksize, color=color,
-                                min_fraction=self.min_fraction, out=pixels if inplace else None)
+                                min_fraction=self.min_fraction, feather=self.feather, out=pixels if inplace else None)
         out = pixels if inplace else pixels.copy()
         # Per-class colours, drawn class by class in detection order (the reference's loop).
         for c in dict.fromkeys(dets.classes.tolist()):
             name = dets.names[c] if 0 <= c < len(dets.names) else ""
             sel = np.nonzero(dets.classes == c)[0]
             draw_regions(out, self.regions(dets, h, w, sel), mode="fill",
-                         color=LABEL_COLORS.get(name, DEFAULT_COLOR), out=out)
+                         color=LABEL_COLORS.get(name, DEFAULT_COLOR), feather=self.feather, out=out)
         return out

@@ -51,6 +51,7 @@ class Frame:
     subsampling: int
     timings: dict[str, float] = field(default_factory=dict)
     exif: Optional[bytes] = None           # TIFF payload of the EXIF APP1 segment
+    icc: Optional[bytes] = None            # a PNG input's ICC profile (JPEG: in `segments`)
 
     @property
     def stored_size(self) -> tuple[int, int]:

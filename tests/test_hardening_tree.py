@@ -357,7 +357,7 @@ def test_full_disk_under_the_ledger_stops_cleanly_and_a_rerun_finishes(tmp_path,
     out = tmp_path / "disk" / "out"
     mounts = (f"mount -t tmpfs -o size=8m tmpfs {tmp_path / 'disk'} && mkdir -p {out}/.sladd && "
               f"mount -t tmpfs -o size=96k tmpfs {out}/.sladd")
-    (rc1, rc2), (t1, t2), snap, final = _disk_full_script(tmp_path, inp, _cfg(tmp_path), mounts)
+    (rc1, rc2), (t1, t2), snap, final = _disk_full_script(tmp_path, inp, _cfg(tmp_path, "output: {detections: false}\n"), mounts)  # the ledger alone
     assert rc1 == 3, t1
     assert f"Run stopped early: no space left on {out}/.sladd" in t1 and "Traceback" not in t1
     assert not _no_partials(snap) and _all_complete_jpegs(snap)

@@ -159,7 +159,7 @@ def test_yolo_seg_decodes_known_boxes_classes_and_masks(tmp_path, runtime):
 def test_unknown_family_lists_valid_ones(tmp_path, runtime):
     p = tmp_path / "bad.yml"
     p.write_text("name: b\nfamily: rcnn\nfile: x.onnx\ninput: {mode: scale}\nclass_names: [a]\nanonymise: [a]\n")
-    with pytest.raises(ValueError, match="valid: centerface, nanodet, yolo-seg"):
+    with pytest.raises(ValueError, match="valid: centerface, nanodet, yolo-det, yolo-seg"):
         create_adapter(load_card(str(p)), tmp_path / "x.onnx", runtime)
 
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from engine.codecs.png import decode_png, is_png
 from engine.jpeg import parse_jpeg
+from engine.types import ImageError
 
 __all__ = ["ScaledDecoder"]
 
@@ -24,6 +26,10 @@ class ScaledDecoder:
             self.batch = inner.batch
 
     def decode(self, job, data: bytes):
+        if str(job.path).lower().endswith(".png"):         # output.extensions with ".png"
+            if not is_png(data):
+                raise ImageError(f"not a PNG file (starts with {data[:8]!r})")
+            return decode_png(job, data, self._inner.max_pixels)
         if not self._inner.scalable:
             return self._inner.decode(job, data)
         info = parse_jpeg(data)

@@ -41,9 +41,10 @@ def _config_dir() -> Path:
 
 
 CONFIG_DIR = _config_dir()
-# The shipped profiles: CONFIG_DIR/<name>.yml, each holding only what differs from the model's
-# defaults (default.yml holds no keys; its date still dates `versjon` when no -k file is given).
-PROFILES = ("default", "360")
+# The shipped profiles: CONFIG_DIR/<name>.yml (`--profile NAME`), each holding only what differs
+# from the model's defaults (default.yml holds no keys; its date still dates `versjon` when no
+# -k file is given). Read from the files, so a profile shipped is a profile offered.
+PROFILES = ("default", *sorted(p.stem for p in CONFIG_DIR.glob("*.yml") if p.stem != "default"))
 
 _FIXES = {
     "table_name": "a plain name such as VEGBILDER (it names the table and OUTPUT/.sladd/<table_name>.sqlite)",
@@ -214,8 +215,8 @@ def load_config(path: str | os.PathLike | None = None, *, profile: str | None = 
                 overrides: dict[str, Any] | None = None) -> tuple[Config, Path]:
     """Load the shipped profile, then the user's file on top. Returns (config, file for `versjon`).
 
-    `profile` is "default" or "360"; when None it is "360" if the user file sets
-    `image_type: "360"`, else "default".
+    `profile` is one of PROFILES ("default", "360", "faces-plates", ...); when None it is "360"
+    if the user file sets `image_type: "360"`, else "default".
     """
     user: dict[str, Any] = {}
     user_path = Path(path) if path else None
@@ -224,7 +225,7 @@ def load_config(path: str | os.PathLike | None = None, *, profile: str | None = 
     if profile is None:
         profile = "360" if str(user.get("image_type", "")) == "360" else "default"
     if profile not in PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}: use `default` or `360`")
+        raise ConfigError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
     base_path = CONFIG_DIR / f"{profile}.yml"
     merged = _mapped(_drop_deprecated(_read_yaml(base_path), str(base_path), warn=False), str(base_path))
     merged = _merge(merged, user)

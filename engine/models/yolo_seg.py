@@ -10,11 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from engine.models.base import Adapter, RawDetections
-from kernels import batched_nms, get_array_module, letterbox, to_host
+from engine.models.yolo_det import PAD_VALUE, decode_yolo_boxes, yolo_blob
+from kernels import to_host
 
 __all__ = ["YoloSegAdapter", "decode_yolo_seg"]
-
-PAD_VALUE = 114.0            # Ultralytics' letterbox grey (InputSpec.pad_value's default)
 
 
 def _sigmoid(x):
@@ -40,16 +39,8 @@ def decode_yolo_seg(pred, protos, *, num_classes: int, score_threshold: float, i
     pred (4 + nc + nm, A) float32; protos (nm, mh, mw); `scale` = model px per view px.
     """
     nc = num_classes
-    p = pred.T                                            # (A, 4 + nc + nm)
-    cls_scores = p[:, 4:4 + nc]
-    classes = cls_scores.argmax(1)
-    scores = cls_scores[np.arange(p.shape[0]), classes]
-    keep = scores > score_threshold
-    p, classes, scores = p[keep], classes[keep].astype(np.int32), scores[keep].astype(np.float32)
-    cx, cy, bw, bh = p[:, 0], p[:, 1], p[:, 2], p[:, 3]
-    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1).astype(np.float32)
-    order = batched_nms(boxes, scores, classes, iou)
-    boxes, scores, classes, coeffs = boxes[order], scores[order], classes[order], p[order, 4 + nc:]
+    keep, boxes, scores, classes = decode_yolo_boxes(pred, num_classes=nc, score_threshold=score_threshold, iou=iou)
+    coeffs = pred[4 + nc:, keep].T                        # (K, nm)
     vh, vw = view_hw
     boxes_view = boxes / scale
     boxes_view[:, 0::2] = boxes_view[:, 0::2].clip(0, vw)
@@ -97,11 +88,8 @@ class YoloSegAdapter(Adapter):
 
     @staticmethod
     def blob(views: list, size_hw: tuple[int, int], pad_value: float = PAD_VALUE):
-        """(`(N, 3, h, w)` float32 RGB / 255 of N views letterboxed to `size_hw`; their letterbox
-        scales). On the device for device views. Allocates."""
-        xp = get_array_module(views[0])          # device views are prepared on the device
-        boxed = [letterbox(v, size_hw, pad_value) for v in views]
-        return (xp.stack([c.transpose(2, 0, 1) for c, _ in boxed]) / 255.0).astype(xp.float32), [s for _, s in boxed]
+        """Letterboxed `(N, 3, h, w)` float32 RGB / 255 and the scales (yolo_det.yolo_blob)."""
+        return yolo_blob(views, size_hw, pad_value)
 
     @classmethod
     def calibration_blob(cls, pixels: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:

@@ -16,7 +16,7 @@ from engine.runtimes import create_runtime
 from engine.worker.worker import Worker
 from engine.worker.write import Writer
 
-__all__ = ["build_worker", "GPU_BATCH"]
+__all__ = ["build_worker", "model_sources", "GPU_BATCH"]
 
 GPU_BATCH = 8                      # engine.batch_size: null (auto) on cuda
 
@@ -49,9 +49,26 @@ def build_worker(cfg: Config, tree, *, config_file: Optional[Path] = None, db: b
         return ScaledDecoder(inner, detector.needed_scale)
 
     meta = MetaContext.from_config(cfg, config_file or CONFIG_DIR / "default.yml")
+    sources = model_sources(slots, names)
     worker = Worker(make_decoder=make_decoder, detector=detector,
                     make_writer=lambda: Writer(cfg, make_decoder(), encoder=create_encoder(encoder_name, device),
-                                               meta=meta, db=db),
+                                               meta=meta, db=db, sources=sources),
                     decode_batch=cfg.engine.decode_batch if decoder_name == "dali" else 1,
                     refusal=tree.refusal)
     return worker, cfg
+
+
+def model_sources(slots, names) -> dict:
+    """Class name -> where its detections come from, for the detections record: the model card
+    and the model file's SHA-256 (computed once per run)."""
+    from engine.models.resolve import sha256_file
+
+    out = {}
+    for slot in slots:
+        path = getattr(slot.adapter, "model_path", None)
+        sha = sha256_file(Path(path)) if path and Path(path).is_file() else None
+        for i in getattr(slot, "name_ids", ()):
+            i = int(i)
+            if 0 <= i < len(names) and names[i] not in out:
+                out[names[i]] = {"kind": "model", "card": slot.card.name, "sha256": sha}
+    return out

@@ -11,8 +11,10 @@ from typing import Optional
 import numpy as np
 
 from engine.config import Config
+from engine.codecs.png import encode_png, is_png
 from engine.codecs.turbo import decode_cmyk, rgb_to_cmyk
 from engine.embedded import NotCopyable, rebuild_file, sanitize_segments
+from engine.lossless import render_lossless
 from engine.jpeg import apply_orientation, parse_jpeg, set_orientation, splice_segments
 from engine.mask import Masker
 from engine.types import Detections, Frame
@@ -50,12 +52,19 @@ class Renderer:
         pixels are copied to the host once, for the host encoder. No picture the input hides
         besides its main image (thumbnails, MPO frames, trailers) reaches the output. An
         image with nothing to mask that cannot be rebuilt losslessly without doubt is re-encoded."""
-        info = parse_jpeg(frame.data) if frame.data[:2] == b"\xff\xd8" else None
         draw = len(dets) > 0 and self.cfg.draw_mask
+        if is_png(frame.data):
+            return self._render_png(frame, dets if draw else None, need_pixels)
+        info = parse_jpeg(frame.data) if frame.data[:2] == b"\xff\xd8" else None
         if not draw and self.cfg.output.copy_unmasked:
             copied = self._unmasked_copy(frame, info)
             if copied is not None:
                 return copied, False, to_host(self.decoder.full_pixels(frame)) if need_pixels else None
+        if self.cfg.output.lossless:
+            # Only the blocks a mask touches are re-encoded (engine.lossless); None: render as below.
+            done = render_lossless(self, frame, dets, need_pixels)
+            if done is not None:
+                return done
         if info is not None and info.cmyk:
             return self._render_cmyk(frame, dets if draw else None, info, need_pixels)
         if draw:
@@ -72,6 +81,18 @@ class Renderer:
         data = splice_segments(encoded, self._carried(frame))
         frame.timings["encode"] = time.perf_counter() - t0
         return data, draw, (to_host(pixels) if need_pixels else None)
+
+    def _render_png(self, frame: Frame, dets: Optional[Detections], need_pixels: bool):
+        """PNG in, PNG out, always from the pixels (engine.codecs.png)."""
+        pixels = to_host(self.decoder.full_pixels(frame))
+        if dets is not None:
+            t0 = time.perf_counter()
+            pixels = self.masker(pixels, dets, inplace=True)
+            frame.timings["mask"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        data = encode_png(pixels, frame.icc)
+        frame.timings["encode"] = time.perf_counter() - t0
+        return data, dets is not None, (pixels if need_pixels else None)
 
     def _unmasked_copy(self, frame: Frame, info) -> Optional[bytes]:
         """Nothing to mask: the input itself when it is already exactly what the lossless

@@ -11,7 +11,8 @@ from typing import Optional
 from engine.fsutil import copy_atomic, write_atomic
 from engine.meta.outputs import targets_for
 
-__all__ = ["Sink", "ImageSink", "ArchiveSink", "JsonSink", "PreviewSink", "SINKS", "expected", "publish"]
+__all__ = ["Sink", "ImageSink", "ArchiveSink", "JsonSink", "PreviewSink", "DetectionsSink", "SINKS", "ALWAYS",
+           "expected", "publish"]
 
 LOG = logging.getLogger("sladd")
 
@@ -62,12 +63,28 @@ class PreviewSink(Sink):
         return list(targets_for(cfg, job).previews)
 
 
-SINKS: tuple[Sink, ...] = (ImageSink(), ArchiveSink(), JsonSink(), PreviewSink())
+class DetectionsSink(Sink):
+    """The detections record (engine.worker.regions): every masked region, its source and what
+    was drawn — the audit trail, and what `sladd correct` starts from."""
+
+    kind = "detections"
+
+    def targets(self, cfg, job) -> list[Path]:
+        from engine.worker.regions import output_root, record_path
+
+        if not cfg.output.detections:
+            return []
+        return [record_path(output_root(job), job.key, beside=cfg.output.detections_beside)]
+
+
+SINKS: tuple[Sink, ...] = (ImageSink(), ArchiveSink(), JsonSink(), PreviewSink(), DetectionsSink())
+# Written whatever the metadata settings (the JSON and previews follow the reference's switches).
+ALWAYS = ("image", "archive", "detections")
 
 
 def expected(cfg, job, *, metadata: bool = True) -> dict[str, list[Path]]:
     """kind -> the files a run writes for `job` (`metadata=False`: image and archive only)."""
-    return {s.kind: (s.targets(cfg, job) if metadata or s.kind in ("image", "archive") else []) for s in SINKS}
+    return {s.kind: (s.targets(cfg, job) if metadata or s.kind in ALWAYS else []) for s in SINKS}
 
 
 def publish(job, planned: list[tuple[Path, Optional[bytes]]]) -> list[str]:

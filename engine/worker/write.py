@@ -2,10 +2,13 @@
 publish every output through the sinks (engine.worker.sinks) — all or none."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Optional
+
+import numpy as np
 
 from engine.config import Config
 from engine.meta.exif import read_exif
@@ -13,7 +16,8 @@ from engine.meta.outputs import crop_preview
 from engine.meta.record import build_record, dumps
 from engine.types import Detections, Frame, Job, Result
 from engine.worker.render import Renderer
-from engine.worker.sinks import SINKS, publish
+from engine.worker.regions import Corrections, StaticMasks, merge, output_root, record_for
+from engine.worker.sinks import ALWAYS, SINKS, publish
 from kernels import class_counts
 
 __all__ = ["Writer", "Prepared"]
@@ -34,10 +38,13 @@ class Writer:
     """One per write worker. `meta` (a MetaContext) turns on the metadata JSON and previews;
     `db` asks for the metadata record (a database row) even without JSON files."""
 
-    def __init__(self, cfg: Config, decoder, encoder=None, meta=None, db: bool = False):
+    def __init__(self, cfg: Config, decoder, encoder=None, meta=None, db: bool = False,
+                 sources: Optional[dict] = None):
         from engine.codecs import TurboEncoder
 
         self.cfg, self.meta, self.db = cfg, meta, db
+        self.sources = sources or {}              # class name -> {"kind": "model", "card", "sha256"}
+        self.static = StaticMasks(cfg.static_masks)
         encoder = encoder or TurboEncoder()
         # Previews are small host crops, CMYK is host only: TurboJPEG for both.
         host = encoder if isinstance(encoder, TurboEncoder) else TurboEncoder()
@@ -57,16 +64,43 @@ class Writer:
         """Everything that can fail (JPEG, metadata record, JSON text, preview) is computed
         before the first file is written: the files to write, and the result record."""
         job = frame.job
-        plan = {s.kind: (s.targets(self.cfg, job) if self.meta is not None or s.kind in ("image", "archive") else [])
+        plan = {s.kind: (s.targets(self.cfg, job) if self.meta is not None or s.kind in ALWAYS else [])
                 for s in SINKS}
+        dets, kinds, static_paths = self._extras(frame, dets)
         data, masked, pixels = self.renderer.render(frame, dets, need_pixels=bool(plan["preview"]))
         counts = class_counts(dets.classes[dets.counted] if dets.counted is not None else dets.classes, dets.names)
         record, rendered = None, {"image": data}
+        if plan["detections"]:
+            h, w = frame.full_size
+            rec = record_for(job.key, h, w, dets, kinds, self.sources, self.renderer.masker, static_paths)
+            rendered["detections"] = json.dumps(rec, ensure_ascii=True).encode("ascii")
         if self.meta is not None:
             record, rendered["json"], rendered["preview"] = self._metadata(frame, pixels, counts, plan)
         files = [(p, s.payload(rendered)) for s in SINKS for p in plan[s.kind]]
         return Prepared(job, files, Result(job=job, outputs=[], detections={k: int(v) for k, v in counts.items()},
                                            masked=masked, timings=dict(frame.timings), record=record))
+
+    def _extras(self, frame: Frame, dets: Detections):
+        """The detections plus the static masks and the recorded corrections of this image:
+        (detections, source kind per detection, the static masks' paths)."""
+        job = frame.job
+        h, w = frame.full_size
+        extra, static_paths = [], []
+        if self.static:
+            model = read_exif(frame.exif).model if any(m for _, _, m in self.static.specs) else None
+            for path, m in self.static.for_image(job.key, h, w, model):
+                ys, xs = np.nonzero(m)
+                if len(ys):
+                    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+                    extra.append(("static", [x0, y0, x1, y1], "mask", m[y0:y1, x0:x1]))
+                    static_paths.append(path)
+        corr = Corrections.load(output_root(job), job.key)
+        keep = [i for i in range(len(dets)) if not corr.removes(dets.boxes[i])] if corr.remove else None
+        extra += [("correction", b, "box", None) for b in corr.add]
+        if not extra and keep is None:
+            return dets, ["model"] * len(dets), static_paths
+        merged, kinds = merge(dets, extra, keep)
+        return merged, kinds, static_paths
 
     @staticmethod
     def publish(prepared: "Prepared") -> Result:
