@@ -42,6 +42,7 @@ host. Everything here works on host bytes; segments are whole (`FFxx`, length, p
 """
 from __future__ import annotations
 
+import logging
 import struct
 from dataclasses import dataclass, field
 from typing import Optional
@@ -51,8 +52,10 @@ from engine.embedded_xmp import XMP_SIG, sanitize_xmp
 from engine.pictures import has_picture, main_image_end, next_marker, scan_data_may_hide_picture, scan_frame
 from engine.types import ImageError
 
-__all__ = ["Sanitized", "Rebuilt", "NotCopyable", "sanitize_segments", "sanitize_file", "rebuild_file",
+__all__ = ["Sanitized", "Rebuilt", "NotCopyable", "sanitize_segments", "sanitize_file", "rebuild_file", "carried_segments",
            "clean_exif", "main_image_end", "scan_frame", "XMP_SIG", "XMP_EXT_SIG", "PHOTOSHOP_SIG"]
+
+LOG = logging.getLogger("sladd")
 
 XMP_EXT_SIG = b"http://ns.adobe.com/xmp/extension/\x00"
 PHOTOSHOP_SIG = b"Photoshop 3.0\x00"
@@ -365,3 +368,18 @@ def _check_table(m: int, data, s: int, e: int) -> None:
         ok = end - p >= 6 and end - p == 6 + 3 * data[p + 5]
     if not ok:
         raise NotCopyable(f"segment FF{m:02X} at byte {s} is not a well-formed table/header ({e - s} bytes)")
+
+
+def carried_segments(frame) -> list[bytes]:
+    """The input's metadata segments for an output whose pixels are upright: cleaned (see
+    sanitize_segments), EXIF orientation set to 1 (every other byte kept). Sets `frame.exif` to
+    the cleaned EXIF, so the metadata record built afterwards shows only what the output holds."""
+    from engine.jpeg import set_orientation
+
+    res = sanitize_segments(frame.segments)
+    for note in res.notes:
+        LOG.debug("%s: %s", frame.job.key, note)
+    frame.exif = res.exif
+    if frame.orientation == 1:
+        return res.segments
+    return [set_orientation(s, 1) if s[4:10] == b"Exif\x00\x00" else s for s in res.segments]

@@ -27,8 +27,8 @@ from typing import Optional
 
 import numpy as np
 
-from engine.embedded import sanitize_segments
-from engine.jpeg import parse_jpeg, set_orientation, splice_segments
+from engine.embedded import carried_segments
+from engine.jpeg import parse_jpeg, splice_segments
 from engine.types import ImageError
 from kernels import get_array_module, group_regions, on_device, to_host
 
@@ -336,15 +336,8 @@ def _check_output(out: bytes, geo: Geometry) -> None:
 
 # --- the render step ---------------------------------------------------------------------------------
 def _carried(frame) -> list[bytes]:
-    """The input's metadata segments, cleaned (engine.embedded), orientation 1 (the output is
-    upright); frame.exif becomes the cleaned EXIF, as in Renderer._carried."""
-    res = sanitize_segments(frame.segments)
-    for note in res.notes:
-        LOG.debug("%s: %s", frame.job.key, note)
-    frame.exif = res.exif
-    if frame.orientation == 1:
-        return res.segments
-    return [set_orientation(s, 1) if s[4:10] == b"Exif\x00\x00" else s for s in res.segments]
+    """The input's metadata segments, cleaned, orientation 1 (the output is upright)."""
+    return carried_segments(frame)
 
 
 def patch_render(renderer, frame, dets, need_pixels: bool = False, *, draw: Optional[bool] = None):

@@ -13,9 +13,9 @@ import numpy as np
 from engine.config import Config
 from engine.codecs.png import encode_png, is_png
 from engine.codecs.turbo import decode_cmyk, rgb_to_cmyk
-from engine.embedded import NotCopyable, rebuild_file, sanitize_segments
+from engine.embedded import NotCopyable, carried_segments, rebuild_file
 from engine.lossless import render_lossless
-from engine.jpeg import apply_orientation, parse_jpeg, set_orientation, splice_segments
+from engine.jpeg import apply_orientation, parse_jpeg, splice_segments
 from engine.mask import Masker
 from engine.types import Detections, Frame
 from kernels import group_regions, to_host
@@ -114,15 +114,8 @@ class Renderer:
         return frame.data if res.data is None else res.data
 
     def _carried(self, frame: Frame) -> list[bytes]:
-        """The input's metadata segments for a re-encoded output: pictures removed, and the
-        EXIF orientation set to 1 when the pixels were turned upright (every other byte kept)."""
-        res = sanitize_segments(frame.segments)
-        for note in res.notes:
-            LOG.debug("%s: %s", frame.job.key, note)
-        frame.exif = res.exif
-        if frame.orientation == 1:
-            return res.segments
-        return [set_orientation(s, 1) if s[4:10] == b"Exif\x00\x00" else s for s in res.segments]
+        """The input's metadata segments for a re-encoded output (engine.embedded.carried_segments)."""
+        return carried_segments(frame)
 
     def _render_cmyk(self, frame: Frame, dets: Optional[Detections], info, need_pixels: bool):
         """CMYK/YCCK input: the output stays CMYK, so its ICC profile (a CMYK one) stays valid
