@@ -3,10 +3,14 @@
     python build_engine.py MODEL.onnx --cache DIR [--precision fp16] \
         [--profile input_1:0=1x3x416x416,8x3x416x416,16x3x416x416] [--timing-cache FILE]
 
-Needs TensorRT 10 and an NVIDIA GPU (NVIDIA's TensorRT container, see Dockerfile.gpu). Plans are
+Needs TensorRT and an NVIDIA GPU (NVIDIA's TensorRT container, see Dockerfile.gpu, or the
+tensorrt-cu12 wheels). TensorRT 10 builds every precision; TensorRT 11 builds strongly typed
+networks only, so there --precision fp32 (fp16 and int8 are refused, saying why). Plans are
 cached by GPU, TensorRT version, precision, profiles and the ONNX file's SHA-256 (a JSON sidecar
-beside each plan): a matching plan is reused, anything else is rebuilt. INT8 calibrates from a
-folder of sample JPEGs (--calib-dir) with a calibration cache (--calib-cache).
+beside each plan): a matching plan is reused, anything else is rebuilt. INT8 (TensorRT 10)
+calibrates from a folder of sample JPEGs (--calib-dir) with a calibration cache (--calib-cache).
+A profile may make height and width dynamic too (e.g. images=1x3x160x160,8x3x384x384,8x3x640x640
+for a graph exported with dynamic sides): one plan for every size in the range.
 """
 from __future__ import annotations
 
@@ -33,7 +37,8 @@ def main(argv=None) -> int:
     from engine.models.resolve import plans_dir
 
     ap.add_argument("--cache", type=Path, default=plans_dir(), help="plan cache (default: %(default)s)")
-    ap.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
+    ap.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16",
+                    help="fp16/int8 need TensorRT 10 (TensorRT 11 builds fp32 only); default: %(default)s")
     ap.add_argument("--profile", type=_profile, action="append", default=[])
     ap.add_argument("--timing-cache", type=Path, default=None)
     ap.add_argument("--workspace-gb", type=float, default=4.0)

@@ -65,6 +65,12 @@ def _crops(boxes: np.ndarray, context: float, min_crop: int, h: int, w: int) -> 
     return [tuple(r) for r in rects if r[2] > r[0] and r[3] > r[1]]
 
 
+def _flat(crop) -> bool:
+    """A window (host or device `(h, w, 3)`) with under 8 grey levels of contrast: black
+    borders, blank sky; nothing a detector could find there."""
+    return float(crop.max()) - float(crop.min()) < 8
+
+
 class _Part(NamedTuple):
     """One model's merged detections for one image (classes already mapped to Detector.names)."""
 
@@ -113,6 +119,12 @@ class Detector:
             s = min(s, math.sqrt(self.cfg.max_num_pixels / (h * w)))
         return s
 
+    def _finer(self, slot: ModelSlot, view: View, h: int, w: int) -> bool:
+        """Whether the model looks at `view` at a finer scale than at the full image: a window
+        seen no finer holds nothing the full-image pass misses (small images, whose full pass
+        already runs at native resolution)."""
+        return self._model_scale(slot, view, h, w) > 1.01 * self._model_scale(slot, View(0, 0, h, w, full=True), h, w)
+
     def needed_scale(self, h: int, w: int) -> float:
         """Largest fraction of the full resolution any model needs for any view of an h x w image."""
         need = 0.0
@@ -144,7 +156,11 @@ class Detector:
                     cascades.setdefault(si, []).append(fi)
                     continue
                 for v in self.views(h, w, slot):
+                    if not v.full and not self._finer(slot, v, h, w):
+                        continue
                     crop, given = self._prepare(slot, frame, v)
+                    if not v.full and _flat(crop):
+                        continue
                     tasks.append((fi, si, v, crop, given))
         for si, fis in cascades.items():
             for fi, results in zip(fis, self._cascade_many(self.slots[si], [frames[fi] for fi in fis])):

@@ -39,7 +39,13 @@ class Masker:
                 x0, y0, x1, y1 = box_to_int(dets.boxes[i], h, 2 * w if self.wrap else w)
                 if x1 <= x0 or y1 <= y0:
                     continue
-                m = shape_mask(np, dets.boxes[i], (x0, y0, x1, y1), dets.shapes[i] if dets.shapes else "box")
+                shape = dets.shapes[i] if dets.shapes else "box"
+                if shape == "box":
+                    # A dilated box is the grown box: no running sums over a vehicle-sized mask
+                    # (they were a third of the mask stage for large vehicle boxes).
+                    out.append((y0 - p, x0 - p, np.ones((y1 - y0 + 2 * p, x1 - x0 + 2 * p), bool)))
+                    continue
+                m = shape_mask(np, dets.boxes[i], (x0, y0, x1, y1), shape)
             if not m.any():
                 continue
             out.append((y0 - p, x0 - p, dilate_square(m, p)))

@@ -75,8 +75,41 @@ def _fill(image, region, ksize: int, color, block: int, mask=None):
     return xp.asarray(color, dtype=xp.uint8)[None, None, :]
 
 
+def _box_mean(image, ksize: int, region):
+    """`box_filter_region`, bit for bit. Device strategy: device arrays (and hosts without
+    OpenCV) take the running-sum kernel; host arrays take OpenCV's exact integer window sums
+    (`cv2.boxFilter`, unnormalised, CV_32S), rounded as that kernel rounds. NumPy's cumsums were
+    most of the mask stage: 0.6 s of 1.4 s for 8 vehicle boxes on an 8000x4000 image."""
+    cv2 = _cv2() if get_array_module(image).__name__ == "numpy" else None
+    if cv2 is None or ksize * ksize * 255 >= 2 ** 31:             # int32 sums
+        return box_filter_region(image, ksize, region)
+    import numpy as np
+
+    y0, y1, x0, x1 = region
+    h, w = image.shape[:2]
+    before, after = ksize // 2, ksize - 1 - ksize // 2
+    # The window the kernel reads, clipped to the image: OpenCV's reflect-101 at a clipped side
+    # is the image's; elsewhere the kernel never reaches the window's edge.
+    wy0, wy1, wx0, wx1 = max(0, y0 - before), min(h, y1 + after), max(0, x0 - before), min(w, x1 + after)
+    win = np.ascontiguousarray(image[wy0:wy1, wx0:wx1])
+    sums = cv2.boxFilter(win, cv2.CV_32S, (ksize, ksize), anchor=(before, before), normalize=False,
+                         borderType=cv2.BORDER_REFLECT_101)[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
+    area = ksize * ksize
+    sums += area // 2
+    sums //= area
+    return sums.astype(np.uint8)
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
 def _blur(image, region, ksize: int, color, block: int, mask=None):
-    return box_filter_region(image, ksize, region)
+    return _box_mean(image, ksize, region)
 
 
 def _gray_window(image, region, ksize: int):
@@ -93,14 +126,14 @@ def _gray_window(image, region, ksize: int):
 
 def _gray_blur(image, region, ksize: int, color, block: int, mask=None):
     gray, sub = _gray_window(image, region, ksize)
-    return box_filter_region(gray, ksize, sub)[..., None]
+    return _box_mean(gray, ksize, sub)[..., None]
 
 
 def _normalized_gray_blur(image, region, ksize: int, color, block: int, mask=None):
     xp = get_array_module(image)
     gray, sub = _gray_window(image, region, ksize)
-    a = box_filter_region(gray, ksize, sub).astype(xp.int16)
-    b = box_filter_region(gray, int(1.2 * ksize), sub).astype(xp.int16)
+    a = _box_mean(gray, ksize, sub).astype(xp.int16)
+    b = _box_mean(gray, int(1.2 * ksize), sub).astype(xp.int16)
     # Fix 4: saturate to 0..255; the reference wrapped around in uint8 arithmetic.
     return (a - b + 100).clip(0, 255).astype(xp.uint8)[..., None]
 
@@ -196,6 +229,17 @@ def regions_to(xp, regions):
     return out
 
 
+def _masked_copy(dst, values, m) -> None:
+    """`dst[m] = values` in place: dst `(h, w, 3)`, values broadcasting to it, m `(h, w)` bool.
+    A mask that fills its box (boxes, or boxes filling their union) is a plain copy, a third of
+    NumPy's masked copyto (about 10 ns a pixel)."""
+    xp = get_array_module(dst)
+    if m.all():
+        dst[...] = values
+    else:
+        xp.copyto(dst, values, where=m[..., None])
+
+
 def draw_regions(image, regions, *, mode: str = "normalized_gray_blur", ksize: int = 3,
                  color=(100, 100, 100), block: int = 16, min_fraction: float = 0.0, feather: int = 0, out=None):
     """Anonymise `image` inside the union of `regions`.
@@ -235,5 +279,5 @@ def draw_regions(image, regions, *, mode: str = "normalized_gray_blur", ksize: i
         out[y0:y1, x0:x1] = xp.floor(blend + 0.5).astype(out.dtype)
     # The masks last: whatever a neighbour's fading ring did, every masked pixel is fully drawn.
     for (y0, y1, x0, x1), m, values in drawn:
-        xp.copyto(out[y0:y1, x0:x1], values, where=m[..., None])
+        _masked_copy(out[y0:y1, x0:x1], values, m)
     return out

@@ -34,10 +34,14 @@ def _gather(image, y0: int, y1: int, x0: int, x1: int):
     return image[rows[:, None], cols[None, :]]
 
 
-def _window_sums(a, k: int, axis: int):
-    """Sums of k consecutive elements along `axis` (length n + k - 1 -> n), int32."""
+def _window_sums(a, k: int, axis: int, dtype):
+    """Sums of k consecutive elements along `axis` (length n + k - 1 -> n), in unsigned `dtype`.
+
+    The running sums wrap modulo 2**bits on a long axis; unsigned wrap-around is defined in
+    NumPy and in CUDA alike, so each difference is the exact window sum as long as that sum fits
+    (box_filter_region picks `dtype` for that)."""
     xp = get_array_module(a)
-    c = xp.cumsum(a, axis=axis, dtype=xp.int32)
+    c = xp.cumsum(a, axis=axis, dtype=dtype)
 
     def sl(start, stop):
         idx = [slice(None)] * a.ndim
@@ -49,24 +53,35 @@ def _window_sums(a, k: int, axis: int):
     return out
 
 
+def _sum_dtype(xp, ksize: int):
+    """uint32 while the largest window sum plus the rounding term fits (ksize <= 4100), else
+    uint64. The rounding is `(sum + area // 2) // area`, so nothing larger than that is formed."""
+    area = ksize * ksize
+    return xp.uint32 if area * 255 + area // 2 < 2 ** 32 else xp.uint64
+
+
 def box_filter_region(image, ksize: int, region: tuple[int, int, int, int]):
     """Mean over a `ksize x ksize` window for the pixels of `region` only.
 
     image   (H, W) or (H, W, C) uint8, host or device (not mutated)
     returns (y1-y0, x1-x0[, C]) uint8, newly allocated. Work is O(region area), not O(H*W):
-            separable running sums in int32 (exact), rounded half up like OpenCV.
+            separable running sums, exact for any ksize (uint32, uint64 from ksize 4101),
+            rounded half up, where OpenCV rounds half to even (hence "within 1 grey level").
     """
     xp = get_array_module(image)
     if ksize < 1:
         raise ValueError(f"ksize must be >= 1, got {ksize}")
-    if ksize * ksize * 255 >= 2 ** 31:
-        raise ValueError(f"ksize {ksize} is too large for int32 window sums")
     y0, y1, x0, x1 = region
     before, after = ksize // 2, ksize - 1 - ksize // 2
     patch = _gather(image, y0 - before, y1 + after, x0 - before, x1 + after)
-    sums = _window_sums(_window_sums(patch, ksize, 0), ksize, 1)
+    dtype = _sum_dtype(xp, ksize)
+    sums = _window_sums(_window_sums(patch, ksize, 0, dtype), ksize, 1, dtype)
     area = ksize * ksize
-    return ((sums * 2 + area) // (2 * area)).astype(xp.uint8)
+    # (2s + a) // 2a, the textbook half-up rounding, doubled the sum and overflowed int32 from
+    # ksize 2052 (an all-255 image gave 24); (s + a // 2) // a is the same integer for every s.
+    sums += area // 2
+    sums //= area
+    return sums.astype(xp.uint8)
 
 
 def rgb_to_gray(rgb):

@@ -109,3 +109,54 @@ def test_run_with_dali_batches_fails_only_the_broken_image(tmp_path, portrait):
     for name in ("0.jpg", "1.jpg", "3.jpg", "4.jpg"):
         assert (tmp_path / "dali" / name).read_bytes() == (tmp_path / "tj" / name).read_bytes(), name
     assert (tmp_path / "dali_error" / "2_error.txt").is_file()
+
+
+def _many(n=24):
+    """Distinct 4:2:0 JPEGs of two sizes (DALI reallocates on a size change, reuses otherwise)."""
+    return [jpeg_bytes(RNG.integers(0, 256, ((96, 128) if k % 3 else (64, 80)) + (3,), dtype=np.uint8),
+                       quality=90) for k in range(n)]
+
+
+def _every_frame_equals_turbojpeg(dec, tmp_path, datas):
+    frames = dec.decode_batch([(_job(tmp_path), d) for d in datas])
+    ref = TurboDecoder()
+    for k, (f, d) in enumerate(zip(frames, datas)):
+        px = f.pixels.get() if hasattr(f.pixels, "get") else f.pixels     # device frames: explicit copy
+        want = ref.decode(_job(tmp_path), d).pixels
+        assert px.shape == want.shape and np.abs(px.astype(int) - want.astype(int)).max() <= TOLERANCE, k
+
+
+def test_frames_of_earlier_batches_are_not_overwritten_by_later_ones(tmp_path):
+    """Every frame is kept until the end and compared then: a frame still backed by DALI's
+    output buffer would hold a later batch's pixels (CPU mode; the gpu test below does the
+    same on the `mixed` path)."""
+    _every_frame_equals_turbojpeg(create_decoder("dali", batch=4), tmp_path, _many())
+
+
+@pytest.mark.gpu
+def test_mixed_frames_of_many_batches_equal_turbojpeg(tmp_path):
+    """nvJPEG into GPU memory, copied out of DALI's reused buffers: 40 batches, every frame kept
+    and checked against TurboJPEG at the end (the race of issue 20, item 1)."""
+    from kernels._xp import cupy_or_none
+
+    if cupy_or_none() is None:
+        pytest.skip("needs an NVIDIA GPU with CuPy (DALI's mixed decoder)")
+    big = [jpeg_bytes(RNG.integers(0, 256, (1024, 1536, 3), dtype=np.uint8), quality=90) for _ in range(8)]
+    datas = [big[k % 8] if k % 5 else d for k, d in enumerate(_many(320))]
+    _every_frame_equals_turbojpeg(create_decoder("dali", device="mixed", batch=8), tmp_path, datas)
+
+
+def test_a_dali_without_adjust_orientation_is_refused_with_the_floor():
+    import nvidia.dali
+    import nvidia.dali.backend as backend
+
+    from engine.codecs.dali import DALI_MIN, require_decoder_arguments
+
+    require_decoder_arguments(backend, nvidia.dali.__version__)        # the installed one has it
+
+    class _Old:
+        @staticmethod
+        def GetSchema(name):
+            return type("Schema", (), {"HasArgument": staticmethod(lambda arg: False)})()
+    with pytest.raises(ImportError, match=rf"DALI 1\.42\.0 is too old.*adjust_orientation.*>= {DALI_MIN}.*sladd\[dali\]"):
+        require_decoder_arguments(_Old, "1.42.0")

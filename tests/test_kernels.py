@@ -28,6 +28,42 @@ def test_box_filter_does_not_mutate_input(xp):
     assert (to_host(a) == before).all()
 
 
+def _ramp_with_blocks(h=6000, w=700):
+    """A vertical ramp with a white and a black block: window means that differ along the
+    region, unlike a random image whose large-window means are all ~127."""
+    yy = np.mgrid[0:h, 0:w][0]
+    img = ((yy * 255) // (h - 1)).astype(np.uint8)
+    img[4000:, :350] = 255
+    img[:1000, 500:] = 0
+    return img
+
+
+# The old rounding, (2s + a) // 2a in int32, overflowed from ksize 2052 (k = 2100 on an all-255
+# image gave 24); the sums are uint32 up to ksize 4100 and uint64 from 4101.
+@pytest.mark.parametrize("k,channels", [(2051, 3), (2052, 3), (2100, 3), (2901, 1), (4100, 1), (4101, 1)])
+def test_box_filter_of_a_white_image_is_white_at_and_beyond_the_old_limit(xp, k, channels):
+    img = np.full((48, 64, 3) if channels == 3 else (48, 64), 255, np.uint8)
+    region = (0, 48, 0, 64) if channels == 3 else (0, 8, 0, 8)         # 1 channel: less memory at k > 2900
+    got = to_host(box_filter_region(xp.asarray(img), k, region))
+    assert got.dtype == np.uint8 and (got == 255).all(), np.unique(got)
+
+
+@pytest.mark.parametrize("k", [2052, 2100, 4101])
+def test_box_filter_with_huge_kernels_equals_cv2_blur_and_scipy(xp, k):
+    img = _ramp_with_blocks()
+    y0, y1, x0, x1 = region = (2900, 3100, 320, 380)
+    got = to_host(box_filter_region(xp.asarray(img), k, region)).astype(int)
+    ref = cv2.blur(img, (k, k))[y0:y1, x0:x1]                # its sums are exact (float64 from 2^23 px)
+    assert got.max() - got.min() >= 3                          # the oracle sees a non-constant mean
+    assert np.abs(got - ref).max() <= 1
+    try:
+        from scipy import ndimage
+    except ImportError:                                        # the device machine may lack SciPy
+        return
+    mean = ndimage.uniform_filter(img.astype(np.float64), k, mode="mirror")[y0:y1, x0:x1]   # mirror = reflect-101
+    assert np.abs(got - mean).max() <= 0.5 + 1e-6              # rounded to nearest
+
+
 @pytest.mark.parametrize("p", [0, 1, 4, 7])
 def test_dilate_square_equals_cv2_dilate(xp, p):
     m = np.zeros((30, 40), bool)

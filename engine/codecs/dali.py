@@ -3,7 +3,8 @@
 On a GPU host the pipeline decodes with nvJPEG (`mixed`: Huffman decoding on the CPU threads,
 the rest on the GPU, the hardware JPEG decoder where the GPU has one) and the frames stay in
 device memory: each decoded image is handed to CuPy through DLPack and copied once, device to
-device, into a CuPy-owned buffer (DALI may reuse its output buffers on the next run). Without
+device, into a CuPy-owned buffer, and the copies are waited for before the next run (DALI's
+synchronous executor reuses its output buffers then; see `DaliDecoder._copy_to_cupy`). Without
 a GPU, DALI's CPU-only mode (`device_id=None`, `cpu` operators) runs the same pipeline code,
 which is how CI exercises it.
 
@@ -25,20 +26,38 @@ from engine.codecs.turbo import TurboDecoder
 from engine.jpeg import apply_orientation, parse_jpeg
 from engine.types import Frame, ImageError, Job
 
-__all__ = ["DaliDecoder", "dali_module", "DALI_DEVICES"]
+__all__ = ["DaliDecoder", "dali_module", "require_decoder_arguments", "DALI_DEVICES", "DALI_MIN"]
 
 DALI_DEVICES = ("cpu", "mixed")
+DALI_MIN = "2.0"                                     # the floor of the dali and gpu extras
+DECODER_ARGUMENTS = ("adjust_orientation",)
 
 
 def dali_module():
+    """(fn, types, pipeline_def) of an installed DALI whose `decoders.image` takes
+    `adjust_orientation` (DALI 2.x; earlier releases' default decoder had no such argument).
+    ImportError naming the extra otherwise."""
     try:
-        import nvidia.dali  # noqa: F401
+        import nvidia.dali
+        import nvidia.dali.backend as backend
         import nvidia.dali.fn as fn
         import nvidia.dali.types as types
         from nvidia.dali import pipeline_def
     except ImportError as exc:
         raise ImportError("NVIDIA DALI is missing: pip install 'sladd[dali]' (CPU-only works without a GPU)") from exc
+    require_decoder_arguments(backend, getattr(nvidia.dali, "__version__", "unknown"))
     return fn, types, pipeline_def
+
+
+def require_decoder_arguments(backend, version: str) -> None:
+    """ImportError unless DALI's `decoders.image` has the arguments the pipeline passes. The
+    engine applies the EXIF orientation itself (as views, as on the TurboJPEG path), so the
+    decoder must be told not to: a frame turned twice would not match the file it is written to."""
+    schema = backend.GetSchema("decoders__Image")
+    missing = [a for a in DECODER_ARGUMENTS if not schema.HasArgument(a)]
+    if missing:
+        raise ImportError(f"NVIDIA DALI {version} is too old: its decoders.image has no {', '.join(missing)} "
+                          f"argument; sladd needs DALI >= {DALI_MIN}: pip install -U 'sladd[dali]'")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -76,8 +95,10 @@ class DaliDecoder(TurboDecoder):
     def _build(self):
         fn, types, pipeline_def = dali_module()
 
+        # The synchronous executor, named explicitly: its outputs are reused by the next run
+        # (see _copy_to_cupy), which a future default must not change unnoticed.
         @pipeline_def(batch_size=self.batch, num_threads=self.threads, device_id=self.device_id,
-                      exec_pipelined=False, exec_async=False, prefetch_queue_depth=1)
+                      exec_pipelined=False, exec_async=False, exec_dynamic=False, prefetch_queue_depth=1)
         def pipe():
             jpegs = fn.external_source(name="jpegs", dtype=types.UINT8, no_copy=False)
             # EXIF orientation is applied by the engine (as views), as on the TurboJPEG path.
@@ -89,21 +110,36 @@ class DaliDecoder(TurboDecoder):
 
     def _run(self, datas: list[bytes]) -> list:
         """Decoded RGB images in stored orientation: NumPy (cpu) or CuPy arrays owned by CuPy
-        (mixed). A DALI error becomes ImageError (the pipeline is rebuilt on the next call)."""
+        (mixed), complete when returned. A DALI error becomes ImageError (the pipeline is rebuilt
+        on the next call)."""
         if self._pipe is None:
             self._pipe = self._build()
         try:
             self._pipe.feed_input("jpegs", [np.frombuffer(d, dtype=np.uint8) for d in datas])
             (out,) = self._pipe.run()
             if self._cp is None:
-                return [np.array(out.at(i)) for i in range(len(datas))]
-            cp = self._cp
-            # run() without a stream returns host-synchronous outputs; from_dlpack wraps DALI's
-            # buffer (no copy) and the device-to-device copy makes the frame independent of it.
-            return [cp.array(cp.from_dlpack(out[i]), copy=True) for i in range(len(datas))]
+                return [np.array(out.at(i)) for i in range(len(datas))]   # np.array copies
+            return self._copy_to_cupy(out, len(datas))
         except RuntimeError as exc:
             self._pipe = None                        # DALI invalidates a pipeline after an error
             raise ImageError(f"DALI decoder: {_first_line(exc)}") from None
+
+    def _copy_to_cupy(self, out, n: int) -> list:
+        """Device-to-device copies of DALI's outputs into CuPy-owned arrays, finished on return.
+
+        Synchronise after the copies, rather than DALI's dynamic executor and its output
+        lifetimes: this pipeline runs DALI's synchronous (legacy) executor, whose run() returns
+        host-synchronous outputs but releases them on the next run() and may decode the next
+        batch into the same buffers, on DALI's own non-blocking streams, which do not wait for
+        CuPy's. The copies are only queued on CuPy's current stream, so without the wait a frame
+        could be overwritten by the next batch before its copy ran. One wait per batch costs
+        little next to the decode, which the host already waited for."""
+        cp = self._cp
+        stream = cp.cuda.get_current_stream()
+        # from_dlpack wraps DALI's buffer (no copy; DALI orders `stream` after its output).
+        frames = [cp.array(cp.from_dlpack(out[i]), copy=True) for i in range(n)]
+        stream.synchronize()
+        return frames
 
     def decode_pixels(self, data: bytes, scale: Fraction = Fraction(1), info=None):
         info = info if info is not None else parse_jpeg(data)

@@ -145,7 +145,8 @@ class EngineSpec(Strict):
     # dali on cpu runs DALI's CPU-only mode.
     decoder: Literal["auto", "turbojpeg", "dali"] = "auto"
     decode_batch: int = Field(8, ge=1, le=256)    # images per DALI decode run
-    runtime: Literal["auto", "onnxruntime", "tensorrt"] = "auto"   # auto: tensorrt on cuda when installed
+    # auto: tensorrt on cuda when installed; openvino: Intel's CPU runtime (the `openvino` extra)
+    runtime: Literal["auto", "onnxruntime", "tensorrt", "openvino"] = "auto"
     precision: Literal["fp32", "fp16", "int8"] = "fp16"     # TensorRT plans only
     calibration_images: Optional[str] = None      # int8: a folder of sample JPEGs for calibration
     queue_size: int = Field(8, ge=1, le=1024)     # bound of every queue between stages

@@ -9,12 +9,17 @@ of 0.78).
 """
 from __future__ import annotations
 
+import logging
+import math
+
 import numpy as np
 
 from engine.models.base import Adapter, RawDetections
 from kernels import batched_nms, get_array_module, letterbox, to_host
 
 __all__ = ["NanoDetAdapter", "decode_gfl"]
+
+LOG = logging.getLogger("sladd")
 
 MEAN_BGR = np.array([103.53, 116.28, 123.675], np.float32)
 STD_BGR = np.array([57.375, 57.12, 58.395], np.float32)
@@ -53,32 +58,76 @@ def decode_gfl(levels, *, input_hw, reg_max: int, score_threshold: float, iou: f
 
 
 class NanoDetAdapter(Adapter):
+    """Views run at the card's scale (the largest that fits `input.size`), never above native
+    resolution, on a canvas padded only to the next multiple of 32 (`resizable` graphs: the
+    converted model computes its reshapes from the input, so any multiple of 32 works, and
+    its TF-style 'same' paddings equal the 416x416 ones there). A graph whose outputs do not
+    follow its input (a fixed export, the tests' stand-in) and runtimes that build one plan
+    per shape (TensorRT) get every view letterboxed into `input.size`, as before."""
+
     family = "nanodet"
     takes_threshold = True
     strides = (8, 16, 32)
     reg_max = 10
+    align = 32                   # the largest stride: input sides are multiples of it
 
     def __init__(self, card, model_path, runtime):
         super().__init__(card, model_path, runtime)
         self.session = runtime.session(model_path, family=self.family)
         self.input_name = self.session.get_inputs()[0].name
         self.size = tuple(card.input.size)
-        # Pair score and distribution outputs by their number of cells (one pair per stride).
+        self.ncls = len(card.class_names)
         outs = self.session.get_outputs()
-        by_cells: dict[int, dict] = {}
-        for o in outs:
-            cells, width = o.shape[1], o.shape[2]
-            by_cells.setdefault(cells, {})["cls" if width == len(card.class_names) else "reg"] = o.name
-        self.pairs = []
-        for stride in self.strides:
-            cells = int(np.ceil(self.size[0] / stride) * np.ceil(self.size[1] / stride))
-            if cells not in by_cells or len(by_cells[cells]) != 2:
-                raise ValueError(f"{model_path}: no score/box outputs with {cells} cells for stride {stride}")
-            self.pairs.append((stride, by_cells[cells]["cls"], by_cells[cells]["reg"]))
         self.names = [o.name for o in outs]
+        self._pairs(self.size, {o.name: o.shape for o in outs})    # the graph's outputs are NanoDet's
+        self.resizable = False
+        if not getattr(runtime, "dynamic_batch", False):           # not a one-plan-per-shape runtime
+            self._try_resizable()
+
+    def _pairs(self, hw, shapes: dict) -> list:
+        """(stride, score output, box output) per stride, paired by their number of cells at
+        input size `hw`; ValueError when the outputs do not fit that size."""
+        by_cells: dict[int, dict] = {}
+        for name, shape in shapes.items():
+            by_cells.setdefault(shape[1], {})["cls" if shape[2] == self.ncls else "reg"] = name
+        pairs = []
+        for stride in self.strides:
+            cells = int(np.ceil(hw[0] / stride) * np.ceil(hw[1] / stride))
+            if cells not in by_cells or len(by_cells[cells]) != 2:
+                raise ValueError(f"{self.model_path}: no score/box outputs with {cells} cells for stride {stride}")
+            pairs.append((stride, by_cells[cells]["cls"], by_cells[cells]["reg"]))
+        return pairs
+
+    def _try_resizable(self) -> None:
+        """Load the graph with free height and width; keep it if a 64x96 probe's outputs have
+        the cells of 64x96 (a graph with fixed reshapes fails or answers 416x416's)."""
+        from engine.runtimes.onnxruntime import onnx_module
+        onnx = onnx_module()
+        model = onnx.load(str(self.model_path))
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        dims[2].dim_param, dims[3].dim_param = "height", "width"
+        for o in model.graph.output:                  # output dims follow the input now
+            for k, d in enumerate(o.type.tensor_type.shape.dim):
+                d.dim_param = f"{o.name}_{k}"
+        try:
+            session = self.runtime.session(model.SerializeToString(), family=self.family)
+            probe = session.run(self.names, {self.input_name: np.zeros((1, 3, 64, 96), np.float32)})
+            self._pairs((64, 96), {n: a.shape for n, a in zip(self.names, probe)})
+        except Exception as exc:        # noqa: BLE001 — any runtime error: the fixed graph is kept, and said
+            LOG.info("model %s: graph runs at %dx%d only (%s)", self.card.name, *self.size, str(exc).splitlines()[0])
+            return
+        self.session, self.resizable = session, True
 
     def view_scale(self, h: int, w: int) -> float:
-        return min(self.size[0] / h, self.size[1] / w)
+        s = min(self.size[0] / h, self.size[1] / w)
+        return min(1.0, s) if self.resizable else s
+
+    def input_hw(self, h: int, w: int) -> tuple[int, int]:
+        """The graph input size `(H, W)` a view of `h x w` runs at."""
+        if not self.resizable:
+            return self.size
+        s, a = self.view_scale(h, w), self.align
+        return (math.ceil(max(1, round(h * s)) / a) * a, math.ceil(max(1, round(w * s)) / a) * a)
 
     @staticmethod
     def blob(view, size_hw: tuple[int, int]):
@@ -100,11 +149,13 @@ class NanoDetAdapter(Adapter):
         return [self(v, view_scale, threshold) for v in views]
 
     def __call__(self, view: np.ndarray, view_scale: float, threshold: float | None = None) -> RawDetections:
-        blob, scale = self.blob(view, self.size)
+        hw = self.input_hw(*view.shape[:2])
+        blob, scale = self.blob(view, hw)
         # The outputs are small (about 3,500 cells): decoded on the host.
         res = {n: to_host(o) for n, o in zip(self.names, self.session.run(self.names, {self.input_name: blob}))}
-        levels = [(s, res[c][0], res[r][0]) for s, c, r in self.pairs]
-        b, sc, cl = decode_gfl(levels, input_hw=self.size, reg_max=self.reg_max,
+        pairs = self._pairs(hw, {n: a.shape for n, a in res.items()})
+        levels = [(s, res[c][0], res[r][0]) for s, c, r in pairs]
+        b, sc, cl = decode_gfl(levels, input_hw=hw, reg_max=self.reg_max,
                                score_threshold=self.card.score_threshold if threshold is None else threshold,
                                iou=self.card.nms_iou)
         b = b / scale

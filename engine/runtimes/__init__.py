@@ -3,7 +3,9 @@
 
 `onnxruntime`: ONNX Runtime's CPU provider, or on device "cuda" its CUDA provider with
 CuPy-bound inputs (engine.runtimes.cuda). `tensorrt`: TensorRT plans built and cached per GPU
-(engine.runtimes.tensorrt, engine.runtimes.trt_plan), imported only when created. Every runtime
+(engine.runtimes.tensorrt, engine.runtimes.trt_plan), imported only when created. `openvino`:
+Intel's CPU runtime (engine.runtimes.openvino; its `faster_cpu_runtime` times it against ONNX
+Runtime at start-up), imported only when created. Every runtime
 takes `device`, `threads`, `precision`, `cache`, `calibration_images` and `max_batch`.
 """
 from __future__ import annotations
@@ -16,6 +18,11 @@ __all__ = ["RUNTIMES", "create_runtime", "OrtRuntime", "onnx_module"]
 RUNTIMES = Registry("runtime")
 
 
+def _openvino(**kwargs):
+    from engine.runtimes.openvino import OpenVinoRuntime    # lazy: the `openvino` extra
+    return OpenVinoRuntime(**kwargs)
+
+
 def _tensorrt(**kwargs):
     from engine.runtimes.tensorrt import TrtRuntime    # lazy: TensorRT is NVIDIA-container only
     return TrtRuntime(**kwargs)
@@ -23,6 +30,7 @@ def _tensorrt(**kwargs):
 
 RUNTIMES.add("onnxruntime", OrtRuntime)
 RUNTIMES.add("tensorrt", _tensorrt)
+RUNTIMES.add("openvino", _openvino)
 
 
 def create_runtime(name: str, **kwargs):

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["OrtRuntime", "onnx_module"]
+__all__ = ["OrtRuntime", "onnx_module", "require_cuda_provider"]
 
 LOG = logging.getLogger("sladd")
 
@@ -62,7 +62,23 @@ class OrtRuntime:
         src = model if isinstance(model, (bytes, bytearray)) else str(model)
         session = self.ort.InferenceSession(src, sess_options=so, providers=self.providers)
         if self.device == "cuda":
+            require_cuda_provider(session)
             from engine.runtimes.cuda import CupyBoundSession
             return CupyBoundSession(session)              # inputs bound to CuPy device buffers
         return session
+
+
+def require_cuda_provider(session) -> None:
+    """RuntimeError unless the session really runs on ONNX Runtime's CUDA provider.
+
+    `get_available_providers()` lists what the wheel was built with, not what loads: when the
+    CUDA provider's libraries (CUDA 12, cuDNN 9) fail to load, ONNX Runtime only logs a warning
+    (hidden at the severity set above) and the session runs on the CPU provider, with CuPy
+    device buffers then bound to a CPU session. No silent fallback: fail here."""
+    providers = list(session.get_providers())
+    if "CUDAExecutionProvider" not in providers:
+        raise RuntimeError("device cuda: ONNX Runtime could not start its CUDA provider and the session fell back "
+                           f"to {providers}; onnxruntime-gpu >= 1.19 needs the CUDA 12 and cuDNN 9 libraries "
+                           "on the loader path (pip install 'sladd[gpu]', or NVIDIA's image: Dockerfile.gpu), "
+                           "and onnxruntime (CPU) must not be installed beside onnxruntime-gpu")
 

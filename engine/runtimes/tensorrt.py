@@ -3,13 +3,24 @@ surface as ONNX Runtime's sessions, so every model family runs unchanged on eith
 
 Plans are built from the ONNX graphs the adapters hand in and cached per GPU, TensorRT version,
 precision and profiles (engine.runtimes.trt_plan). Outputs live where the inputs did: device
-inputs give CuPy outputs, host inputs NumPy ones. Written against the TensorRT 10 API; tested
-only where a GPU and TensorRT are present (tests marked `gpu` / `trt`).
+inputs give CuPy outputs, host inputs NumPy ones. Written against the TensorRT 10 API (11 for
+fp32 plans); tested only where a GPU and TensorRT are present (tests marked `gpu` / `trt`).
+
+Plans per input size, the first-run trade-off: CenterFace's cascade asks for one graph per crop
+size (up to 5x5 bucket sizes, typically ~7 of them) besides the full frame and the coarse pass,
+and each plan takes TensorRT tens of seconds to build on first use (then it is cached per GPU
+and TensorRT version). `hw_profile=(min, opt, max)` (or SLADD_TRT_HW_PROFILE="min,opt,max",
+pixels per side) builds one plan with a dynamic height x width profile instead, shared by every
+crop of a fully convolutional family (HW_DYNAMIC_FAMILIES) whose sides lie within min..max:
+fewer builds, but kernels tuned for `opt` rather than for each size. The default (None) keeps
+one plan per size until a GPU has measured what the shared plan costs per image.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional
@@ -17,12 +28,18 @@ from typing import Any, Optional
 from engine.device import cupy_module
 from engine.models.resolve import plans_dir
 from engine.runtimes.onnxruntime import onnx_module
-from engine.runtimes.trt_plan import Profile, build_plan, calibration_batches, make_calibrator, tensorrt_module
+from engine.runtimes.trt_plan import (Profile, build_plan, calibration_batches, check_precision, make_calibrator,
+                                      tensorrt_module)
 from kernels._xp import on_device as on_device_array
 
-__all__ = ["TrtRuntime", "TrtSession", "graph_inputs"]
+__all__ = ["TrtRuntime", "TrtSession", "graph_inputs", "parse_hw_profile", "dynamic_hw_graph",
+           "HW_DYNAMIC_FAMILIES", "HW_PROFILE_ENV"]
 
 LOG = logging.getLogger("sladd")
+HW_PROFILE_ENV = "SLADD_TRT_HW_PROFILE"
+# Families whose graphs hold no size-dependent constants (fully convolutional), so one plan can
+# take any height x width; detectors with reshapes baked at export size are not listed.
+HW_DYNAMIC_FAMILIES = frozenset({"centerface"})
 
 
 class TrtSession:
@@ -83,28 +100,44 @@ class TrtRuntime:
     dynamic_batch = True          # adapters may hand in graphs with a dynamic batch (one plan per size)
 
     def __init__(self, *, device: str = "cuda", threads: Optional[int] = None, precision: str = "fp16",
-                 cache: Optional[Path] = None, calibration_images: Optional[Path] = None, max_batch: int = 8):
+                 cache: Optional[Path] = None, calibration_images: Optional[Path] = None, max_batch: int = 8,
+                 hw_profile: Optional[tuple[int, int, int]] = None):
         if device != "cuda":
             raise ValueError("the tensorrt runtime needs device cuda")
         if precision == "int8" and calibration_images is None:
             raise ValueError("engine.precision int8 needs engine.calibration_images (a folder of sample JPEGs)")
+        if importlib.util.find_spec("tensorrt") is not None:
+            check_precision(tensorrt_module().__version__, precision)   # at start-up, not per image
         self.precision = precision
         self.calibration_images = Path(calibration_images) if calibration_images else None
         self.cache = Path(cache) if cache else plans_dir()
         self.max_batch = max(1, int(max_batch))
+        env = os.environ.get(HW_PROFILE_ENV)
+        self.hw_profile = parse_hw_profile(hw_profile if hw_profile is not None else env,
+                                           HW_PROFILE_ENV if hw_profile is None else "hw_profile")
+        self._shared: dict = {}                    # plan -> TrtSession (one engine for every crop size)
 
     def profiles(self, onnx_path: Path) -> list:
-        """Optimisation profiles for a graph with a dynamic batch dimension: 1..max_batch (opt =
-        max_batch). Fixed graphs need none; other dynamic dimensions need a fixed-size export."""
+        """Optimisation profiles: a dynamic batch gets 1..max_batch (opt = max_batch); with
+        `hw_profile`, dynamic height and width get its min/opt/max. Fixed graphs need none;
+        other dynamic dimensions need a fixed-size export."""
         out = []
         for name, dims in graph_inputs(onnx_path):
             if all(d > 0 for d in dims):
                 continue
-            if any(d <= 0 for d in dims[1:]):
+            spatial = self.hw_profile is not None and len(dims) == 4 and dims[2] <= 0 and dims[3] <= 0
+            if any(d <= 0 for d in (dims[1:2] if spatial else dims[1:])):
                 raise ValueError(f"{onnx_path.name}: input {name} has dynamic dimensions {dims} besides the batch; "
                                  "TensorRT needs them fixed: export the model with a fixed input size")
-            rest = tuple(dims[1:])
-            out.append(Profile(name, (1,) + rest, (self.max_batch,) + rest, (self.max_batch,) + rest))
+            b0 = 1 if dims[0] <= 0 else dims[0]
+            b1 = self.max_batch if dims[0] <= 0 else dims[0]
+            if spatial:
+                lo, opt, hi = self.hw_profile
+                c = dims[1]
+                out.append(Profile(name, (b0, c, lo, lo), (b1, c, opt, opt), (b1, c, hi, hi)))
+            else:
+                rest = tuple(dims[1:])
+                out.append(Profile(name, (b0,) + rest, (b1,) + rest, (b1,) + rest))
         return out
 
     def _calibrator(self, onnx_path: Path, family: Optional[str]):
@@ -121,6 +154,8 @@ class TrtRuntime:
 
     def session(self, model: Any, family: Optional[str] = None):
         if isinstance(model, (bytes, bytearray)):
+            if self.hw_profile is not None and family in HW_DYNAMIC_FAMILIES:
+                model = dynamic_hw_graph(bytes(model), self.hw_profile) or model
             path = self.cache / "onnx" / f"{hashlib.sha256(model).hexdigest()[:16]}.onnx"
             if not path.is_file():
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,8 +164,50 @@ class TrtRuntime:
             path = Path(model)
         LOG.debug("TensorRT session for %s (%s, plans cached in %s)", path.name, self.precision, self.cache)
         calibrator = self._calibrator(path, family) if self.precision == "int8" else None
-        return TrtSession(build_plan(path, self.cache, precision=self.precision, profiles=self.profiles(path),
-                                     calibrator=calibrator))
+        plan = build_plan(path, self.cache, precision=self.precision, profiles=self.profiles(path),
+                          calibrator=calibrator)
+        if plan not in self._shared:               # crops of every size share one engine and context
+            self._shared[plan] = TrtSession(plan)
+        return self._shared[plan]
+
+
+def parse_hw_profile(value, where: str) -> Optional[tuple[int, int, int]]:
+    """None (one plan per input size) or (min, opt, max) pixels per side from a tuple or a
+    "min,opt,max" string; ValueError naming `where` otherwise."""
+    if value is None or value == "":
+        return None
+    try:
+        sides = tuple(int(v) for v in (value.split(",") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        sides = ()
+    if len(sides) != 3 or not 1 <= sides[0] <= sides[1] <= sides[2]:
+        raise ValueError(f"{where} must be three sides MIN,OPT,MAX in pixels with 1 <= MIN <= OPT <= MAX "
+                         f"(e.g. 160,384,640), got {value!r}; unset means one plan per input size")
+    return sides
+
+
+def dynamic_hw_graph(model: bytes, hw_profile: tuple[int, int, int]) -> Optional[bytes]:
+    """The graph with its single NCHW input's height and width (and every 4-D output's) made
+    dynamic, when the input's fixed sides lie within the profile; else None (keep the graph and
+    its own per-size plan, e.g. a full frame larger than the profile's max)."""
+    onnx = onnx_module()
+    m = onnx.load_from_string(model)
+    inits = {t.name for t in m.graph.initializer}
+    inputs = [i for i in m.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        return None
+    dims = inputs[0].type.tensor_type.shape.dim
+    sides = [d.dim_value if d.HasField("dim_value") else 0 for d in dims[2:]]
+    if len(dims) != 4 or not all(hw_profile[0] <= v <= hw_profile[2] for v in sides):
+        return None
+    for vi in [inputs[0], *m.graph.output]:
+        vdims = vi.type.tensor_type.shape.dim
+        if len(vdims) == 4:
+            for k, name in ((2, "height"), (3, "width")):
+                vdims[k].Clear()
+                vdims[k].dim_param = f"{name}_{vi.name}" if vi is not inputs[0] else name
+    del m.graph.value_info[:]                       # shapes inferred for one size no longer hold
+    return m.SerializeToString()
 
 
 def graph_inputs(onnx_path: Path) -> list[tuple[str, list[int]]]:

@@ -1,10 +1,14 @@
-"""TensorRT plans: building (TensorRT 10 Python API) and the plan cache.
+"""TensorRT plans: building (TensorRT 10 and 11 Python APIs) and the plan cache.
 
 A plan is specific to the GPU, the TensorRT version, the precision, the optimisation profiles
 and the ONNX file; a JSON sidecar beside each plan records all five, and a plan is reused only
 when every one matches (otherwise it is rebuilt). The cache logic is plain Python and tested
 everywhere; building needs TensorRT and a GPU (tests marked `trt`). INT8 calibration feeds
 the sample images through the model family's own preprocessing (`Adapter.calibration_blob`).
+
+TensorRT 11 builds strongly typed networks only: its builder has no FP16/INT8 flags and no
+calibrators, so a plan's precision is the ONNX graph's. There, `fp32` plans are built from the
+(FP32) graphs as they are, and `fp16`/`int8` are refused with the fix (`check_precision`).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from typing import Optional
 from engine.models.resolve import sha256_file
 
 __all__ = ["Profile", "Sidecar", "plan_paths", "find_plan", "build_plan", "tensorrt_module", "gpu_name",
-           "parse_shape", "calibration_batches", "make_calibrator"]
+           "parse_shape", "calibration_batches", "make_calibrator", "check_precision", "trt_major"]
 
 LOG = logging.getLogger("sladd")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -61,8 +65,30 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 def tensorrt_module():
     from engine.optional import require
-    return require("tensorrt", "TensorRT is not installed: it comes with NVIDIA's TensorRT container "
-                               "(Dockerfile.gpu) or NVIDIA's own package index, not from PyPI/Debian")
+    return require("tensorrt", "TensorRT is not installed: use NVIDIA's TensorRT container (Dockerfile.gpu), or "
+                               "pip install 'tensorrt-cu12>=10,<11' (PyPI wheels whose install fetches TensorRT's "
+                               "libraries from NVIDIA's package index; TensorRT 11 builds fp32 plans only here)")
+
+
+def trt_major(version: str) -> int:
+    """10 for "10.3.0.26"; ValueError for a version string that does not start with a number."""
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        raise ValueError(f"unrecognised TensorRT version {version!r}") from None
+
+
+def check_precision(trt_version: str, precision: str) -> None:
+    """ValueError when this TensorRT cannot build `precision` plans: TensorRT 11 removed the
+    weak-typing builder flags (BuilderFlag.FP16/INT8) and INT8 calibration."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if trt_major(trt_version) >= 11 and precision != "fp32":
+        raise ValueError(f"TensorRT {trt_version} builds strongly typed networks only (no BuilderFlag.FP16/INT8, no "
+                         f"INT8 calibration), so engine.precision {precision} cannot be built: set engine.precision: "
+                         "fp32 (or --precision fp32), or use TensorRT 10.x (Dockerfile.gpu's image, or "
+                         "pip install 'tensorrt-cu12>=10,<11'); an FP16 or Q/DQ-quantised ONNX graph would be the "
+                         "TensorRT 11 way")
 
 
 def gpu_name() -> str:
@@ -109,6 +135,7 @@ def build_plan(onnx: Path, cache_dir: Path, *, precision: str = "fp16", profiles
                force: bool = False) -> Path:
     """ONNX -> serialized TensorRT plan (+ sidecar), reusing a matching cached plan."""
     trt = tensorrt_module()
+    check_precision(trt.__version__, precision)           # before a GPU is touched
     plan, side = plan_paths(cache_dir, onnx, precision, list(profiles), gpu_name(), trt.__version__)
     if not force and find_plan(plan, side):
         LOG.debug("TensorRT plan %s reused", plan)
@@ -118,7 +145,9 @@ def build_plan(onnx: Path, cache_dir: Path, *, precision: str = "fp16", profiles
     t0 = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)                       # explicit batch is the only mode in TRT 10
+    # Flags 0: explicit batch (the only mode since TensorRT 10); weakly typed on 10 (the FP16/INT8
+    # flags below pick kernels), strongly typed on 11 (always; only fp32 gets this far there).
+    network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -185,10 +214,15 @@ def calibration_batches(folder: Path, family: str, input_shape: tuple[int, ...],
 
 
 def make_calibrator(batches, cache: Path):
-    """A TensorRT IInt8EntropyCalibrator2 over `batches`, reading/writing the calibration cache."""
+    """A TensorRT IInt8EntropyCalibrator2 over `batches` (host float32 NCHW arrays, one shape),
+    reading/writing the calibration cache. TensorRT 10 only (ValueError on 11, where INT8
+    calibration is gone)."""
+    import numpy as np
+
     from engine.device import cupy_module
 
     trt = tensorrt_module()
+    check_precision(trt.__version__, "int8")
     cp = cupy_module()
 
     class _Calibrator(trt.IInt8EntropyCalibrator2):
@@ -198,7 +232,7 @@ def make_calibrator(batches, cache: Path):
             self.first = next(self.it, None)
             # TensorRT may ask again after the first batch was handed out: remember the size.
             self.n = 0 if self.first is None else int(self.first.shape[0])
-            self.buf = None
+            self.buf = None                 # one device buffer, alive as long as the calibrator
 
         def get_batch_size(self):
             return self.n
@@ -208,7 +242,15 @@ def make_calibrator(batches, cache: Path):
             self.first = None
             if b is None:
                 return None
-            self.buf = cp.asarray(b)                    # kept alive until the next call
+            host = np.ascontiguousarray(b, dtype=np.float32)
+            if self.buf is None:
+                self.buf = cp.empty(host.shape, dtype=cp.float32)
+            elif self.buf.shape != host.shape:
+                raise ValueError(f"calibration batches must share one shape: {self.buf.shape} then {host.shape}")
+            # A blocking copy: TensorRT reads the pointer on its own stream as soon as it is
+            # returned, and an upload queued on CuPy's stream (cp.asarray) may not have landed.
+            self.buf.set(host)
+            cp.cuda.get_current_stream().synchronize()
             return [int(self.buf.data.ptr)]
 
         def read_calibration_cache(self):
