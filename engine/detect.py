@@ -214,7 +214,11 @@ class Detector:
         entries = []                                        # (frame idx, view, view pixels)
         for k, frame in enumerate(frames):
             h, w = frame.full_size
-            for v in self.views(h, w):
+            # The cascade already looks at native resolution: a window adds nothing the full-image
+            # pass misses unless seen finer, except at the 360° seam (a face split across x = 0/W).
+            seam = self.wrap and self.cfg.use_cutouts
+            vs = [v for v in self.views(h, w) if v.full or self._finer(slot, v, h, w) or (seam and (v.x == 0 or v.x + v.w > w))]
+            for v in vs:
                 entries.append((k, v, crop_view(frame.pixels, v.y, v.x, v.h, v.w) if not v.full else frame.pixels))
         results: list[list[_ViewResult]] = [[] for _ in entries]
         coarse_jobs, fine_jobs = [], []                     # (entry, array, given) / (entry, view, array)
