@@ -34,6 +34,7 @@ from pathlib import Path
 from PIL import Image
 
 from engine.demo import road_scene
+from engine.driver.reaper import ray_actors
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "scale.jsonl"
@@ -71,20 +72,6 @@ def _vmhwm(pid: int) -> int:
     return 0
 
 
-def _actors(root_pid: int) -> list[int]:
-    from engine.driver.reaper import descendants
-
-    out = []
-    for pid in descendants(root_pid):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if fh.read().startswith(b"ray::_Actor"):
-                    out.append(pid)
-        except OSError:
-            pass
-    return out
-
-
 def run_once(cmd: list[str]) -> dict:
     """Run `cmd`; wall seconds, the summary's figures, peak RSS of the driver and of each actor."""
     t0 = time.perf_counter()
@@ -94,7 +81,7 @@ def run_once(cmd: list[str]) -> dict:
     def sample():
         while p.poll() is None:
             peaks["driver"] = max(peaks["driver"], _vmhwm(p.pid))
-            for a in _actors(p.pid):
+            for a in ray_actors(p.pid):
                 peaks["actors"][a] = max(peaks["actors"].get(a, 0), _vmhwm(a))
             time.sleep(0.5)
     t = threading.Thread(target=sample, daemon=True)

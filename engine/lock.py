@@ -92,15 +92,11 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                holder = self._read()
-                if not self.wait:
+                try:
+                    announced = self._held(self._read(), announced)
+                except LockHeld:
                     os.close(fd)
-                    raise LockHeld(f"another sladd run is using {self.path.parent.parent}: {_describe(holder)} "
-                                   f"(lock {self.path}); wait for it to end, or rerun with --wait-lock") from None
-                if not announced:
-                    LOG.warning("waiting for the run holding %s: %s", self.path, _describe(holder))
-                    announced = True
-                time.sleep(self.poll)
+                    raise
             except OSError as exc:
                 if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                     os.close(fd)
@@ -116,6 +112,17 @@ class RunLock:
         self._write_record(fd)
         self._fd = fd
         return self
+
+    def _held(self, holder: Optional[dict], announced: bool) -> bool:
+        """Another run holds the lock: raise LockHeld naming it, or (with `wait`) say once that
+        this run waits, sleep a poll interval and return True."""
+        if not self.wait:
+            raise LockHeld(f"another sladd run is using {self.path.parent.parent}: {_describe(holder)} "
+                           f"(lock {self.path}); wait for it to end, or rerun with --wait-lock")
+        if not announced:
+            LOG.warning("waiting for the run holding %s: %s", self.path, _describe(holder))
+        time.sleep(self.poll)
+        return True
 
     def _acquire_record_only(self) -> "RunLock":
         """No flock here: an exclusively created record is the lock."""
@@ -139,13 +146,7 @@ class RunLock:
                                 _describe(holder))
                     self.path.unlink(missing_ok=True)
                     continue
-                if not self.wait:
-                    raise LockHeld(f"another sladd run is using {self.path.parent.parent}: {_describe(holder)} "
-                                   f"(lock {self.path}); wait for it to end, or rerun with --wait-lock") from None
-                if not announced:
-                    LOG.warning("waiting for the run holding %s: %s", self.path, _describe(holder))
-                    announced = True
-                time.sleep(self.poll)
+                announced = self._held(holder, announced)
         self._write_record(fd)
         self._fd, self._record_only = fd, True
         return self

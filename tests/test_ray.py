@@ -13,7 +13,7 @@ import pytest
 
 from engine.config import load_config
 from engine.driver import ledger_path
-from engine.driver.reaper import descendants
+from engine.driver.reaper import descendants, ray_actors
 from engine.fsutil import is_partial
 from engine.run import run
 from tests.test_reliability import _cfg
@@ -58,15 +58,7 @@ def test_ray_run_equals_the_local_run_byte_for_byte(tmp_path, portrait):
 
 
 def _actors():
-    out = []
-    for pid in descendants(os.getpid()):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if fh.read().startswith(b"ray::_Actor"):
-                    out.append(pid)
-        except OSError:
-            pass
-    return out
+    return ray_actors(os.getpid())
 
 
 def _done(out):

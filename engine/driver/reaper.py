@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 
-__all__ = ["descendants", "main"]
+__all__ = ["descendants", "ray_actors", "main"]
 
 
 def _stat(pid: int):
@@ -43,6 +43,19 @@ def descendants(root: int) -> dict[int, int]:
             if c != os.getpid() and c not in out:
                 out[c] = starts[c]
                 todo.append(c)
+    return out
+
+
+def ray_actors(root: int) -> list[int]:
+    """Pids of the Ray actor processes (sladd's workers) below `root`."""
+    out = []
+    for pid in descendants(root):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if fh.read().startswith(b"ray::_Actor"):
+                    out.append(pid)
+        except OSError:
+            pass
     return out
 
 

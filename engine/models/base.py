@@ -6,7 +6,18 @@ from typing import Callable, Optional
 
 import numpy as np
 
-__all__ = ["RawDetections", "Adapter"]
+__all__ = ["RawDetections", "Adapter", "set_dims"]
+
+
+def set_dims(value_info, dims) -> None:
+    """Set the shape of an ONNX graph input/output in place (None: a dynamic dim named `batch`)."""
+    shape = value_info.type.tensor_type.shape
+    del shape.dim[:]
+    for v in dims:
+        if v is None:
+            shape.dim.add().dim_param = "batch"
+        else:
+            shape.dim.add().dim_value = int(v)
 
 
 @dataclass

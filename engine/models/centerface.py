@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from engine.models.base import Adapter, RawDetections
+from engine.models.base import Adapter, RawDetections, set_dims
 from engine.runtimes.onnxruntime import onnx_module
 from kernels import get_array_module, nms, resize_bilinear, to_host
 
@@ -35,21 +35,11 @@ def fix_centerface_graph(model, height: int, width: int, batch: int | None = 1):
     unused = [t for t in m.graph.initializer if t.name not in used]     # BN step counters
     for t in unused:
         m.graph.initializer.remove(t)
-    _set_dims(m.graph.input[0], [batch, 3, height, width])
+    set_dims(m.graph.input[0], [batch, 3, height, width])
     for out in m.graph.output:                          # heatmap, scale, offset, landmarks: stride 4
         dims = out.type.tensor_type.shape.dim
-        _set_dims(out, [batch, dims[1].dim_value, height // 4, width // 4])
+        set_dims(out, [batch, dims[1].dim_value, height // 4, width // 4])
     return m
-
-
-def _set_dims(value_info, dims) -> None:
-    shape = value_info.type.tensor_type.shape
-    del shape.dim[:]
-    for v in dims:
-        if v is None:
-            shape.dim.add().dim_param = "batch"
-        else:
-            shape.dim.add().dim_value = int(v)
 
 
 class CenterFaceAdapter(Adapter):

@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from engine.models.base import Adapter, RawDetections
+from engine.models.base import Adapter, RawDetections, set_dims
 from engine.runtimes.onnxruntime import onnx_module
 from kernels import batched_nms, get_array_module, letterbox, resize_bilinear, to_host
 
@@ -72,13 +72,7 @@ def _set_input_dims(model, name: str, dims) -> None:
     """Fix the dims of graph input `name` in place (None: a dynamic dimension named `batch`)."""
     for i in model.graph.input:
         if i.name == name:
-            shape = i.type.tensor_type.shape
-            del shape.dim[:]
-            for v in dims:
-                if v is None:
-                    shape.dim.add().dim_param = "batch"
-                else:
-                    shape.dim.add().dim_value = int(v)
+            set_dims(i, dims)
 
 
 class YoloDetAdapter(Adapter):

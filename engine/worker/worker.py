@@ -19,6 +19,7 @@ from typing import Callable, Optional
 from engine.decode import read_bytes
 from engine.failures import Stopped, classify
 from engine.types import Failure, Frame, ImageError, Job, Result
+from engine.worker.write import Writer
 
 __all__ = ["Worker", "NoGuard"]
 
@@ -122,8 +123,6 @@ class Worker:
         why = self.refusal(prepared.job.path)       # the archive copy reads the input again
         if why is not None:
             raise ImageError(why)
-        from engine.worker.write import Writer
-
         return self.io.call(Writer.publish, prepared)
 
     # --- one call per image ----------------------------------------------------------------------
