@@ -17,52 +17,19 @@ from typing import NamedTuple
 
 import numpy as np
 
+from engine.cascade import Pyramid, View, cascade_many
+from engine.cascade import crops as _crops  # noqa: F401 - the cascade's crops, where the tests look for them
 from engine.config import Config
 from engine.models import RawDetections
 from engine.search import bucket_crop, crop_scales, region_rects, tile_rects
 from engine.slots import ModelSlot, build_models
 from engine.types import Detections, Frame
-from kernels import (box_to_int, cluster_boxes, crop_view, cutout_windows, downscale_mean, get_array_module,
-                     merge_boxes, merge_instances, resize_bilinear, scale_boxes, seam_window)
+from kernels import (box_to_int, cluster_boxes, crop_view, cutout_windows, get_array_module, merge_boxes,
+                     merge_instances, resize_bilinear, scale_boxes, seam_window, spread_windows)
 
 __all__ = ["Detector", "ModelSlot", "build_models", "View"]
 
 LOG = logging.getLogger("sladd")
-
-
-@dataclass(frozen=True)
-class View:
-    """A window of the full-resolution image: `(y, x, h, w)`, `full` for the full-image pass,
-    `flip` for the mirrored test-time-augmentation pass."""
-
-    y: int
-    x: int
-    h: int
-    w: int
-    full: bool = False
-    flip: bool = False
-
-
-_BUCKETS = (128, 192, 256, 384, 512, 768, 1024)
-
-
-def _crops(boxes: np.ndarray, context: float, min_crop: int, h: int, w: int) -> list[tuple[int, int, int, int]]:
-    """Square crops (x0, y0, x1, y1) of `context` x each box's longer side (at least `min_crop`),
-    clipped to the image. A crop lying inside another is dropped; overlapping crops are kept
-    apart (merging them grew into large rectangles that cost more than they saved)."""
-    rects = []
-    for x1, y1, x2, y2 in boxes.tolist():
-        side = max(min_crop, context * max(x2 - x1, y2 - y1))
-        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-        rects.append([max(0, int(cx - side / 2)), max(0, int(cy - side / 2)),
-                      min(w, int(math.ceil(cx + side / 2))), min(h, int(math.ceil(cy + side / 2)))])
-    rects.sort(key=lambda r: (r[2] - r[0]) * (r[3] - r[1]), reverse=True)
-    kept: list = []
-    for r in rects:
-        if not any(k[0] <= r[0] and k[1] <= r[1] and r[2] <= k[2] and r[3] <= k[3] for k in kept):
-            kept.append(r)
-    rects = kept
-    return [tuple(r) for r in rects if r[2] > r[0] and r[3] > r[1]]
 
 
 def _flat(crop) -> bool:
@@ -105,13 +72,38 @@ class Detector:
     def views(self, h: int, w: int, slot: ModelSlot | None = None) -> list[View]:
         views = [View(0, 0, h, w, full=True)]
         if self.cfg.use_cutouts:
-            views += [View(*v) for v in cutout_windows(h, w, self.cfg.cutout_dim_downscale,
-                                                       self.cfg.cutout_step_factor, wrap=self.wrap)]
+            wins = [View(*v) for v in cutout_windows(h, w, self.cfg.cutout_dim_downscale,
+                                                     self.cfg.cutout_step_factor, wrap=self.wrap)]
+            views += self._model_windows(slot, wins, h, w) if self.wrap and slot is not None else wins
         elif self.wrap:
             views.append(View(*seam_window(h, w)))
         if slot is not None and slot.card.tta_flip:
             views += [View(v.y, v.x, v.h, v.w, v.full, flip=True) for v in views]
         return views
+
+    def _model_windows(self, slot: ModelSlot, wins: list[View], h: int, w: int) -> list[View]:
+        """360°: instead of the reference's cutouts, the fewest windows seen at the finest scale
+        any cutout is seen at, shaped to fill the model's input (NanoDet's 416x416: square
+        windows of the full height, 3 round an 8000x4000 panorama instead of 28 strips), spread
+        round the seam with a third of a window shared. None where no cutout is seen finer than
+        the full image, or for models whose scale does not follow the view's size."""
+        finer = [v for v in wins if self._finer(slot, v, h, w)]
+        if not finer:
+            return []
+        s = max(self._model_scale(slot, v, h, w) for v in finer)
+        sees = slot.adapter.view_scale
+        if sees(2 * h, 2 * w) >= s:                 # the scale does not follow the view's size
+            return finer
+
+        def grow(lo: int, hi: int, ok) -> int:     # the largest side in [lo, hi] still seen at s
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
+            return lo
+        ref = max(finer, key=lambda v: self._model_scale(slot, v, h, w))
+        wh = grow(ref.h, h, lambda x: sees(x, ref.w) >= s * (1 - 1e-9))
+        ww = grow(ref.w, w, lambda x: sees(wh, x) >= s * (1 - 1e-9))
+        return [View(*v) for v in spread_windows(h, w, wh, ww, wrap=True)]
 
     def _model_scale(self, slot: ModelSlot, view: View, h: int, w: int) -> float:
         s = slot.adapter.view_scale(view.h, view.w)
@@ -147,6 +139,8 @@ class Detector:
         per: dict[tuple[int, int], list[_ViewResult]] = {}
         cascades: dict[int, list[int]] = {}
         regions: list[list[np.ndarray]] = [[] for _ in frames]   # search regions, full-res px
+        # 360°: the models share each frame's block-mean halvings (no full-size float copies).
+        pyrs = [Pyramid(f.pixels) for f in frames] if self.wrap else [None] * len(frames)
         for fi, frame in enumerate(frames):
             h, w = frame.full_size
             for si, slot in enumerate(self.slots):
@@ -158,12 +152,13 @@ class Detector:
                 for v in self.views(h, w, slot):
                     if not v.full and not self._finer(slot, v, h, w):
                         continue
-                    crop, given = self._prepare(slot, frame, v)
+                    crop, given = self._prepare(slot, frame, v, pyrs[fi])
                     if not v.full and _flat(crop):
                         continue
                     tasks.append((fi, si, v, crop, given))
         for si, fis in cascades.items():
-            for fi, results in zip(fis, self._cascade_many(self.slots[si], [frames[fi] for fi in fis])):
+            for fi, results in zip(fis, self._cascade_many(self.slots[si], [frames[fi] for fi in fis],
+                                                           [pyrs[fi] for fi in fis] if self.wrap else None)):
                 per[(fi, si)] = results
         # Region models run at the lower of their thresholds; what they anonymise keeps the card's.
         raws = self._run_grouped(lambda k: self.slots[tasks[k][1]],
@@ -179,7 +174,7 @@ class Detector:
                                              ids=slot.region_ids).boxes)
         for si, slot in enumerate(self.slots):
             if slot.card.search is not None:
-                for fi, results in enumerate(self._search_many(slot, frames, regions)):
+                for fi, results in enumerate(self._search_many(slot, frames, regions, pyrs)):
                     per[(fi, si)] = results
         out = [self._concat([self._merge_views(slot, per.get((fi, si), []))
                              for si, slot in enumerate(self.slots)]) for fi in range(len(frames))]
@@ -205,63 +200,11 @@ class Detector:
                     raws[k] = raw
         return raws
 
-    def _cascade_many(self, slot: ModelSlot, frames: list[Frame]) -> list[list[_ViewResult]]:
-        """Coarse-to-fine (card `cascade`) over every view (full image, cutouts, 360° seam) of
-        each frame: candidates from a low-resolution pass with a low threshold; the small ones
-        are looked at again at native resolution in a crop around them. The coarse passes of
-        all frames are batched, then the crops (padded to a few sizes). No mirrored pass."""
-        cs, card = slot.card.cascade, slot.card
-        entries = []                                        # (frame idx, view, view pixels)
-        for k, frame in enumerate(frames):
-            h, w = frame.full_size
-            # The cascade already looks at native resolution: a window adds nothing the full-image
-            # pass misses unless seen finer, except at the 360° seam (a face split across x = 0/W).
-            seam = self.wrap and self.cfg.use_cutouts
-            vs = [v for v in self.views(h, w) if v.full or self._finer(slot, v, h, w) or (seam and (v.x == 0 or v.x + v.w > w))]
-            for v in vs:
-                entries.append((k, v, crop_view(frame.pixels, v.y, v.x, v.h, v.w) if not v.full else frame.pixels))
-        results: list[list[_ViewResult]] = [[] for _ in entries]
-        coarse_jobs, fine_jobs = [], []                     # (entry, array, given) / (entry, view, array)
-        for e, (k, v, vp) in enumerate(entries):
-            xp = get_array_module(vp)                       # host frames, or device frames (GPU path)
-            vh, vw = vp.shape[:2]
-            if min(vh, vw) * cs.scale < 32:
-                # Too small to look at coarsely (a 1x1 image would have no pixels): native pass only.
-                fine_jobs.append((e, v, xp.ascontiguousarray(vp)))
-                continue
-            f = round(1 / cs.scale)
-            coarse = downscale_mean(vp, f) if abs(f * cs.scale - 1) < 1e-6 else \
-                resize_bilinear(vp, max(1, round(vh * cs.scale)), max(1, round(vw * cs.scale)))
-            coarse_jobs.append((e, xp.ascontiguousarray(coarse), coarse.shape[1] / vw))
-        raws = self._run_grouped(lambda _: slot, [(a, g, cs.threshold) for _, a, g in coarse_jobs])
-        for (e, arr, given), raw in zip(coarse_jobs, raws):
-            k, v, vp = entries[e]
-            xp = get_array_module(vp)
-            vh, vw = vp.shape[:2]
-            strong = raw.scores >= card.score_threshold
-            results[e].append(self._map(slot, frames[k].full_size, v, arr.shape[1], given,
-                                        RawDetections(raw.boxes[strong], raw.scores[strong], raw.classes[strong])))
-            cand = raw.boxes / given
-            small = (cand[:, 2:] - cand[:, :2]).max(1) <= cs.max_refine if len(cand) else np.zeros(0, bool)
-            for x0, y0, x1, y1 in _crops(cand[small], cs.context, cs.min_crop, vh, vw):
-                # Crops are padded (top-left aligned) to a few square sizes: the graph has fixed
-                # dimensions, and a new size costs a new session (and batches together).
-                side = next((b for b in _BUCKETS if b >= max(y1 - y0, x1 - x0)), None)
-                crop = vp[y0:y1, x0:x1]
-                if side is not None:
-                    canvas = xp.zeros((side, side, 3), xp.uint8)
-                    canvas[:y1 - y0, :x1 - x0] = crop
-                    crop = canvas
-                fine_jobs.append((e, View(v.y + y0, v.x + x0, y1 - y0, x1 - x0), xp.ascontiguousarray(crop)))
-        fraws = self._run_grouped(lambda _: slot, [(a, 1.0, None) for _, _, a in fine_jobs])
-        for (e, view, arr), raw in zip(fine_jobs, fraws):
-            results[e].append(self._map(slot, frames[entries[e][0]].full_size, view, arr.shape[1], 1.0, raw))
-        out: list[list[_ViewResult]] = [[] for _ in frames]
-        for (k, _, _), res in zip(entries, results):        # per frame, in view order, as unbatched
-            out[k] += res
-        return out
+    def _cascade_many(self, slot: ModelSlot, frames: list[Frame], pyramids=None) -> list[list[_ViewResult]]:
+        """Coarse-to-fine (card `cascade`) over each frame: engine/cascade.py."""
+        return cascade_many(self, slot, frames, pyramids)
 
-    def _search_many(self, slot: ModelSlot, frames: list[Frame], regions) -> list[list[_ViewResult]]:
+    def _search_many(self, slot: ModelSlot, frames: list[Frame], regions, pyrs=None) -> list[list[_ViewResult]]:
         """A `search` card (plates) over crops around each frame's search regions (vehicles
         found by the other models) and, with plates.full_frame_tiles, tiles over the whole
         frame; native resolution, padded to the card's bucket sizes, batched across frames."""
@@ -275,7 +218,10 @@ class Detector:
             if self.cfg.plates.full_frame_tiles:
                 looks += [(r, None) for r in tile_rects(h, w, sp.tile, sp.tile_overlap, wrap=self.wrap)]
             if sp.full_frame:                               # large plates, whatever found their vehicle
-                jobs.append((fi, View(0, 0, h, w, full=True), frame.pixels, frame.scale))
+                full = View(0, 0, h, w, full=True)
+                px, f = (frame.pixels, 1) if pyrs is None or pyrs[fi] is None else \
+                    pyrs[fi].level_for(self._model_scale(slot, full, h, w) / frame.scale)
+                jobs.append((fi, full, px, frame.scale / f))
             for (x0, y0, x1, y1), s in looks:
                 canvas, given = bucket_crop(frame.pixels, (x0, y0, x1, y1), frame.scale, sp.buckets,
                                             card.input.pad_value, s)
@@ -286,16 +232,22 @@ class Detector:
             out[fi].append(self._map(slot, frames[fi].full_size, view, canvas.shape[1], given, raw))
         return out
 
-    def _prepare(self, slot: ModelSlot, frame: Frame, v: View):
-        """The view's pixels as the model gets them, and their scale (model px per full-res px)."""
+    def _prepare(self, slot: ModelSlot, frame: Frame, v: View, pyr: Pyramid | None = None):
+        """The view's pixels as the model gets them, and their scale (model px per full-res px).
+        A model that resizes its input itself (letterbox) gets, for 360° frames, the view from
+        the coarsest pyramid level still finer than it looks (a quarter of the pixels to resize
+        at half the resolution, and the same model input)."""
         h, w = frame.full_size
-        fs = frame.scale
-        fw = frame.pixels.shape[1]
-        crop = crop_view(frame.pixels, round(v.y * fs), round(v.x * fs), round(v.h * fs),
+        target = self._model_scale(slot, v, h, w)
+        px, fs = frame.pixels, frame.scale
+        if pyr is not None and slot.card.input.mode != "scale":
+            px, f = pyr.level_for(target / fs)
+            fs = fs / f
+        fw = px.shape[1]
+        crop = crop_view(px, round(v.y * fs), round(v.x * fs), round(v.h * fs),
                          min(round(v.w * fs), fw if not self.wrap else 2 * fw))
         if v.flip:
             crop = crop[:, ::-1]
-        target = self._model_scale(slot, v, h, w)
         given = fs
         if slot.card.input.mode == "scale" and abs(target - fs) > 1e-6:
             crop = resize_bilinear(crop, max(1, round(v.h * target)), max(1, round(v.w * target)))

@@ -11,7 +11,7 @@ import numpy as np
 from engine.config import Config, ModelSpec
 from engine.models import ModelCard, ModelNotFound, create_adapter, load_card, resolve_model
 
-__all__ = ["ModelSlot", "build_models"]
+__all__ = ["ModelSlot", "build_models", "int8_card"]
 
 LOG = logging.getLogger("sladd")
 
@@ -60,6 +60,10 @@ def build_models(cfg: Config, runtime) -> tuple[list[ModelSlot], tuple[str, ...]
             LOG.warning("NOT anonymised in this run: %s — model %s is not installed (%s)",
                         ", ".join(card.anonymise), card.name, exc)
             continue
+        if spec.file is None:
+            int8 = _int8_file(card, path, runtime)
+            if int8 != path:
+                card, path = int8_card(card), int8
         adapter = create_adapter(card, path, runtime)
         for n in card.class_names:
             if n in card.anonymise and n not in names:
@@ -75,6 +79,40 @@ def build_models(cfg: Config, runtime) -> tuple[list[ModelSlot], tuple[str, ...]
     _link_search_regions(cfg, slots)
     LOG.info("anonymising: %s", ", ".join(names))
     return slots, tuple(names)
+
+
+def int8_card(card: ModelCard) -> ModelCard:
+    """The card as it runs with its INT8 build: the cascade's INT8 candidate threshold."""
+    if card.cascade is None or card.cascade.int8_threshold is None:
+        return card
+    return card.model_copy(update={"cascade": card.cascade.model_copy(update={"threshold": card.cascade.int8_threshold})})
+
+
+def _int8_file(card: ModelCard, path, runtime):
+    """The card's INT8 build instead of `path` where the runtime asks for INT8 (ONNX Runtime on
+    the CPU with engine.precision int8, or auto on a CPU with VNNI/AMX)."""
+    if not card.int8_file or getattr(runtime, "name", "") != "onnxruntime" or getattr(runtime, "device", "cpu") != "cpu":
+        return path
+    from engine.models.int8 import cpu_int8_dot, int8_record_ok
+    from engine.models.resolve import models_dir
+
+    want = getattr(runtime, "precision", "fp32")
+    if want == "auto" and not cpu_int8_dot():
+        LOG.info("model %s: fp32 (engine.precision auto: this CPU has no VNNI/AMX 8-bit dot products)", card.name)
+        return path
+    if want not in ("int8", "auto"):
+        return path
+
+    int8 = models_dir() / card.int8_file
+    if int8_record_ok(path, int8):
+        LOG.info("model %s: INT8 build %s (engine.precision %s)", card.name, int8,
+                 "int8" if want == "int8" else "auto: this CPU has 8-bit dot products")
+        return int8
+    why = f"no INT8 build of {path.name} in {models_dir()}: `sladd models fetch {card.name}` builds it"
+    if want == "int8":
+        raise ModelNotFound(f"engine.precision int8: {why}")
+    LOG.info("model %s: fp32 (%s)", card.name, why)
+    return path
 
 
 def _link_search_regions(cfg: Config, slots: list[ModelSlot]) -> None:

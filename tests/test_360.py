@@ -6,6 +6,7 @@ from engine.cli import main
 from engine.config import load_config
 from engine.detect import Detector, build_models
 from engine.demo import paste_portrait, road_scene
+from kernels import tile_grid
 from engine.models import create_adapter, load_card, resolve_model
 from engine.runtimes import create_runtime
 from engine.types import Frame, Job
@@ -92,3 +93,125 @@ def test_mirrored_pass_with_envelope_merge_draws_one_enclosing_box(portrait):
     assert len(env) == 1 and env.counts() == {"face": 1}
     assert np.allclose(env.boxes[0, :2], raw.boxes[:, :2].min(0), atol=1e-3)
     assert np.allclose(env.boxes[0, 2:], raw.boxes[:, 2:].max(0), atol=1e-3)
+
+
+# --- the tiled cascade, the model-shaped windows and the frame budget (issue 19) -------------------
+
+def _frame(img):
+    job = Job(path=None, key="k", output=None, archive=None, error_dir=None, size=0, mtime_ns=0)
+    return Frame(job=job, data=b"", pixels=img, scale=1.0, full_size=img.shape[:2], orientation=1, segments=[],
+                 quality=92, subsampling=2)
+
+
+def _faces(d, w):
+    """Face centres (x in [0, W)) of the counted detections."""
+    b = d.boxes[d.counted]
+    return sorted((float(((x0 + x1) / 2) % w), float((y0 + y1) / 2)) for x0, y0, x1, y1 in b)
+
+
+def test_tile_grid_covers_the_circle_with_the_overlap_and_bounded_tiles():
+    from kernels import tile_grid
+    for h, w, o, area in ((2000, 4000, 64, 600_000), (300, 900, 64, 60_000), (517, 1331, 40, 90_000)):
+        tiles = tile_grid(h, w, o, area, wrap=True)
+        assert len({t[2:] for t in tiles}) == 1                  # one shape: one session, batchable
+        th, tw = tiles[0][2:]
+        assert th * tw <= area and tw % 32 == 0
+        seen = np.zeros((h, w), np.int32)
+        for y, x, th, tw in tiles:
+            cols = np.arange(x, x + tw) % w
+            seen[y:y + th][:, cols] += 1
+        assert seen.min() >= 1                                   # every pixel, the seam included
+        # Any o x o square (round the seam too) lies whole inside some tile.
+        for cy, cx in ((0, w - o // 2), (h - o, w - 1), (h // 2, w // 3)):
+            assert any(y <= cy and cy + o <= y + th and (cx - x) % w + o <= tw for y, x, th, tw in tiles)
+
+
+def test_tiled_coarse_pass_finds_the_faces_of_the_untiled_pass(tmp_path, portrait, monkeypatch):
+    """Small tiles (many edges, faces cut by some) find what one untiled coarse pass finds, the
+    face across the seam included, once each."""
+    import engine.cascade as cascade
+    wide = road_scene(900, 2800, seed=3)
+    for x, y, hh in ((600, 300, 120), (1100, 420, 60), (1700, 250, 260), (2340, 350, 140)):   # last: across x = W
+        paste_portrait(wide, portrait, x, y, hh)
+    img = wide[:, :2400].copy()
+    img[:, :400] = wide[:, 2400:]                          # what passed the seam comes in on the left
+    cfg, _ = load_config(_cfg(tmp_path))
+    det = Detector(cfg, *build_models(cfg, create_runtime("onnxruntime", device="cpu")))
+    monkeypatch.setattr(cascade, "COARSE_TILE_PIXELS", 10 ** 9)
+    whole = _faces(det(_frame(img)), 2400)
+    monkeypatch.setattr(cascade, "COARSE_TILE_PIXELS", 40_000)
+    tiles = tile_grid(450, 1200, cascade.TILE_OVERLAP, 40_000, wrap=True)
+    assert len(tiles) >= 12
+    d = det(_frame(img))
+    tiled = _faces(d, 2400)
+    assert any(x0 < 2400 < x1 and x1 - x0 > 40 for x0, _, x1, _ in d.boxes), d.boxes    # the seam face, whole
+    assert len(whole) == len(tiled) == 4, (whole, tiled)
+    for (x, y), (tx, ty) in zip(whole, tiled):
+        assert min(abs(x - tx), 2400 - abs(x - tx)) < 12 and abs(y - ty) < 12
+
+
+def test_model_windows_see_as_finely_as_the_cutouts_with_far_fewer_calls(tmp_path):
+    """360°: a model whose scale follows the view (NanoDet: 416 px a side) gets square windows of
+    the full height, round the seam, at the finest scale the reference's cutouts had."""
+    cfg, _ = load_config(_cfg(tmp_path))
+
+    class Adapter:
+        def view_scale(self, h, w):
+            return min(1.0, 416 / h, 416 / w)
+
+    slot = type("Slot", (), {"adapter": Adapter(), "card": type("Card", (), {"tta_flip": False})()})()
+    det = Detector.__new__(Detector)
+    det.cfg, det.slots, det.wrap = cfg, [], True
+    h, w = 4000, 8000
+    ref = [v for v in det.views(h, w) if not v.full]
+    got = [v for v in det.views(h, w, slot) if not v.full]
+    finest = max(det._model_scale(slot, v, h, w) for v in ref)
+    assert len(ref) == 28 and len(got) == 3
+    assert all(abs(det._model_scale(slot, v, h, w) - finest) < 1e-9 for v in got)
+    seen = np.zeros(w, bool)
+    for v in got:
+        assert v.h == h
+        seen[np.arange(v.x, v.x + v.w) % w] = True
+    assert seen.all() and any(v.x + v.w > w for v in got)
+
+
+def test_decoded_frames_in_flight_are_bounded_by_bytes(tmp_path):
+    """A slow writer holds the decoder back once the frames between decode and write reach the
+    budget: here two frames of 1 MB (plus the one the decoder holds), not the queues' 20."""
+    import threading
+    import time
+    from engine.driver import Driver
+    from engine.driver.stream import LocalExecutor
+    from engine.ledger import Ledger
+    from engine.types import Result
+    from engine.walk import Tree
+    from engine.worker import Worker
+    from engine.worker.write import Prepared
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(12):
+        (inp / f"{i:03d}.jpg").write_bytes(b"\xff\xd8")
+    alive, peak, lock = [0], [0], threading.Lock()
+
+    class Dec:
+        def decode(self, job, data):
+            with lock:
+                alive[0] += 1
+                peak[0] = max(peak[0], alive[0])
+            return type("F", (), {"job": job, "timings": {}, "pixels": np.zeros(1 << 20, np.uint8)})()
+
+    class Wr:
+        def prepare(self, frame, dets):
+            time.sleep(0.02)
+            with lock:
+                alive[0] -= 1
+            return Prepared(frame.job, [], Result(job=frame.job, outputs=[], detections={}, masked=False, timings={}))
+
+    (tmp_path / "out").mkdir()
+    worker = Worker(make_decoder=Dec, detector=lambda f: None, make_writer=Wr)
+    executor = LocalExecutor(worker, queue_size=8, decoders=1, writers=1, frame_bytes=2 << 20)
+    stats = Driver(tree=Tree(inp, tmp_path / "out", None, [".jpg"]), ledger=Ledger(tmp_path / "l.sqlite"),
+                   executor=executor, queue_size=8).run()
+    assert stats.unchanged == 12 and stats.failed == 0
+    assert peak[0] <= 3 and executor.budget.used == 0

@@ -435,3 +435,22 @@ def test_json_log_lines():
     line = json.loads(_JsonFormatter().format(rec))
     assert line["message"] == "POST 200" and line["path"] == "/blur/" and line["status"] == 200
     assert line["level"] == "INFO" and line["time"].endswith("+00:00")
+
+
+def test_reported_rectangle_of_an_object_holds_its_uncounted_duplicates():
+    """A face drawn twice (found at two scales) is reported once; its `xywh` must still hold
+    every re-encoded block of both drawings (the lossless check above relies on it)."""
+    from engine.service.routes import _regions_of_objects
+
+    class Dets:
+        boxes = np.array([[10, 10, 50, 50], [12, 8, 60, 52], [200, 200, 220, 220], [14, 12, 40, 40]], np.float32)
+        classes = np.array([0, 0, 0, 1])
+
+        def __len__(self):
+            return 4
+
+    dets = Dets()
+    regions = [[0, 0, 64, 64], [8, 0, 64, 64], [192, 192, 32, 32], [0, 0, 48, 48]]
+    got = _regions_of_objects(dets, [0, 2], regions)
+    assert got[0] == [0, 0, 72, 64]            # grown over the duplicate (index 1), not the other class (3)
+    assert got[2] == [192, 192, 32, 32]        # far away: its own

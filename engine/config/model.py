@@ -147,7 +147,10 @@ class EngineSpec(Strict):
     decode_batch: int = Field(8, ge=1, le=256)    # images per DALI decode run
     # auto: tensorrt on cuda when installed; openvino: Intel's CPU runtime (the `openvino` extra)
     runtime: Literal["auto", "onnxruntime", "tensorrt", "openvino"] = "auto"
-    precision: Literal["fp32", "fp16", "int8"] = "fp16"     # TensorRT plans only
+    # auto: TensorRT plans fp16; ONNX Runtime on the CPU the card's INT8 build (`sladd models fetch`)
+    # where the CPU has 8-bit dot products (VNNI/AMX), else fp32. int8 on the CPU: the INT8 build,
+    # an error without it; on TensorRT: calibrated on calibration_images. fp16: TensorRT only.
+    precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
     calibration_images: Optional[str] = None      # int8: a folder of sample JPEGs for calibration
     queue_size: int = Field(8, ge=1, le=1024)     # bound of every queue between stages
     decoders: int = Field(1, ge=1, le=64)         # decode threads

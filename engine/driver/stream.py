@@ -10,6 +10,7 @@ import time
 import traceback
 from typing import Callable, Optional
 
+from engine.driver.budget import FRAME_BYTES, FrameBudget
 from engine.failures import Stopped, classify
 from engine.fsutil import escape_line
 from engine.types import Failure, ImageError
@@ -122,11 +123,13 @@ class LocalExecutor:
     """The worker's stages as threads of this process: decode (`decoders` threads, DALI batches
     when the worker's decoder takes them), detect (one thread, `batch_size` frames per model
     call), mask + encode + metadata (`writers` threads), writing the files (`publishers`
-    threads). Same interface as the Ray executor."""
+    threads). Decoded frames in flight are bounded by their bytes too (engine/driver/budget.py).
+    Same interface as the Ray executor."""
 
     def __init__(self, worker, *, queue_size: int = 8, decoders: int = 1, writers: int = 2, publishers: int = 4,
-                 batch_size: int = 1):
+                 batch_size: int = 1, frame_bytes: int | None = None):
         self.worker = worker
+        self.frame_bytes = frame_bytes or FRAME_BYTES
         self.queue_size, self.decoders, self.writers, self.batch_size = queue_size, decoders, writers, batch_size
         self.publishers = publishers
         self._resq: Optional[queue.Queue] = None
@@ -139,13 +142,14 @@ class LocalExecutor:
         frameq, detq, prepq = queue.Queue(q), queue.Queue(q), queue.Queue(q)
         self._resq, self._failq = queue.Queue(q * 4), queue.Queue()
         nb = w.decode_batch_size
+        fb = self.budget = FrameBudget(self.frame_bytes)  # decoded pixels in flight, by bytes
         stages = [
-            Stage("decode", w.decode, jobq, frameq, self._failq, self.decoders, stop,
-                  batch_fn=w.decode_batch if nb > 1 else None, batch_size=nb),
-            Stage("detect", w.detect, frameq, detq, self._failq, 1, stop,
+            Stage("decode", fb.decoding(w.decode, stop), jobq, frameq, self._failq, self.decoders, stop,
+                  batch_fn=fb.decoding_batch(w.decode_batch, stop) if nb > 1 else None, batch_size=nb),
+            Stage("detect", fb.detecting(w.detect), frameq, detq, self._failq, 1, stop,
                   batch_fn=w.detect_batch if hasattr(w.detector, "detect_batch") else None,
                   batch_size=self.batch_size),
-            Stage("write", w.prepare, detq, prepq, self._failq, self.writers, stop),
+            Stage("write", fb.preparing(w.prepare), detq, prepq, self._failq, self.writers, stop),
             # Writing the files is I/O (an fsync per file): its own threads, so that the fsyncs
             # of several images overlap with each other and with the encoding.
             Stage("publish", w.publish, prepq, self._resq, self._failq, self.publishers, stop),

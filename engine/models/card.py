@@ -49,6 +49,9 @@ class CascadeSpec(_Strict):
     context: float = Field(3.0, ge=1, le=20)
     min_crop: int = Field(96, ge=32, le=4096)
     max_refine: int = Field(96, ge=8, le=4096)
+    # The candidate threshold with the card's INT8 build: quantisation moves the heatmap by up
+    # to ~0.05, and the lower threshold keeps the small faces INT8 would lose at `threshold`.
+    int8_threshold: Optional[float] = Field(None, gt=0, lt=1)
 
 
 class SearchSpec(_Strict):
@@ -88,6 +91,9 @@ class ModelCard(_Strict):
     family: str
     file: str
     sha256: Optional[str] = None
+    # INT8 build of `file` for the CPU (engine.models.quantize), made by `sladd models fetch`;
+    # used where engine.precision (auto on a CPU with VNNI/AMX, or int8) asks for it.
+    int8_file: Optional[str] = None
     license: Optional[str] = None
     source: Optional[Source] = None
     url: Optional[str] = None

@@ -20,13 +20,13 @@ def onnx_module():
 class OrtRuntime:
     """Creates ONNX Runtime sessions for one device. One object per detector worker.
 
-    `precision`, `cache`, `calibration_images` and `max_batch` are the TensorRT plan settings
-    every runtime accepts (engine.runtimes.RUNTIMES); ONNX Runtime runs the graph as exported
-    and builds no plans, so it has no use for them."""
+    `cache`, `calibration_images` and `max_batch` are the TensorRT plan settings every runtime
+    accepts (engine.runtimes.RUNTIMES); ONNX Runtime builds no plans. `precision` int8 or auto
+    on the CPU selects a card's INT8 build where there is one (engine.slots)."""
 
     name = "onnxruntime"
 
-    def __init__(self, *, device: str = "cpu", threads: Optional[int] = None, precision: str = "fp16",
+    def __init__(self, *, device: str = "cpu", threads: Optional[int] = None, precision: str = "auto",
                  cache: Optional[Path] = None, calibration_images: Optional[Path] = None,
                  max_batch: Optional[int] = None):
         try:
@@ -36,6 +36,8 @@ class OrtRuntime:
         self.ort = ort
         self.device = device
         self.threads = threads or os.cpu_count() or 1
+        # On the CPU, int8 / auto pick a card's INT8 build (engine.slots); other values run fp32.
+        self.precision = precision
         available = ort.get_available_providers()
         if device == "cuda":
             if "CUDAExecutionProvider" not in available:

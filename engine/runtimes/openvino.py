@@ -11,7 +11,7 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-__all__ = ["OpenVinoRuntime", "faster_cpu_runtime"]
+__all__ = ["OpenVinoRuntime", "faster_cpu_runtime", "auto_cpu_runtime"]
 
 LOG = logging.getLogger("sladd")
 
@@ -104,22 +104,83 @@ def _median_ms(session, feed: dict, runs: int = 5) -> float:
     return 1000 * float(np.median(ts))
 
 
-def faster_cpu_runtime(threads: Optional[int], model: Optional[Path] = None, size_hw=(480, 640)) -> str:
-    """'openvino' or 'onnxruntime': which runs CenterFace (the model every profile runs, fixed
-    to `size_hw` as its adapter fixes it) faster on this CPU, timed once at start-up (about a
-    second); OpenVINO must win by 10%. The figures and the choice are logged."""
+def faster_cpu_runtime(threads: Optional[int], model: Optional[Path] = None, size_hw=(480, 640),
+                       ort_model: Optional[Path] = None) -> tuple[str, dict]:
+    """('openvino' or 'onnxruntime', {runtime: ms}): which runs CenterFace (the model every
+    profile runs, fixed to `size_hw` as its adapter fixes it) faster on this CPU, timed once
+    (about a second); OpenVINO must win by 10%. `ort_model`: the file ONNX Runtime would run
+    (the INT8 build where engine.precision picks it), default `model`."""
+    from engine.models.card import load_card
     from engine.models.centerface import fix_centerface_graph
-    from engine.models.resolve import models_dir
+    from engine.models.resolve import resolve_model
     from engine.runtimes.onnxruntime import OrtRuntime, onnx_module
 
-    model = Path(model or models_dir() / "centerface.onnx")
-    graph = fix_centerface_graph(onnx_module().load(str(model)), *size_hw, 1).SerializeToString()
+    model = Path(model or resolve_model(load_card("centerface"), allow_download=False))
     ms = {}
-    for name, rt in (("onnxruntime", OrtRuntime(threads=threads)), ("openvino", OpenVinoRuntime(threads=threads))):
+    for name, rt, path in (("onnxruntime", OrtRuntime(threads=threads), Path(ort_model or model)),
+                           ("openvino", OpenVinoRuntime(threads=threads), model)):
+        graph = fix_centerface_graph(onnx_module().load(str(path)), *size_hw, 1).SerializeToString()
         s = rt.session(graph)
         inp = s.get_inputs()[0]
-        ms[name] = _median_ms(s, {inp.name: np.random.default_rng(0).random((1, 3, *size_hw), np.float32) * 255})
+        ms[name] = round(_median_ms(s, {inp.name: np.random.default_rng(0).random((1, 3, *size_hw), np.float32) * 255}), 2)
     choice = "openvino" if ms["openvino"] < 0.9 * ms["onnxruntime"] else "onnxruntime"
-    LOG.info("runtime auto -> %s (CenterFace %dx%d on this CPU: onnxruntime %.0f ms, openvino %.0f ms)",
-             choice, size_hw[1], size_hw[0], ms["onnxruntime"], ms["openvino"])
+    return choice, ms
+
+
+OPENVINO_FAMILIES = {"centerface"}      # graphs checked to load and match ONNX Runtime (NanoDet's does not load)
+
+
+def auto_cpu_runtime(families: list[str], threads: Optional[int], ort_int8: bool) -> str:
+    """engine.runtime auto on the CPU: OpenVINO where it runs every configured model and ran
+    CenterFace at least 10% faster than ONNX Runtime on this CPU. The timing is taken once per
+    CPU model, thread count and runtime versions, and kept in `<cache>/runtime_choice.json`;
+    the choice and its figures are logged."""
+    import importlib.util
+    import json
+    import platform
+
+    if importlib.util.find_spec("openvino") is None:
+        return "onnxruntime"
+    others = sorted(set(families) - OPENVINO_FAMILIES)
+    if others:
+        LOG.info("runtime auto -> onnxruntime (OpenVINO is not used for %s)", ", ".join(others))
+        return "onnxruntime"
+    import onnxruntime
+
+    from engine.models.resolve import cache_root, models_dir
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    n = threads or os.cpu_count() or 1
+    from importlib.metadata import version                # importing openvino costs 60 ms
+
+    key = f"{cpu}|threads={n}|onnxruntime={onnxruntime.__version__}{'-int8' if ort_int8 else ''}|openvino={version('openvino')}"
+    store = cache_root() / "runtime_choice.json"
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        hit = known[key]
+        LOG.info("runtime auto -> %s (CenterFace on this CPU, measured earlier: %s)", hit["choice"], hit["ms"])
+        return hit["choice"]
+    try:
+        int8 = models_dir() / "centerface.int8.onnx"
+        choice, ms = faster_cpu_runtime(n, ort_model=int8 if ort_int8 and int8.is_file() else None)
+    except (RuntimeError, OSError, ImportError, ValueError) as exc:
+        LOG.info("runtime auto -> onnxruntime (could not time OpenVINO: %s)", exc)
+        return "onnxruntime"
+    LOG.info("runtime auto -> %s (CenterFace 640x480 on this CPU, %d threads: %s ms)", choice, n, ms)
+    known[key] = {"choice": choice, "ms": ms}
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_name(f".{store.name}.{os.getpid()}.partial")
+        tmp.write_text(json.dumps(known, indent=2))
+        os.replace(tmp, store)
+    except OSError:
+        pass
     return choice

@@ -20,6 +20,8 @@ import logging
 import uuid
 from typing import Optional
 
+import numpy as np
+
 from engine.optional import require
 from engine.service.pipeline import Busy
 from engine.worker.memory import BadInput
@@ -134,16 +136,42 @@ def sgblur_info(rendered, model: dict, service_name: str) -> dict:
     seen by two views is reported once), boxes in the upright picture's pixels."""
     dets = rendered.dets
     w, h = rendered.size
-    idx = dets.counted.tolist() if dets.counted is not None else range(len(dets))
+    idx = dets.counted.tolist() if dets.counted is not None else list(range(len(dets)))
+    regions = _regions_of_objects(dets, idx, rendered.regions)
     info = []
     for i in idx:
         x1, y1, x2, y2 = (float(v) for v in dets.boxes[i])
         name = dets.names[int(dets.classes[i])] if 0 <= int(dets.classes[i]) < len(dets.names) else str(dets.classes[i])
         info.append({"class": name, "confidence": round(float(dets.scores[i]), 3),
                      "bbox": [max(0, int(x1)), max(0, int(y1)), min(w, int(x2 + 0.999)), min(h, int(y2 + 0.999))],
-                     "xywh": rendered.regions[i] if i < len(rendered.regions) else None})
+                     "xywh": regions.get(i)})
     return {"info": info, "model": dict(model), "service_name": service_name, "annotations": [],
             "lossless": rendered.lossless}
+
+
+def _regions_of_objects(dets, counted: list, regions: list) -> dict:
+    """Counted detection -> the re-encoded rectangle (x, y, w, h) of its object: its own region,
+    grown over the regions of the uncounted duplicates of the same class whose boxes overlap it
+    most (a face seen at two scales is drawn twice, reported once), so that the rectangles
+    reported hold every pixel that changed."""
+    from kernels import iou_matrix
+
+    out = {i: list(regions[i]) for i in counted if i < len(regions) and regions[i] is not None}
+    others = [i for i in range(min(len(dets), len(regions))) if i not in out and regions[i] is not None]
+    if not out or not others:
+        return out
+    keys = list(out)
+    iou = iou_matrix(np.asarray(dets.boxes)[others], np.asarray(dets.boxes)[keys])
+    for row, i in enumerate(others):
+        same = [k for k, j in enumerate(keys) if int(dets.classes[j]) == int(dets.classes[i]) and iou[row, k] > 0]
+        if not same:
+            continue
+        j = keys[max(same, key=lambda k: iou[row, k])]
+        x, y, w, h = out[j]
+        ox, oy, ow, oh = regions[i]
+        x0, y0 = min(x, ox), min(y, oy)
+        out[j] = [x0, y0, max(x + w, ox + ow) - x0, max(y + h, oy + oh) - y0]
+    return out
 
 
 def multipart_body(parts: list[tuple[str, str, str, bytes]]) -> tuple[bytes, str]:

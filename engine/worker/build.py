@@ -34,9 +34,13 @@ def build_worker(cfg: Config, tree, *, config_file: Optional[Path] = None, db: b
     decoder_name, dali_device = choose_decoder(cfg.engine.decoder, device, components)
     encoder_name = choose_encoder(cfg.output.encoder, device, components)
     create_encoder(encoder_name, device)          # fails here, not once per image, if it cannot start
-    runtime_name = choose_runtime(cfg.engine.runtime, device, components)
+    runtime_name = choose_runtime(cfg.engine.runtime, device, components,
+                                  cpu_choice=lambda: _cpu_runtime(cfg, threads or cfg.engine.inference_threads))
+    precision = cfg.engine.precision
+    if precision == "auto" and runtime_name == "tensorrt":
+        precision = "fp16"                        # plans; ONNX Runtime on the CPU resolves auto per card
     runtime = create_runtime(runtime_name, device=device, threads=threads or cfg.engine.inference_threads,
-                             precision=cfg.engine.precision, calibration_images=cfg.engine.calibration_images,
+                             precision=precision, calibration_images=cfg.engine.calibration_images,
                              max_batch=cfg.engine.batch_size)
     slots, names = build_models(cfg, runtime)
     detector = Detector(cfg, slots, names)
@@ -56,6 +60,17 @@ def build_worker(cfg: Config, tree, *, config_file: Optional[Path] = None, db: b
                     decode_batch=cfg.engine.decode_batch if decoder_name == "dali" else 1,
                     refusal=tree.refusal)
     return worker, cfg
+
+
+def _cpu_runtime(cfg: Config, threads: Optional[int]) -> str:
+    """engine.runtime auto on the CPU (engine.runtimes.openvino.auto_cpu_runtime)."""
+    from engine.models import load_card
+    from engine.models.int8 import cpu_int8_dot
+    from engine.runtimes.openvino import auto_cpu_runtime
+
+    families = [load_card(m.card).family for m in cfg.models]
+    ort_int8 = cfg.engine.precision == "int8" or (cfg.engine.precision == "auto" and cpu_int8_dot())
+    return auto_cpu_runtime(families, threads, ort_int8)
 
 
 def model_sources(slots, names) -> dict:

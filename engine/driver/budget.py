@@ -1,0 +1,73 @@
+"""Decoded frames in flight bounded by their bytes, not only by the queues' lengths: eight
+queued 8000x4000 panoramas are 770 MB of pixels before the detect stage takes the first. A
+frame is admitted after its decode while the frames between decode and the end of the write
+stage (mask + encode) hold under `limit` bytes, or when none is in flight (a frame larger than
+the limit goes alone); the decode thread waits meanwhile, which holds the reads back too."""
+from __future__ import annotations
+
+import threading
+from typing import Callable, Optional
+
+from engine.types import Failure
+
+__all__ = ["FrameBudget", "FRAME_BYTES"]
+
+FRAME_BYTES = 256 << 20        # two 8000x4000 RGB frames; about seven 12 MP ones
+
+
+def _nbytes(frame) -> int:
+    return int(getattr(getattr(frame, "pixels", None), "nbytes", 0) or 0)
+
+
+class FrameBudget:
+    def __init__(self, limit: int = FRAME_BYTES):
+        self.limit, self.used, self.peak = limit, 0, 0
+        self._cond = threading.Condition()
+
+    def acquire(self, n: int, stop: Optional[threading.Event] = None) -> None:
+        with self._cond:
+            while self.used > 0 and self.used + n > self.limit and not (stop is not None and stop.is_set()):
+                self._cond.wait(0.2)
+            self.used += n
+            self.peak = max(self.peak, self.used)
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self.used = max(0, self.used - n)
+            self._cond.notify_all()
+
+    # Stage functions wrapped so that every admitted frame is released exactly once: after the
+    # write stage's prepare, or when its detect fails (a failed batch is retried one by one, so
+    # only the single-frame call releases on failure).
+    def decoding(self, fn: Callable, stop: threading.Event) -> Callable:
+        def decode(job):
+            frame = fn(job)
+            self.acquire(_nbytes(frame), stop)
+            return frame
+        return decode
+
+    def decoding_batch(self, fn: Callable, stop: threading.Event) -> Callable:
+        def decode_batch(jobs):
+            out = fn(jobs)
+            for frame in out:
+                if not isinstance(frame, Failure):
+                    self.acquire(_nbytes(frame), stop)
+            return out
+        return decode_batch
+
+    def detecting(self, fn: Callable) -> Callable:
+        def detect(frame):
+            try:
+                return fn(frame)
+            except BaseException:
+                self.release(_nbytes(frame))
+                raise
+        return detect
+
+    def preparing(self, fn: Callable) -> Callable:
+        def prepare(item):
+            try:
+                return fn(item)
+            finally:
+                self.release(_nbytes(item[0]))
+        return prepare

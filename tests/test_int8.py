@@ -1,0 +1,152 @@
+"""CPU speed: the INT8 CenterFace build (engine.models.quantize) and when it is used, the
+runtime `auto` choice between ONNX Runtime and OpenVINO, and the host fast paths of the
+cascade's coarse view and the model input (checked against their plain NumPy definitions)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from engine.config import load_config
+from engine.models import ModelNotFound, load_card
+from engine.models.centerface import CenterFaceAdapter
+from engine.models.quantize import _hits, _scene, build_centerface_int8
+from engine.models.resolve import resolve_model
+from engine.runtimes import create_runtime
+from engine.slots import build_models
+from kernels import downscale_mean
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4])
+@pytest.mark.parametrize("shape", [(37, 53, 3), (64, 96, 3), (31, 45, 1)])
+def test_downscale_mean_of_uint8_is_the_rounded_block_mean(factor, shape):
+    src = np.random.default_rng(factor).integers(0, 256, shape, dtype=np.uint8)
+    h, w = shape[0] // factor * factor, shape[1] // factor * factor
+    blocks = src[:h, :w].astype(np.int64).reshape(h // factor, factor, w // factor, factor, shape[2])
+    want = (blocks.sum((1, 3)) + factor * factor // 2) // (factor * factor)
+    got = downscale_mean(src, factor)
+    assert got.dtype == np.uint8 and got.shape == want.shape
+    assert np.array_equal(got, want)
+    as_float = downscale_mean(src.astype(np.float32), factor)       # float input: exact means
+    assert np.allclose(as_float, blocks.sum((1, 3)) / factor ** 2, atol=1e-4)
+
+
+def test_centerface_blob_is_the_zero_padded_chw_float_image():
+    rng = np.random.default_rng(0)
+    views = [rng.integers(0, 256, (50, 70, 3), dtype=np.uint8) for _ in range(2)]
+    blob = CenterFaceAdapter.blob(views, 64, 96)
+    want = np.zeros((2, 3, 64, 96), np.float32)
+    for i, v in enumerate(views):
+        want[i, :, :50, :70] = v.transpose(2, 0, 1)
+    assert blob.dtype == np.float32 and np.array_equal(blob, want)
+
+
+def _runtime(precision):
+    return create_runtime("onnxruntime", device="cpu", threads=2, precision=precision)
+
+
+def _slot_file(precision, monkeypatch, vnni=True):
+    import engine.models.int8 as q
+    monkeypatch.setattr(q, "cpu_int8_dot", lambda: vnni)
+    cfg, _ = load_config(None, overrides={"models": [{"card": "centerface-fast"}]})
+    slots, _ = build_models(cfg, _runtime(precision))
+    path = slots[0].adapter.model_path
+    # With the INT8 build the cascade proposes candidates at the card's lower INT8 threshold.
+    card = load_card("centerface-fast")
+    want = card.cascade.int8_threshold if path.name == card.int8_file else card.cascade.threshold
+    assert slots[0].card.cascade.threshold == want
+    return path
+
+
+@pytest.fixture(scope="module")
+def int8_dir(tmp_path_factory):
+    """A models cache of this module's own: the INT8 build made here is seen by these tests
+    only (the others keep running the fp32 file, whatever this CPU has)."""
+    d = tmp_path_factory.mktemp("int8-models")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SLADD_MODELS_DIR", str(d))
+    yield d
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def int8_build(int8_dir):
+    card = load_card("centerface-fast")
+    fp32 = resolve_model(card)
+    return build_centerface_int8(card, fp32, int8_dir / card.int8_file), fp32
+
+
+def test_precision_picks_the_int8_build_only_where_asked_and_present(int8_build, monkeypatch, int8_dir):
+    int8, fp32 = int8_build
+    record = json.loads((int8_dir / "centerface.int8.source.json").read_text())
+    # The build's own check ran the run's detectors with both files and found the same faces.
+    for card in ("centerface", "centerface-fast"):
+        assert record["check"][card]["int8"] == record["check"][card]["fp32"] >= 24
+    assert _slot_file("auto", monkeypatch, vnni=True) == int8
+    assert _slot_file("auto", monkeypatch, vnni=False) == fp32      # no 8-bit dot products: fp32
+    assert _slot_file("int8", monkeypatch, vnni=False) == int8      # asked for explicitly
+    assert _slot_file("fp32", monkeypatch) == fp32
+    # A build that no longer matches its record (or its fp32 file) is never used.
+    saved = int8.read_bytes()
+    try:
+        int8.write_bytes(saved + b"\0")
+        assert _slot_file("auto", monkeypatch) == fp32
+        with pytest.raises(ModelNotFound, match="sladd models fetch centerface-fast"):
+            _slot_file("int8", monkeypatch)
+    finally:
+        int8.write_bytes(saved)
+
+
+def test_int8_cascade_finds_every_face_of_24_to_160_px_the_fp32_cascade_finds(int8_build, monkeypatch):
+    """Held-out scenes (seeds the calibration and the build check never saw), the run's whole
+    face cascade: INT8 loses no face, and its boxes are where fp32 puts them."""
+    from PIL import Image
+
+    from engine.demo import sample_portrait
+    from engine.detect import Detector
+    from engine.types import Frame
+
+    import engine.models.int8 as q
+    monkeypatch.setattr(q, "cpu_int8_dot", lambda: True)
+    portrait = Image.open(sample_portrait()).convert("RGB")
+    cfg, _ = load_config(None, overrides={"models": [{"card": "centerface-fast"}]})
+    detectors = {p: Detector(cfg, *build_models(cfg, _runtime(p))) for p in ("fp32", "int8")}
+    found = {"fp32": 0, "int8": 0}
+    for seed in (201, 202, 203):
+        img, faces = _scene(seed, portrait, hw=(2048, 2448))
+        frame = Frame(job=None, data=b"", pixels=img, scale=1.0, full_size=img.shape[:2], orientation=1,
+                      segments=[], quality=None, subsampling=2)
+        dets = {p: d(frame) for p, d in detectors.items()}
+        for p in dets:
+            found[p] += sum(_hits(dets[p], faces))
+        assert sum(_hits(dets["int8"], faces)) >= sum(_hits(dets["fp32"], faces))
+    assert found["int8"] >= found["fp32"] >= 18          # 21 faces, the 24 px ones are hard for both
+
+
+def test_auto_cpu_runtime_times_once_per_cpu_and_skips_graphs_openvino_cannot_load(monkeypatch, tmp_path):
+    pytest.importorskip("openvino")
+    import engine.runtimes.openvino as ov
+
+    monkeypatch.setenv("SLADD_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def timed(threads, model=None, size_hw=(480, 640), ort_model=None):
+        calls.append(threads)
+        return "openvino", {"onnxruntime": 10.0, "openvino": 5.0}
+    monkeypatch.setattr(ov, "faster_cpu_runtime", timed)
+    assert ov.auto_cpu_runtime(["centerface", "nanodet"], 2, False) == "onnxruntime" and not calls
+    assert ov.auto_cpu_runtime(["centerface"], 2, False) == "openvino" and calls == [2]
+    assert ov.auto_cpu_runtime(["centerface"], 2, False) == "openvino" and calls == [2]     # remembered
+    assert ov.auto_cpu_runtime(["centerface"], 1, False) == "openvino" and calls == [2, 1]  # other key
+    assert "openvino" in (tmp_path / "runtime_choice.json").read_text()
+
+
+def test_auto_cpu_runtime_really_times_both_runtimes(monkeypatch, tmp_path):
+    pytest.importorskip("openvino")
+    from engine.runtimes.openvino import faster_cpu_runtime
+
+    choice, ms = faster_cpu_runtime(2, size_hw=(128, 160))
+    assert choice in ("onnxruntime", "openvino") and set(ms) == {"onnxruntime", "openvino"}
+    assert all(v > 0 for v in ms.values())
+    assert (choice == "openvino") == (ms["openvino"] < 0.9 * ms["onnxruntime"])
