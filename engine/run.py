@@ -145,7 +145,7 @@ def _run_locked(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Opt
             worker, cfg = build_worker(cfg, tree, config_file=config_file, db=db is not None)
             executor = LocalExecutor(worker, queue_size=cfg.engine.queue_size, decoders=cfg.engine.decoders,
                                      writers=cfg.engine.writers, publishers=cfg.engine.publishers,
-                                     batch_size=cfg.engine.batch_size)
+                                     batch_size=cfg.engine.batch_size, detectors=cfg.engine.detectors or 1)
         stack.callback(executor.close)
         pipe = Driver(tree=tree, ledger=ledger, executor=executor, resume=ResumePolicy(force, retry_failed),
                       queue_size=cfg.engine.queue_size, progress=progress, db=db, delete_input=cfg.delete_input,

@@ -259,3 +259,28 @@ def _detections(out):
     import json
     with sqlite3.connect(ledger_path(out)) as db:
         return {k: json.loads(d) for k, d in db.execute("SELECT key, detections FROM images WHERE status='done'")}
+
+
+def test_two_detect_threads_share_the_models_and_write_what_one_writes(tree, tmp_path):
+    """engine.detectors 2 (the CPU default): two detect threads, one model copy, every image
+    once, outputs byte-identical to one detect thread (same inference threads per call)."""
+    from engine.worker.build import build_worker
+
+    inp, _ = tree
+    outs = {}
+    for n in (1, 2):
+        cfg, _ = load_config(overrides={"engine": {"detectors": n, "inference_threads": 1}})
+        stats = run(cfg, inp, tmp_path / f"d{n}")
+        assert stats.failed == 4 and stats.anonymised == 2
+        outs[n] = {k: (tmp_path / f"d{n}" / k).read_bytes() for k in GOOD}
+    assert outs[1] == outs[2]
+    cfg, _ = load_config(overrides={"engine": {"detectors": 2}})
+    worker, filled = build_worker(cfg, Tree(inp, tmp_path / "x", None, [".jpg"]))
+    assert filled.engine.detectors == 2 and worker.make_detector is not None
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(worker.thread_detector())) for _ in range(3)]
+    for t in threads:
+        t.start()
+        t.join()
+    assert len({id(d) for d in got}) == 3 and got[0] is worker.detector
+    assert all(d.slots is worker.detector.slots for d in got)       # the adapters (sessions) are shared

@@ -121,14 +121,15 @@ def put(q: queue.Queue, item, stop: Optional[threading.Event]):
 
 class LocalExecutor:
     """The worker's stages as threads of this process: decode (`decoders` threads, DALI batches
-    when the worker's decoder takes them), detect (one thread, `batch_size` frames per model
-    call), mask + encode + metadata (`writers` threads), writing the files (`publishers`
+    when the worker's decoder takes them), detect (`detectors` threads, each with its own model
+    sessions, `batch_size` frames per model call), mask + encode + metadata (`writers` threads), writing the files (`publishers`
     threads). Decoded frames in flight are bounded by their bytes too (engine/driver/budget.py).
     Same interface as the Ray executor."""
 
     def __init__(self, worker, *, queue_size: int = 8, decoders: int = 1, writers: int = 2, publishers: int = 4,
-                 batch_size: int = 1, frame_bytes: int | None = None):
+                 batch_size: int = 1, frame_bytes: int | None = None, detectors: int = 1):
         self.worker = worker
+        self.detectors = detectors if getattr(worker, "make_detector", None) is not None else 1
         self.frame_bytes = frame_bytes or FRAME_BYTES
         self.queue_size, self.decoders, self.writers, self.batch_size = queue_size, decoders, writers, batch_size
         self.publishers = publishers
@@ -146,7 +147,7 @@ class LocalExecutor:
         stages = [
             Stage("decode", fb.decoding(w.decode, stop), jobq, frameq, self._failq, self.decoders, stop,
                   batch_fn=fb.decoding_batch(w.decode_batch, stop) if nb > 1 else None, batch_size=nb),
-            Stage("detect", fb.detecting(w.detect), frameq, detq, self._failq, 1, stop,
+            Stage("detect", fb.detecting(w.detect), frameq, detq, self._failq, self.detectors, stop,
                   batch_fn=w.detect_batch if hasattr(w.detector, "detect_batch") else None,
                   batch_size=self.batch_size),
             Stage("write", fb.preparing(w.prepare), detq, prepq, self._failq, self.writers, stop),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -53,6 +54,7 @@ class CenterFaceAdapter(Adapter):
         self._input = [i.name for i in self._proto.graph.input
                        if i.name not in {t.name for t in self._proto.graph.initializer}][0]
         self._sessions: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
 
     def view_scale(self, h: int, w: int) -> float:
         return self.card.input.scale
@@ -61,15 +63,16 @@ class CenterFaceAdapter(Adapter):
         # A runtime with dynamic-batch plans (TensorRT) gets one graph per size, any batch.
         dynamic = getattr(self.runtime, "dynamic_batch", False)
         key = (None if dynamic else n, h, w)
-        if key in self._sessions:
-            self._sessions.move_to_end(key)
-            return self._sessions[key]
-        sess = self.runtime.session(fix_centerface_graph(self._proto, h, w, None if dynamic else n).SerializeToString(),
-                                    family=self.family)
-        self._sessions[key] = sess
-        while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
-        return sess
+        with self._lock:                     # detect threads share the adapter (engine.worker.build)
+            if key in self._sessions:
+                self._sessions.move_to_end(key)
+                return self._sessions[key]
+            sess = self.runtime.session(fix_centerface_graph(self._proto, h, w, None if dynamic else n)
+                                        .SerializeToString(), family=self.family)
+            self._sessions[key] = sess
+            while len(self._sessions) > self.max_sessions:
+                self._sessions.popitem(last=False)
+            return sess
 
     def __call__(self, view: np.ndarray, view_scale: float) -> RawDetections:
         return self.batch([view], view_scale)[0]
@@ -128,7 +131,16 @@ class CenterFaceAdapter(Adapter):
         h, w = size_hw
         thr = self.card.score_threshold if threshold is None else threshold
         xp = get_array_module(heat)
-        ys, xs = xp.nonzero(heat[0, 0] > thr)
+        hm = heat[0, 0]
+        keep = hm > thr
+        if thr < self.card.score_threshold:
+            # A candidate pass (the cascade's low threshold): below the card's threshold only the
+            # heatmap's 3x3 peaks are candidates. Hundreds of cells around each peak would give
+            # the same crops and cost an NMS over thousands of boxes; the boxes at or above the
+            # card's threshold are all kept, so what the pass finds outright does not change
+            # (a weaker box never suppresses a stronger one).
+            keep &= (hm >= self.card.score_threshold) | (hm >= _max3(xp, hm))
+        ys, xs = xp.nonzero(keep)
         if ys.size == 0:
             return RawDetections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32))
         cand = to_host(xp.stack([heat[0, 0, ys, xs], scale[0, 0, ys, xs], scale[0, 1, ys, xs],
@@ -146,3 +158,13 @@ class CenterFaceAdapter(Adapter):
         keep = nms(boxes, scores, self.card.nms_iou)
         return RawDetections(boxes[keep], scores[keep], np.zeros(keep.size, np.int32))
 
+
+def _max3(xp, a):
+    """3x3 maximum filter of a 2-D array (edges: the cells inside), on its own array module."""
+    p = xp.pad(a, 1, mode="edge")
+    h, w = a.shape
+    out = p[1:h + 1, 1:w + 1].copy()
+    for dy in range(3):
+        for dx in range(3):
+            xp.maximum(out, p[dy:dy + h, dx:dx + w], out=out)
+    return out

@@ -12,6 +12,7 @@ are letterboxed into `input.size` (Ultralytics' own preprocessing).
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -84,6 +85,7 @@ class YoloDetAdapter(Adapter):
         super().__init__(card, model_path, runtime)
         self.size = tuple(card.input.size)
         self._sessions: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
         self._proto = None
         base = runtime.session(model_path, family=self.family)
         inp = base.get_inputs()[0]
@@ -114,6 +116,10 @@ class YoloDetAdapter(Adapter):
     def _session(self, n: int, hw: tuple[int, int]):
         if not self._fixed_shapes:
             return self._sessions[None]
+        with self._lock:                       # detect threads share the adapter (engine.worker.build)
+            return self._sized_session(hw)
+
+    def _sized_session(self, hw: tuple[int, int]):
         key = hw                               # one plan per size, any batch (dynamic_batch runtimes)
         if key not in self._sessions:
             if self._proto is None:

@@ -34,17 +34,25 @@ def build_worker(cfg: Config, tree, *, config_file: Optional[Path] = None, db: b
     decoder_name, dali_device = choose_decoder(cfg.engine.decoder, device, components)
     encoder_name = choose_encoder(cfg.output.encoder, device, components)
     create_encoder(encoder_name, device)          # fails here, not once per image, if it cannot start
+    cores = threads or os.cpu_count() or 2
+    detectors = cfg.engine.detectors or (2 if device == "cpu" and cores >= 2 else 1)
+    if cfg.engine.detectors is None:
+        cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"detectors": detectors})})
+    inference_threads = cfg.engine.inference_threads or (max(1, cores // detectors) if device == "cpu" else threads)
     runtime_name = choose_runtime(cfg.engine.runtime, device, components,
-                                  cpu_choice=lambda: _cpu_runtime(cfg, threads or cfg.engine.inference_threads))
+                                  cpu_choice=lambda: _cpu_runtime(cfg, inference_threads))
     precision = cfg.engine.precision
     if precision == "auto" and runtime_name == "tensorrt":
         precision = "fp16"                        # plans; ONNX Runtime on the CPU resolves auto per card
-    runtime = create_runtime(runtime_name, device=device, threads=threads or cfg.engine.inference_threads,
-                             precision=precision, calibration_images=cfg.engine.calibration_images,
-                             max_batch=cfg.engine.batch_size)
-    slots, names = build_models(cfg, runtime)
-    detector = Detector(cfg, slots, names)
-    cores = threads or os.cpu_count() or 2
+
+    runtime = create_runtime(runtime_name, device=device, threads=inference_threads, precision=precision,
+                             calibration_images=cfg.engine.calibration_images, max_batch=cfg.engine.batch_size)
+    detector = Detector(cfg, *build_models(cfg, runtime))
+
+    def make_detector():
+        # Further detect threads share the models (ONNX Runtime sessions run concurrently; the
+        # adapters guard their session caches): no second copy of the weights, no second warm-up.
+        return Detector(cfg, detector.slots, detector.names)
 
     def make_decoder():
         # threads: DALI's own workers (Huffman decoding on the host for nvJPEG's hybrid path).
@@ -53,12 +61,12 @@ def build_worker(cfg: Config, tree, *, config_file: Optional[Path] = None, db: b
         return ScaledDecoder(inner, detector.needed_scale)
 
     meta = MetaContext.from_config(cfg, config_file or CONFIG_DIR / "default.yml")
-    sources = model_sources(slots, names)
+    sources = model_sources(detector.slots, detector.names)
     worker = Worker(make_decoder=make_decoder, detector=detector,
                     make_writer=lambda: Writer(cfg, make_decoder(), encoder=create_encoder(encoder_name, device),
                                                meta=meta, db=db, sources=sources),
                     decode_batch=cfg.engine.decode_batch if decoder_name == "dali" else 1,
-                    refusal=tree.refusal)
+                    refusal=tree.refusal, make_detector=make_detector if detectors > 1 else None)
     return worker, cfg
 
 

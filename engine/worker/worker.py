@@ -38,12 +38,16 @@ class NoGuard:
 
 class Worker:
     """`make_decoder()` and `make_writer()` build one decoder / writer per thread; `detector` is
-    shared (it batches). `refusal(path)` returns why a file must not be read (a symbolic link,
-    a special file) or None."""
+    the first detect thread's (it batches); `make_detector()`, where given, builds one for each
+    further detect thread (its own model sessions). `refusal(path)` returns why a file must not
+    be read (a symbolic link, a special file) or None."""
 
     def __init__(self, *, make_decoder: Callable, detector, make_writer: Callable, io=None,
-                 refusal: Optional[Callable] = None, decode_batch: int = 1):
+                 refusal: Optional[Callable] = None, decode_batch: int = 1, make_detector: Optional[Callable] = None):
         self.make_decoder, self.detector, self.make_writer = make_decoder, detector, make_writer
+        self.make_detector = make_detector
+        self._detector_lock = threading.Lock()
+        self._first_detector_taken = False
         self.io = io or NoGuard()
         self.refusal = refusal or (lambda path: None)
         self.decode_batch_size = decode_batch        # images per decoder call (DALI batches)
@@ -54,6 +58,16 @@ class Worker:
         if not hasattr(self._tls, "decoder"):
             self._tls.decoder = self.make_decoder()
         return self._tls.decoder
+
+    def thread_detector(self):
+        """The calling detect thread's detector: the first thread takes `detector`, the others
+        build their own (Detector is not thread-safe)."""
+        if not hasattr(self._tls, "detector"):
+            with self._detector_lock:
+                first = not self._first_detector_taken or self.make_detector is None
+                self._first_detector_taken = True
+            self._tls.detector = self.detector if first else self.make_detector()
+        return self._tls.detector
 
     def writer(self):
         if not hasattr(self._tls, "writer"):
@@ -102,10 +116,10 @@ class Worker:
         return out
 
     def detect(self, frame: Frame):
-        return frame, self.detector(frame)
+        return frame, self.thread_detector()(frame)
 
     def detect_batch(self, frames: list[Frame]):
-        return list(zip(frames, self.detector.detect_batch(frames)))
+        return list(zip(frames, self.thread_detector().detect_batch(frames)))
 
     def write(self, item) -> Result:
         """Mask, encode and write every output of one image (the writer publishes all or none)."""
