@@ -117,6 +117,17 @@ class Detector:
         already runs at native resolution)."""
         return self._model_scale(slot, view, h, w) > 1.01 * self._model_scale(slot, View(0, 0, h, w, full=True), h, w)
 
+    def warm_up(self) -> None:
+        """Create (and run once) the cascade's smallest crop sessions, which nearly every image
+        needs whatever its size: a session costs 15-25 ms to create and its first run is slow.
+        Called in a background thread while the first image is read and decoded."""
+        from engine.cascade import BUCKETS
+
+        for slot in self.slots:
+            if slot.card.cascade is not None and hasattr(slot.adapter, "batch"):
+                for side in BUCKETS[:2]:
+                    slot.adapter.batch([np.zeros((side, side, 3), np.uint8)], 1.0)
+
     def needed_scale(self, h: int, w: int) -> float:
         """Largest fraction of the full resolution any model needs for any view of an h x w image."""
         need = 0.0

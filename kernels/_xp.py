@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["get_array_module", "cupy_or_none", "to_host", "on_device"]
+__all__ = ["get_array_module", "cupy_or_none", "cv2_or_none", "to_host", "on_device"]
 
 
 def cupy_or_none():
@@ -37,3 +37,12 @@ def on_device(a) -> bool:
 def to_host(a):
     """A NumPy array of `a`: an explicit device-to-host copy for CuPy arrays, else as is."""
     return a.get() if on_device(a) else np.asarray(a)
+
+
+def cv2_or_none():
+    """OpenCV where installed (the host fast paths), else None: the NumPy code does the same."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2

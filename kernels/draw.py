@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from kernels._xp import get_array_module
+from kernels._xp import cv2_or_none, get_array_module
 from kernels.filters import box_filter_region, rgb_to_gray
 
 __all__ = ["blur_ksize", "region_ksize", "group_regions", "draw_regions", "regions_to", "MODES", "DRAW_MODES"]
@@ -80,7 +80,7 @@ def _box_mean(image, ksize: int, region):
     OpenCV) take the running-sum kernel; host arrays take OpenCV's exact integer window sums
     (`cv2.boxFilter`, unnormalised, CV_32S), rounded as that kernel rounds. NumPy's cumsums were
     most of the mask stage: 0.6 s of 1.4 s for 8 vehicle boxes on an 8000x4000 image."""
-    cv2 = _cv2() if get_array_module(image).__name__ == "numpy" else None
+    cv2 = cv2_or_none() if get_array_module(image).__name__ == "numpy" else None
     if cv2 is None or ksize * ksize * 255 >= 2 ** 31:             # int32 sums
         return box_filter_region(image, ksize, region)
     import numpy as np
@@ -98,14 +98,6 @@ def _box_mean(image, ksize: int, region):
     sums += area // 2
     sums //= area
     return sums.astype(np.uint8)
-
-
-def _cv2():
-    try:
-        import cv2
-    except ImportError:
-        return None
-    return cv2
 
 
 def _blur(image, region, ksize: int, color, block: int, mask=None):

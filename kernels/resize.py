@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels._xp import get_array_module
+from kernels._xp import cv2_or_none, get_array_module
 
 __all__ = ["resize_bilinear", "letterbox", "downscale_mean"]
 
@@ -57,14 +57,6 @@ def letterbox(src, size_hw: tuple[int, int], pad_value: float = 114.0):
     return canvas, scale
 
 
-def _cv2():
-    try:
-        import cv2
-    except ImportError:                              # NumPy below does the same, slower
-        return None
-    return cv2
-
-
 def downscale_mean(src, factor: int):
     """Integer-factor downscale by block means: `(H, W, C)` -> `(H//f, W//f, C)`. Exact area
     averaging (no aliasing). uint8 in, uint8 out, each mean rounded half up, `(sum + f*f//2) //
@@ -73,8 +65,8 @@ def downscale_mean(src, factor: int):
     xp = get_array_module(src)
     h, w = src.shape[0] // factor * factor, src.shape[1] // factor * factor
     if src.dtype == xp.uint8:
-        if xp is np and factor in (2, 3) and src.ndim == 3 and src.shape[2] in (1, 3, 4) and _cv2() is not None:
-            cv2 = _cv2()
+        if xp is np and factor in (2, 3) and src.ndim == 3 and src.shape[2] in (1, 3, 4) and cv2_or_none() is not None:
+            cv2 = cv2_or_none()
             out = cv2.resize(src[:h, :w], (w // factor, h // factor), interpolation=cv2.INTER_AREA)
             return out.reshape((h // factor, w // factor) + src.shape[2:])
         acc = xp.zeros((h // factor, w // factor) + src.shape[2:], xp.int32)

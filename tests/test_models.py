@@ -297,3 +297,21 @@ def test_cascade_batched_across_frames_equals_one_frame_at_a_time(portrait):
     for r, g in zip(ref, got):
         assert len(r) == len(g) >= 2 and r.counts() == g.counts() == {"face": 2}
         assert np.allclose(r.boxes, g.boxes, atol=1e-3) and np.allclose(r.scores, g.scores, atol=1e-4)
+
+
+def test_host_fast_paths_give_the_same_values_without_opencv(monkeypatch):
+    """CenterFace's input and the cascade's coarse view use OpenCV where it is installed; a
+    machine without it (the GPU check's) gets the same values from NumPy."""
+    import engine.models.centerface as cf
+    import kernels.resize as rs
+    from kernels import downscale_mean
+
+    rng = np.random.default_rng(3)
+    views = [rng.integers(0, 256, (45, 67, 3), dtype=np.uint8)]
+    img = rng.integers(0, 256, (90, 134, 3), dtype=np.uint8)
+    with_cv = cf.CenterFaceAdapter.blob(views, 64, 96), downscale_mean(img, 2), downscale_mean(img, 3)
+    monkeypatch.setattr(cf, "cv2_or_none", lambda: None)
+    monkeypatch.setattr(rs, "cv2_or_none", lambda: None)
+    without = cf.CenterFaceAdapter.blob(views, 64, 96), downscale_mean(img, 2), downscale_mean(img, 3)
+    for a, b in zip(with_cv, without):
+        assert a.dtype == b.dtype and np.array_equal(a, b)

@@ -9,7 +9,7 @@ import numpy as np
 
 from engine.models.base import Adapter, RawDetections, set_dims
 from engine.runtimes.onnxruntime import onnx_module
-from kernels import get_array_module, nms, resize_bilinear, to_host
+from kernels import cv2_or_none, get_array_module, nms, resize_bilinear, to_host
 
 __all__ = ["CenterFaceAdapter", "fix_centerface_graph"]
 
@@ -105,13 +105,11 @@ class CenterFaceAdapter(Adapter):
         blob = np.empty((len(views), 3, ih, iw), np.float32)
         blob[:, :, h:, :] = 0
         blob[:, :, :h, w:] = 0
-        try:
-            from cv2 import split
-        except ImportError:                          # a machine without OpenCV: NumPy's planes
-            def split(a):
-                return [np.ascontiguousarray(a[..., c]) for c in range(a.shape[2])]
+        cv2 = cv2_or_none()                          # without OpenCV: NumPy's planes, slower
         for i, v in enumerate(views):
-            for c, plane in enumerate(split(np.ascontiguousarray(v))):
+            v = np.ascontiguousarray(v)
+            planes = cv2.split(v) if cv2 is not None else [v[..., c] for c in range(v.shape[2])]
+            for c, plane in enumerate(planes):
                 blob[i, c, :h, :w] = plane
         return blob
 

@@ -3,7 +3,9 @@ writer. The same function serves the in-process stream and each Ray actor (engin
 so both anonymise byte for byte alike."""
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +19,8 @@ from engine.worker.worker import Worker
 from engine.worker.write import Writer
 
 __all__ = ["build_worker", "model_sources", "GPU_BATCH"]
+
+LOG = logging.getLogger("sladd")
 
 GPU_BATCH = 8                      # engine.batch_size: null (auto) on cuda
 
@@ -48,6 +52,10 @@ def build_worker(cfg: Config, tree, *, config_file: Optional[Path] = None, db: b
     runtime = create_runtime(runtime_name, device=device, threads=inference_threads, precision=precision,
                              calibration_images=cfg.engine.calibration_images, max_batch=cfg.engine.batch_size)
     detector = Detector(cfg, *build_models(cfg, runtime))
+    if device == "cpu":
+        # Not a daemon: ONNX Runtime aborts the process ("terminate called without an active
+        # exception") when the interpreter exits while one of its sessions is being created.
+        threading.Thread(target=_quietly(detector.warm_up), name="sladd-warm-up").start()
 
     def make_detector():
         # Further detect threads share the models (ONNX Runtime sessions run concurrently; the
@@ -68,6 +76,16 @@ def build_worker(cfg: Config, tree, *, config_file: Optional[Path] = None, db: b
                     decode_batch=cfg.engine.decode_batch if decoder_name == "dali" else 1,
                     refusal=tree.refusal, make_detector=make_detector if detectors > 1 else None)
     return worker, cfg
+
+
+def _quietly(fn):
+    """`fn` for a background thread: a failure there is only logged (the run meets it again)."""
+    def call():
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - a warm-up failure must not end or fail the run
+            LOG.debug("warm-up failed: %s", exc)
+    return call
 
 
 def _cpu_runtime(cfg: Config, threads: Optional[int]) -> str:
