@@ -31,6 +31,11 @@ def make_image(h: int, w: int, face_heights: list[int], seed: int, portrait: Ima
             y = int(rng.integers(int(h * 0.35), h - ph))
             if all(x + pw < a or a2 < x or y + ph < b or b2 < y for a, b, a2, b2 in taken):
                 break
+        else:
+            # No free place: not pasted. (Pasting it anyway covered an earlier face, which then
+            # stayed in the ground truth though nothing of it was visible: dlib's descriptor of
+            # such a "face" is as close to a blank picture's as to the original's.)
+            continue
         x0, y0, x1, y1 = paste_portrait(img, portrait, x, y, ph)
         taken.append((x0, y0, x1, y1))
         fx0, fy0, fx1, fy1 = _FACE_IN_PORTRAIT

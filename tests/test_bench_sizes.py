@@ -44,3 +44,19 @@ def test_bench_sizes_tiny(tmp_path, capsys):
     assert bench_sizes.main(argv + ["--faces", ""]) == 0
     assert (corpora / "640x480_f2_n2" / "all" / "faces.json").stat().st_mtime_ns == truth
     assert "By number of faces" not in md_path.read_text()
+
+
+def test_corpus_never_pastes_a_portrait_over_an_earlier_face(tmp_path):
+    """A crowded corpus keeps only the faces that are visible: a portrait with no free place is
+    left out rather than pasted over an earlier face (which stayed in the ground truth)."""
+    import json
+
+    from benchmarks.corpus import build
+
+    out = build(tmp_path / "c", 3, (480, 640), faces_per_image=8, seed=1, face_heights=(60, 90))
+    truth = json.loads((out / "faces.json").read_text())
+    for boxes in truth.values():
+        assert 0 < len(boxes) < 8                    # crowded: some portraits found no place
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
