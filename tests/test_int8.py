@@ -150,3 +150,133 @@ def test_auto_cpu_runtime_really_times_both_runtimes(monkeypatch, tmp_path):
     assert choice in ("onnxruntime", "openvino") and set(ms) == {"onnxruntime", "openvino"}
     assert all(v > 0 for v in ms.values())
     assert (choice == "openvino") == (ms["openvino"] < 0.9 * ms["onnxruntime"])
+
+
+# --- the INT8 plate model (engine.models.quantize_yolo) -------------------------------------------
+def _real_model(name):
+    import os
+    from pathlib import Path
+    p = Path(os.environ.get("SLADD_REAL_MODELS", Path.home() / ".cache/sladd/models")) / name
+    return p if p.is_file() else None
+
+
+def _plate_samples():
+    """The sample photographs, where they already are (the plate benchmark's `.cache/plates`, or
+    engine.models.plate_samples' cache): the tests download nothing."""
+    from pathlib import Path
+
+    from engine.models.plate_samples import SamplesUnavailable, sample_dir
+    for given in (None, Path(__file__).resolve().parent.parent / ".cache" / "plates"):
+        try:
+            return sample_dir(given, download=False)
+        except SamplesUnavailable:
+            continue
+    return None
+
+
+@pytest.fixture(scope="module")
+def plates_int8_build(int8_dir):
+    """plates.onnx (and NanoDet, for the vehicles the plate search looks near) from the real models
+    cache into this module's own, and its INT8 build made there."""
+    from engine.models.quantize_yolo import build_yolo_int8
+
+    plates, samples = _real_model("plates.onnx"), _plate_samples()
+    if plates is None or samples is None:
+        pytest.skip("needs `sladd models fetch plates` and the plate sample photographs "
+                    "(`python -m benchmarks.bench_plates` or `sladd models fetch plates` fetch them)")
+    for name in ("plates.onnx", "nanodet.onnx"):
+        if _real_model(name) and not (int8_dir / name).exists():
+            (int8_dir / name).symlink_to(_real_model(name))
+    card = load_card("plates")
+    fp32 = int8_dir / "plates.onnx"
+    return build_yolo_int8(card, fp32, int8_dir / card.int8_file, samples=samples), fp32, samples
+
+
+def _plates_file(precision, monkeypatch, vnni=True):
+    import engine.models.int8 as q
+    monkeypatch.setattr(q, "cpu_int8_dot", lambda: vnni)
+    cfg, _ = load_config(None, overrides={"models": [{"card": "plates"}]})
+    slots, _ = build_models(cfg, _runtime(precision))
+    return slots[0].adapter.model_path
+
+
+def test_plates_int8_build_passes_its_check_is_picked_by_precision_and_runs_at_every_size(plates_int8_build,
+                                                                                          monkeypatch, int8_dir):
+    import onnx
+    import onnxruntime as ort
+
+    from engine.models.yolo_det import _set_input_dims
+
+    int8, fp32, _ = plates_int8_build
+    check = json.loads((int8_dir / "plates.int8.source.json").read_text())["check"]["plates"]
+    # The build's own check: the run's plate search found with INT8 every plate fp32 found, no more FPs.
+    assert check["int8"] == check["fp32"] >= 8 and check["fp_int8"] <= check["fp_fp32"]
+    assert _plates_file("auto", monkeypatch, vnni=True) == int8
+    assert _plates_file("auto", monkeypatch, vnni=False) == fp32
+    assert _plates_file("int8", monkeypatch, vnni=False) == int8
+    assert _plates_file("fp32", monkeypatch) == fp32
+    # Quantised as exported (dynamic sizes): it runs at the crop buckets and the full-frame size,
+    # as it is and with its input dims fixed per size (runtimes with one graph per size).
+    proto = onnx.load(str(int8))
+    dynamic = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    for hw in ((160, 160), (320, 480), (544, 640)):
+        m = onnx.ModelProto()
+        m.CopyFrom(proto)
+        _set_input_dims(m, "images", [1, 3, *hw])
+        fixed = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).random((1, 3, *hw), np.float32)
+        a, b = dynamic.run(None, {"images": x})[0], fixed.run(None, {"images": x})[0]
+        assert a.shape == (1, 5, hw[0] * hw[1] // 64 * 21 // 16) and np.allclose(a, b, atol=1e-4)
+
+
+def test_int8_plate_search_finds_every_plate_the_fp32_one_finds_on_held_out_images(plates_int8_build, monkeypatch):
+    """Composites neither the calibration nor the build check saw (other scales and places), the
+    run's plate search as `engine.precision` picks it: INT8 loses no plate, adds no false positive."""
+    from engine.detect import Detector
+    from engine.models.plate_samples import PLATE_PHOTOS
+    from engine.models.quantize_yolo import _load, compose, plates_found
+    from engine.types import Frame
+
+    import engine.models.int8 as q
+    _, _, samples = plates_int8_build
+    monkeypatch.setattr(q, "cpu_int8_dot", lambda: True)
+    models = [{"card": "nanodet", "classes": []}, {"card": "plates"}] if _real_model("nanodet.onnx") else \
+        [{"card": "plates"}]
+    cfg, _ = load_config(None, overrides={"models": models, "plates": {"full_frame_tiles": len(models) == 1}})
+    detectors = {p: Detector(cfg, *build_models(cfg, _runtime(p))) for p in ("fp32", "int8")}
+    assert detectors["int8"].slots[-1].adapter.model_path.name == "plates.int8.onnx"
+    found = {"fp32": 0, "int8": 0}
+    fps = {"fp32": 0, "int8": 0}
+    for name, scale, seed in (("fastalpr_test_image.png", 0.6, 61), ("oim_car_image.webp", 0.3, 61),
+                              ("licenseplate_motion.jpg", 1.5, 62), ("fastalpr_test_image.png", 1.5, 63),
+                              ("oim_car_image.webp", 1.0, 64)):
+        img, truths, _ = compose(_load(samples, name), PLATE_PHOTOS[name], scale, seed)
+        frame = Frame(job=None, data=b"", pixels=img, scale=1.0, full_size=img.shape[:2], orientation=1,
+                      segments=[], quality=None, subsampling=2)
+        hits = {}
+        for p, d in detectors.items():
+            hits[p], fp = plates_found(d(frame), truths)
+            found[p] += sum(hits[p])
+            fps[p] += fp
+        assert all(b for a, b in zip(hits["fp32"], hits["int8"]) if a), name
+    assert found["int8"] >= found["fp32"] >= 4 and fps["int8"] <= fps["fp32"]
+
+
+def test_plates_stay_fp32_with_a_clear_line_without_the_sample_photographs(monkeypatch, tmp_path, caplog):
+    import logging
+
+    from engine.models.fetch import fetch
+
+    plates = _real_model("plates.onnx")
+    if plates is None:
+        pytest.skip("needs `sladd models fetch plates`")
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "plates.onnx").symlink_to(plates)
+    monkeypatch.setenv("SLADD_MODELS_DIR", str(models))
+    monkeypatch.setenv("SLADD_CACHE_DIR", str(tmp_path / "cache"))       # no samples there
+    monkeypatch.delenv("SLADD_PLATE_SAMPLES", raising=False)
+    with caplog.at_level(logging.INFO, logger="sladd"):
+        assert fetch("plates", allow_pip=False) == models / "plates.onnx"
+    assert "model plates: no INT8 build (no plate sample photographs in" in caplog.text
+    assert "the fp32 model is used" in caplog.text and not (models / "plates.int8.onnx").exists()

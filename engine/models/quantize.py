@@ -1,5 +1,7 @@
-"""INT8 CenterFace for the CPU: static quantisation with ONNX Runtime, calibrated on road scenes
-with faces, checked against the fp32 model before it is installed.
+"""INT8 builds for the CPU: static quantisation with ONNX Runtime (`quantize_views`), checked
+against the fp32 model before it is installed (`install`); `build_int8` picks the family's
+recipe: CenterFace here, calibrated on road scenes with faces; the licence-plate YOLO detector in
+engine.models.quantize_yolo, calibrated on registry photographs of vehicles with plates.
 
 `sladd models fetch centerface` (and `centerface-fast`, same file) builds `centerface.int8.onnx`
 beside the fp32 file, with a `centerface.int8.source.json` record; nothing is committed, nothing
@@ -20,19 +22,16 @@ the fp32 model stays in use. The benchmark's small-faces and 36-face sets are th
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from engine.models.int8 import record_path
-from engine.models.resolve import sha256_file
+from engine.models.int8_build import install, quantize_views
 
-__all__ = ["build_centerface_int8"]
+__all__ = ["build_centerface_int8", "build_int8", "install", "quantize_views"]
 
 LOG = logging.getLogger("sladd")
 
@@ -143,7 +142,6 @@ def build_centerface_int8(card, fp32: Path, dest: Path) -> Path:
     atomically with its record `<stem>.source.json`. Takes about a minute on 2 cores."""
     import onnx
     from onnx import version_converter
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from PIL import Image
 
     from engine.demo import sample_portrait
@@ -161,31 +159,24 @@ def build_centerface_int8(card, fp32: Path, dest: Path) -> Path:
         for seed in range(RECIPE["seed"], RECIPE["seed"] + RECIPE["scenes"]):
             blobs += _views(*_scene(seed, portrait))
 
-        class _Reader(CalibrationDataReader):
-            def __init__(self):
-                self._it = iter(blobs)
-
-            def get_next(self):
-                b = next(self._it, None)
-                return None if b is None else {name: b}
-
         out = work / "int8.onnx"
         LOG.info("quantising %s to INT8 (%d calibration views)", fp32.name, len(blobs))
-        from onnxruntime.quantization import CalibrationMethod
-        quantize_static(str(src), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=getattr(CalibrationMethod, RECIPE["calibration"]),
-                        extra_options=RECIPE.get("extra", {}))
+        quantize_views(src, out, name, blobs, RECIPE)
         counts = _check(fp32, out, card)
         LOG.info("INT8 check: %s", counts)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.partial")
-        shutil.copyfile(out, tmp)
-        os.replace(tmp, dest)
-        import onnxruntime as ort
-        record_path(dest).write_text(json.dumps(
-            {"from": fp32.name, "from_sha256": sha256_file(fp32), "int8_sha256": sha256_file(dest),
-             "onnxruntime": ort.__version__, "recipe": RECIPE, "check": counts}, indent=2))
-        return dest
+        return install(out, fp32, dest, RECIPE, counts)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def build_int8(card, fp32: Path, dest: Path, *, download: bool = True) -> Path:
+    """The card's INT8 build (`card.int8_file`) by its family: CenterFace, or a YOLO detector
+    (engine.models.quantize_yolo; `download`: may fetch its sample photographs). Raises
+    RuntimeError (nothing installed) where it cannot be made or fails its check,
+    NotImplementedError for other families."""
+    if card.family == "centerface":
+        return build_centerface_int8(card, fp32, dest)
+    if card.family == "yolo-det":
+        from engine.models.quantize_yolo import build_yolo_int8
+        return build_yolo_int8(card, fp32, dest, download=download)
+    raise NotImplementedError(f"no INT8 build for model family {card.family}")
