@@ -109,7 +109,7 @@ def cascade_many(det, slot, frames, pyramids=None) -> list[list]:
     docstring; `pyramids`: their shared Pyramid). The coarse passes of all frames are batched,
     then the crops (padded to a few sizes). No mirrored pass. `det` is the engine.detect.Detector
     (its views, model calls and mapping)."""
-    cs, card = slot.card.cascade, slot.card
+    cs = slot.card.cascade
     f = round(1 / cs.scale)
     exact = abs(f * cs.scale - 1) < 1e-6
     out: list[list] = [[] for _ in frames]

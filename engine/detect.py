@@ -18,7 +18,6 @@ from typing import NamedTuple
 import numpy as np
 
 from engine.cascade import Pyramid, View, cascade_many
-from engine.cascade import crops as _crops  # noqa: F401 - the cascade's crops, where the tests look for them
 from engine.config import Config
 from engine.models import RawDetections
 from engine.search import bucket_crop, crop_scales, region_rects, tile_rects

@@ -190,7 +190,7 @@ def test_cascade_finds_the_small_faces_native_resolution_finds(runtime, portrait
 
 
 def test_cascade_crops():
-    from engine.detect import _crops
+    from engine.cascade import crops as _crops
     boxes = np.array([[100, 100, 130, 140], [105, 105, 125, 135], [900, 10, 910, 20]], np.float32)
     crops = _crops(boxes, context=3.0, min_crop=96, h=1000, w=950)
     assert (55, 60, 175, 180) in crops                    # 3 x the 40 px side around the first face
@@ -315,3 +315,18 @@ def test_host_fast_paths_give_the_same_values_without_opencv(monkeypatch):
     without = cf.CenterFaceAdapter.blob(views, 64, 96), downscale_mean(img, 2), downscale_mean(img, 3)
     for a, b in zip(with_cv, without):
         assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_sha256_is_remembered_per_file_version_only(tmp_path):
+    """A model file is hashed once per run start, but a replaced file is hashed again."""
+    import hashlib
+    import os
+
+    from engine.models.resolve import sha256_file
+
+    f = tmp_path / "m.onnx"
+    f.write_bytes(b"first")
+    assert sha256_file(f) == hashlib.sha256(b"first").hexdigest()
+    f.write_bytes(b"second, longer")
+    os.utime(f, ns=(1, 1))
+    assert sha256_file(f) == hashlib.sha256(b"second, longer").hexdigest()

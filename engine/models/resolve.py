@@ -15,7 +15,7 @@ from typing import Optional
 
 from engine.models.card import ModelCard
 
-__all__ = ["models_dir", "resolve_model", "sha256_file", "package_file", "ModelNotFound"]
+__all__ = ["models_dir", "resolve_model", "sha256_file", "package_file", "copy_atomic", "ModelNotFound"]
 
 LOG = logging.getLogger("sladd")
 
@@ -45,12 +45,21 @@ def plans_dir() -> Path:
     return Path(env) if env else cache_root() / "plans"
 
 
+_SHA_MEMO: dict = {}
+
+
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The file's SHA-256, computed once per file version (path, size, mtime) in this process:
+    a run start checks a model file against its card, its INT8 record and the detections record."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_MEMO:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_MEMO[key] = h.hexdigest()
+    return _SHA_MEMO[key]
 
 
 def package_file(card: ModelCard) -> Optional[Path]:
@@ -71,6 +80,11 @@ def _install(src: Path, card: ModelCard, dest: Path) -> Path:
     if card.sha256 and sha256_file(src) != card.sha256:
         raise ValueError(f"model file {src} does not match the SHA-256 in card {card.name} "
                          f"({card.sha256}); refusing to use it")
+    return copy_atomic(src, dest)
+
+
+def copy_atomic(src: Path, dest: Path) -> Path:
+    """Copy `src` to `dest` through a temporary file beside it: `dest` is whole or absent."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
     os.close(fd)
