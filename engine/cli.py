@@ -17,6 +17,7 @@ import yaml
 
 from engine import __version__
 from engine.cli_commands import _cmd_correct, _cmd_db, _cmd_meta, _cmd_models
+from engine.cli_parsers import add_serve_parser, review_arguments
 from engine.config.load import PROFILES
 
 __all__ = ["main", "build_parser"]
@@ -87,7 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--profile", choices=PROFILES, default=None, help="the run's profile")
     co.add_argument("--file", required=True, type=Path, help='{"images": [{"image", "add", "remove"}]}')
 
-    from engine.review.command import add_arguments as review_arguments
     review_arguments(sub.add_parser("review", help="local web page to go through a run: add and remove masked regions"))
 
     cf = sub.add_parser("config", help="print the effective configuration (defaults, profile, -k file) as YAML")
@@ -98,8 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                         add_help=False)
     be.add_argument("args", nargs=argparse.REMAINDER)
 
-    from engine.service.server import add_parser as add_serve_parser      # `sladd serve` (engine/service)
-    add_serve_parser(sub)
+    add_serve_parser(sub)                  # `sladd serve` (engine/service)
     m = sub.add_parser("models", help="install or list models")
     msub = m.add_subparsers(dest="models_command", required=True)
     f = msub.add_parser("fetch", help="install a shipped card's model file into the models cache")

@@ -149,8 +149,11 @@ class Detector:
         per: dict[tuple[int, int], list[_ViewResult]] = {}
         cascades: dict[int, list[int]] = {}
         regions: list[list[np.ndarray]] = [[] for _ in frames]   # search regions, full-res px
-        # 360°: the models share each frame's block-mean halvings (no full-size float copies).
-        pyrs = [Pyramid(f.pixels) for f in frames] if self.wrap else [None] * len(frames)
+        # The models share each frame's block-mean halvings: the cascade's coarse pass runs on one,
+        # and a model that letterboxes its input (NanoDet, the plates' full-frame pass) resizes
+        # from the coarsest one still finer than it looks (no full-size float copies; block
+        # means first also keep a 6x bilinear shrink from skipping pixels).
+        pyrs = [Pyramid(f.pixels) for f in frames]
         for fi, frame in enumerate(frames):
             h, w = frame.full_size
             for si, slot in enumerate(self.slots):
@@ -168,7 +171,7 @@ class Detector:
                     tasks.append((fi, si, v, crop, given))
         for si, fis in cascades.items():
             for fi, results in zip(fis, self._cascade_many(self.slots[si], [frames[fi] for fi in fis],
-                                                           [pyrs[fi] for fi in fis] if self.wrap else None)):
+                                                           [pyrs[fi] for fi in fis])):
                 per[(fi, si)] = results
         # Region models run at the lower of their thresholds; what they anonymise keeps the card's.
         raws = self._run_grouped(lambda k: self.slots[tasks[k][1]],

@@ -148,3 +148,25 @@ def test_sladd_config_prints_every_key_once_with_passwords_redacted(tmp_path, ca
     assert "hunter2" not in out
     assert shown["mask"]["mode"] == "pixelate" and shown["image_type"] == "Planar"
     assert set(shown) == set(Config.model_fields), "every key, and only the model's keys"
+
+
+def test_faces_profile_runs_the_face_model_alone(tmp_path):
+    """`--profile faces` (deface's scope): a run loads only the face model and records faces only."""
+    import json
+
+    from PIL import Image
+
+    from engine.cli import main
+    from engine.demo import paste_portrait, road_scene, sample_portrait
+
+    cfg, _ = load_config(profile="faces")
+    assert [m.card for m in cfg.models] == ["centerface-fast"]
+    src = tmp_path / "in"
+    src.mkdir()
+    scene = road_scene(900, 1200)
+    paste_portrait(scene, Image.open(sample_portrait()), 500, 300, 260)
+    Image.fromarray(scene).save(src / "a.jpg", quality=92)
+    assert main(["run", "-i", str(src), "-o", str(tmp_path / "out"), "--profile", "faces", "-q"]) == 0
+    record = json.loads(next((tmp_path / "out").rglob("a*.json")).read_text())
+    found = json.dumps(record)
+    assert '"face"' in found and all(f'"{c}"' not in found for c in ("person", "car", "plate"))

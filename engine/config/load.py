@@ -45,6 +45,7 @@ CONFIG_DIR = _config_dir()
 # from the model's defaults (default.yml holds no keys; its date still dates `versjon` when no
 # -k file is given). Read from the files, so a profile shipped is a profile offered.
 PROFILES = ("default", *sorted(p.stem for p in CONFIG_DIR.glob("*.yml") if p.stem != "default"))
+DEFAULT_SERVICE_PROFILE = "faces-plates"   # `sladd serve`: what Panoramax expects of SGBlur (faces and plates)
 
 _FIXES = {
     "table_name": "a plain name such as VEGBILDER (it names the table and OUTPUT/.sladd/<table_name>.sqlite)",

@@ -9,13 +9,14 @@ import numpy as np
 __all__ = ["RawDetections", "Adapter", "set_dims"]
 
 
-def set_dims(value_info, dims) -> None:
-    """Set the shape of an ONNX graph input/output in place (None: a dynamic dim named `batch`)."""
+def set_dims(value_info, dims, names=None) -> None:
+    """Set the shape of an ONNX graph input/output in place (None: a dynamic dim, named by
+    `names` at its position, else `batch`)."""
     shape = value_info.type.tensor_type.shape
     del shape.dim[:]
-    for v in dims:
+    for k, v in enumerate(dims):
         if v is None:
-            shape.dim.add().dim_param = "batch"
+            shape.dim.add().dim_param = (names[k] if names and names[k] else "batch")
         else:
             shape.dim.add().dim_value = int(v)
 

@@ -138,8 +138,17 @@ def load_card(name_or_path: str) -> ModelCard:
         if not p.is_file():
             raise ValueError(f"unknown model card {name_or_path!r}: not a card file, and not one of the "
                              f"shipped cards ({', '.join(shipped_cards())})")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-        return ModelCard.model_validate({**data, "path": p})
-    except (yaml.YAMLError, ValidationError, TypeError) as exc:
-        raise ValueError(f"invalid model card {p}: {exc}") from None
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _CARDS:                       # a run start reads each card several times
+        try:
+            # libyaml's parser where PyYAML has it (5 ms a card with the pure-Python one).
+            data = yaml.load(p.read_text(encoding="utf-8"), Loader=_LOADER)
+            _CARDS[key] = ModelCard.model_validate({**data, "path": p})
+        except (yaml.YAMLError, ValidationError, TypeError) as exc:
+            raise ValueError(f"invalid model card {p}: {exc}") from None
+    return _CARDS[key].model_copy(deep=True)
+
+
+_CARDS: dict = {}
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 
@@ -11,19 +12,20 @@ from engine.models.base import Adapter, RawDetections, set_dims
 from engine.runtimes.onnxruntime import onnx_module
 from kernels import cv2_or_none, get_array_module, nms, resize_bilinear, to_host
 
-__all__ = ["CenterFaceAdapter", "fix_centerface_graph"]
+__all__ = ["CenterFaceAdapter", "fix_centerface_graph", "dynamic_graph_path"]
 
 
-def fix_centerface_graph(model, height: int, width: int, batch: int | None = 1):
+def fix_centerface_graph(model, height: int | None, width: int | None, batch: int | None = 1):
     """Return a copy of the CenterFace ModelProto with a fixed `Nx3xHxW` input (`batch=None`:
-    a dynamic batch dimension, for runtimes that take one plan per size, e.g. TensorRT).
+    a dynamic batch dimension, for runtimes that take one plan per size, e.g. TensorRT;
+    `height=width=None`: any size, for runtimes that run one graph at every size).
 
     The shipped graph declares a `10x3x32x32` input and lists all its weights among the graph
     inputs. Weights listed as inputs may be overridden at run time, so ONNX Runtime cannot
     constant-fold or fuse them; dropping them from the input list makes it 2-3x faster.
     """
     onnx = onnx_module()
-    if height % 32 or width % 32:
+    if (height is None) != (width is None) or (height is not None and (height % 32 or width % 32)):
         raise ValueError(f"CenterFace input must be a multiple of 32, got {height}x{width}")
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -36,11 +38,21 @@ def fix_centerface_graph(model, height: int, width: int, batch: int | None = 1):
     unused = [t for t in m.graph.initializer if t.name not in used]     # BN step counters
     for t in unused:
         m.graph.initializer.remove(t)
-    set_dims(m.graph.input[0], [batch, 3, height, width])
+    set_dims(m.graph.input[0], [batch, 3, height, width], names=("batch", None, "height", "width"))
     for out in m.graph.output:                          # heatmap, scale, offset, landmarks: stride 4
         dims = out.type.tensor_type.shape.dim
-        set_dims(out, [batch, dims[1].dim_value, height // 4, width // 4])
+        set_dims(out, [batch, dims[1].dim_value, height and height // 4, width and width // 4],
+                 names=("batch", None, "height4", "width4"))
     return m
+
+
+def dynamic_graph_path(model_path: Path) -> Path:
+    """The CenterFace file with a free batch, height and width (engine.models.resolve.derived_file):
+    one ONNX Runtime session serves the full frames and every crop size."""
+    from engine.models.resolve import derived_file
+
+    return derived_file(model_path, "any-size", lambda: fix_centerface_graph(
+        onnx_module().load(str(model_path)), None, None, None).SerializeToString())
 
 
 class CenterFaceAdapter(Adapter):
@@ -50,16 +62,27 @@ class CenterFaceAdapter(Adapter):
 
     def __init__(self, card, model_path, runtime):
         super().__init__(card, model_path, runtime)
+        self._sessions: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self._any_size = None
+        if getattr(runtime, "any_size", False):
+            # One session for every size and batch (ONNX Runtime on the CPU: as fast as a graph
+            # of fixed size, measured at 1248x1024 and at the crop sizes; no session to create
+            # and warm per crop size, and the detect threads share it).
+            self._any_size = runtime.session(dynamic_graph_path(Path(model_path)), family=self.family)
+            self._input = self._any_size.get_inputs()[0].name
+            self._proto = None
+            return
         self._proto = onnx_module().load(str(model_path))
         self._input = [i.name for i in self._proto.graph.input
                        if i.name not in {t.name for t in self._proto.graph.initializer}][0]
-        self._sessions: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
 
     def view_scale(self, h: int, w: int) -> float:
         return self.card.input.scale
 
     def _session(self, h: int, w: int, n: int = 1):
+        if self._any_size is not None:
+            return self._any_size
         # A runtime with dynamic-batch plans (TensorRT) gets one graph per size, any batch.
         dynamic = getattr(self.runtime, "dynamic_batch", False)
         key = (None if dynamic else n, h, w)

@@ -12,11 +12,9 @@ __all__ = ["cpu_int8_dot", "int8_record_ok", "record_path"]
 
 def cpu_int8_dot() -> bool:
     """Whether the CPU has 8-bit dot-product instructions (VNNI or AMX) that make INT8 faster."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False
-    return any(f in flags for f in (" avx512_vnni", " avx_vnni", " amx_int8", " avx512vnni"))
+    from engine.runtimes.cpuinfo import cpu_flags
+
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8", "avx512vnni"})
 
 
 def record_path(dest: Path) -> Path:

@@ -73,16 +73,17 @@ class NanoDetAdapter(Adapter):
 
     def __init__(self, card, model_path, runtime):
         super().__init__(card, model_path, runtime)
-        self.session = runtime.session(model_path, family=self.family)
-        self.input_name = self.session.get_inputs()[0].name
         self.size = tuple(card.input.size)
         self.ncls = len(card.class_names)
-        outs = self.session.get_outputs()
-        self.names = [o.name for o in outs]
-        self._pairs(self.size, {o.name: o.shape for o in outs})    # the graph's outputs are NanoDet's
         self.resizable = False
         if not getattr(runtime, "dynamic_batch", False):           # not a one-plan-per-shape runtime
             self._try_resizable()
+        if not self.resizable:
+            self.session = runtime.session(model_path, family=self.family)
+            self.input_name = self.session.get_inputs()[0].name
+            outs = self.session.get_outputs()
+            self.names = [o.name for o in outs]
+            self._pairs(self.size, {o.name: o.shape for o in outs})    # the graph's outputs are NanoDet's
 
     def _pairs(self, hw, shapes: dict) -> list:
         """(stride, score output, box output) per stride, paired by their number of cells at
@@ -99,24 +100,32 @@ class NanoDetAdapter(Adapter):
         return pairs
 
     def _try_resizable(self) -> None:
-        """Load the graph with free height and width; keep it if a 64x96 probe's outputs have
-        the cells of 64x96 (a graph with fixed reshapes fails or answers 416x416's)."""
+        """The graph with free height and width (kept in the models cache, see
+        engine.models.resolve.derived_file); used if a 64x96 probe's outputs have the cells of
+        64x96 (a graph with fixed reshapes fails or answers 416x416's)."""
+        from engine.models.resolve import derived_file
+
+        try:
+            path = derived_file(self.model_path, "free-size", self._free_size_graph)
+            session = self.runtime.session(path, family=self.family)
+            names = [o.name for o in session.get_outputs()]
+            name = session.get_inputs()[0].name
+            probe = session.run(names, {name: np.zeros((1, 3, 64, 96), np.float32)})
+            self._pairs((64, 96), {n: a.shape for n, a in zip(names, probe)})
+        except Exception as exc:        # noqa: BLE001 — any runtime error: the fixed graph is kept, and said
+            LOG.info("model %s: graph runs at %dx%d only (%s)", self.card.name, *self.size, str(exc).splitlines()[0])
+            return
+        self.session, self.input_name, self.names, self.resizable = session, name, names, True
+
+    def _free_size_graph(self) -> bytes:
         from engine.runtimes.onnxruntime import onnx_module
-        onnx = onnx_module()
-        model = onnx.load(str(self.model_path))
+        model = onnx_module().load(str(self.model_path))
         dims = model.graph.input[0].type.tensor_type.shape.dim
         dims[2].dim_param, dims[3].dim_param = "height", "width"
         for o in model.graph.output:                  # output dims follow the input now
             for k, d in enumerate(o.type.tensor_type.shape.dim):
                 d.dim_param = f"{o.name}_{k}"
-        try:
-            session = self.runtime.session(model.SerializeToString(), family=self.family)
-            probe = session.run(self.names, {self.input_name: np.zeros((1, 3, 64, 96), np.float32)})
-            self._pairs((64, 96), {n: a.shape for n, a in zip(self.names, probe)})
-        except Exception as exc:        # noqa: BLE001 — any runtime error: the fixed graph is kept, and said
-            LOG.info("model %s: graph runs at %dx%d only (%s)", self.card.name, *self.size, str(exc).splitlines()[0])
-            return
-        self.session, self.resizable = session, True
+        return model.SerializeToString()
 
     def view_scale(self, h: int, w: int) -> float:
         s = min(self.size[0] / h, self.size[1] / w)

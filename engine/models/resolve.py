@@ -46,6 +46,31 @@ def plans_dir() -> Path:
 
 
 _SHA_MEMO: dict = {}
+_SCRATCH: list = []
+
+
+def derived_file(source: Path, tag: str, build) -> Path:
+    """A file computed from the model file `source` by `build()` (bytes), e.g. its graph with a
+    free input size: kept in `<models>/derived` under the source's SHA-256 and `tag`, so a later
+    run reads it instead of building it again (building needs the `onnx` package, ~50 ms of a
+    run's start). Written atomically; where the cache is read-only, into a folder of this process."""
+    from engine.fsutil import write_atomic
+
+    name = f"{source.stem}.{sha256_file(source)[:16]}.{tag}.onnx"
+    path = models_dir() / "derived" / name
+    if path.is_file():
+        return path
+    data = build()
+    try:
+        write_atomic(path, data)
+        return path
+    except OSError as exc:
+        LOG.info("cannot keep %s in %s (%s): made for this run only", name, path.parent, exc)
+    if not _SCRATCH:
+        _SCRATCH.append(Path(tempfile.mkdtemp(prefix="sladd-derived-")))
+    path = _SCRATCH[0] / name
+    write_atomic(path, data)
+    return path
 
 
 def sha256_file(path: Path) -> str:

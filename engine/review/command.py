@@ -9,29 +9,13 @@ import ipaddress
 import logging
 import signal
 import sys
-from pathlib import Path
 
 from engine.review.index import ReviewError
 from engine.review.server import ReviewApp, make_server
 
-__all__ = ["add_arguments", "cli_main"]
+__all__ = ["cli_main"]
 
 LOG = logging.getLogger("sladd")
-
-
-def add_arguments(p) -> None:
-    """The options of `sladd review` on its subparser `p` (engine/cli.py makes it)."""
-    from engine.config.load import PROFILES
-
-    p.add_argument("-o", "--output", required=True, type=Path, help="output folder of a run")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("-a", "--archive", type=Path, default=None, help="the run's archive folder (the originals)")
-    src.add_argument("-i", "--input", type=Path, default=None, help="the run's input folder (the originals)")
-    p.add_argument("-k", "--config", type=Path, default=None,
-                   help="the run's YAML configuration (saves render with it)")
-    p.add_argument("--profile", choices=PROFILES, default=None, help="the run's profile")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
 
 
 def _warn_if_exposed(host: str) -> None:

@@ -137,7 +137,6 @@ def auto_cpu_runtime(families: list[str], threads: Optional[int], ort_int8: bool
     the choice and its figures are logged."""
     import importlib.util
     import json
-    import platform
 
     if importlib.util.find_spec("openvino") is None:
         return "onnxruntime"
@@ -149,12 +148,9 @@ def auto_cpu_runtime(families: list[str], threads: Optional[int], ort_int8: bool
 
     from engine.models.resolve import cache_root, models_dir
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from engine.runtimes.cpuinfo import cpu_model
+
+    cpu = cpu_model()
     n = threads or os.cpu_count() or 1
     from importlib.metadata import version                # importing openvino costs 60 ms
 

@@ -19,12 +19,12 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+from engine.config.load import DEFAULT_SERVICE_PROFILE as DEFAULT_PROFILE
 from engine.optional import require
 
 __all__ = ["serve", "service_config", "DEFAULT_PROFILE"]
 
 LOG = logging.getLogger("sladd")
-DEFAULT_PROFILE = "faces-plates"        # what Panoramax expects of SGBlur: faces and licence plates
 
 
 def service_config(path: Optional[Path], profile: Optional[str], overrides: Optional[dict] = None):
@@ -177,17 +177,6 @@ def serve(cfg, config_file: Optional[Path], host: str = "127.0.0.1", port: int =
              s.service_name)
     server.run()
     return 3 if failed.is_set() else 0
-
-
-def add_parser(sub) -> None:
-    """The `serve` subcommand of engine.cli's parser."""
-    sv = sub.add_parser("serve", help="HTTP anonymisation service (SGBlur/Panoramax and BlurScene APIs)")
-    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
-    sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    sv.add_argument("-k", "--config", type=Path, default=None, help="YAML file overriding the keys it names")
-    sv.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="overrides engine.device")
-    sv.add_argument("--profile", default=None,
-                    help=f"shipped profile under -k (default: {DEFAULT_PROFILE}, what Panoramax expects of SGBlur)")
 
 
 def cli_main(args) -> int:

@@ -1,0 +1,139 @@
+"""Graphs of free input size: one ONNX Runtime session per model for every size (CenterFace's
+full frames and crops, NanoDet's image-fitted input), kept in the models cache so that a run
+start needs neither the `onnx` package nor one session per size; and what a run's start no
+longer imports."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from engine.models import create_adapter, load_card, resolve_model
+from engine.models.centerface import fix_centerface_graph
+from engine.models.resolve import derived_file, models_dir
+from engine.runtimes import create_runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    return create_runtime("onnxruntime", device="cpu", threads=1)
+
+
+def test_centerface_runs_every_size_in_one_session_with_the_fixed_graphs_results(runtime, portrait, models_dir):
+    """Oracle: the graph fixed to each size (the path before), run by ONNX Runtime directly."""
+    import onnxruntime as ort
+
+    card = load_card("centerface")
+    path = resolve_model(card)
+    adapter = create_adapter(card, path, runtime)
+    img = np.asarray(portrait)
+    proto = onnx.load(str(path))
+    for h, w in ((576, 512), (192, 192), (128, 96), (64, 64)):
+        view = np.ascontiguousarray(img[:h, :w])
+        ours = adapter.batch([view], 1.0, threshold=0.05)[0]
+        fixed = ort.InferenceSession(fix_centerface_graph(proto, h, w).SerializeToString(),
+                                     providers=["CPUExecutionProvider"])
+        heat, scale, offset, _ = fixed.run(None, {"input.1": adapter.blob([view], h, w)})
+        theirs = adapter.decode(heat, scale, offset, (h, w), 0.05)
+        assert np.array_equal(ours.boxes, theirs.boxes) and np.array_equal(ours.scores, theirs.scores)
+    assert adapter._sessions == {}                     # no session per size was made
+    derived = list((models_dir / "derived").glob("centerface.*.any-size.onnx"))
+    assert len(derived) == 1
+    dims = onnx.load(str(derived[0])).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, "height", "width"]
+
+
+def test_derived_file_is_built_once_per_version_of_its_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLADD_MODELS_DIR", str(tmp_path / "models"))
+    src = tmp_path / "m.onnx"
+    src.write_bytes(b"version 1")
+    builds = []
+
+    def build():
+        builds.append(src.read_bytes())
+        return b"derived from " + src.read_bytes()
+
+    first = derived_file(src, "free", build)
+    again = derived_file(src, "free", build)
+    assert first == again and first.parent == models_dir() / "derived"
+    assert first.read_bytes() == b"derived from version 1" and len(builds) == 1
+    src.write_bytes(b"version 2, replaced")                # a new model file: a new derived file
+    os.utime(src, ns=(1, 1))
+    second = derived_file(src, "free", build)
+    assert second != first and second.read_bytes() == b"derived from version 2, replaced" and len(builds) == 2
+    assert not list((models_dir() / "derived").glob("*.partial"))
+
+
+def test_derived_file_without_a_writable_cache_is_made_for_the_run(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    monkeypatch.setenv("SLADD_MODELS_DIR", str(blocker / "models"))   # mkdir fails below a file
+    src = tmp_path / "m.onnx"
+    src.write_bytes(b"model")
+    path = derived_file(src, "free", lambda: b"derived")
+    assert path.read_bytes() == b"derived" and blocker not in path.parents
+
+
+def test_nanodet_loads_its_free_size_graph_from_the_cache(runtime, models_dir, monkeypatch):
+    """A second adapter (a second run) reads the cached graph: the onnx package is not used."""
+    from test_models import _nanodet_graph
+
+    path = models_dir / "stand-in-nanodet.onnx"
+    _nanodet_graph(path)
+    card = load_card("nanodet")
+    first = create_adapter(card, path, runtime)
+    import engine.runtimes.onnxruntime as ortmod
+
+    monkeypatch.setattr(ortmod, "onnx_module", lambda: (_ for _ in ()).throw(AssertionError("onnx used")))
+    second = create_adapter(card, path, runtime)
+    assert first.resizable == second.resizable
+    img = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    a, b = first(img, first.view_scale(200, 300)), second(img, second.view_scale(200, 300))
+    assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
+
+
+def test_run_command_line_imports_no_web_server_and_limits_blas_threads():
+    code = ("import sys, os, engine.cli as c; c.build_parser(); "
+            "print(sorted(m for m in ('asyncio', 'http.server', 'engine.service', 'engine.review') if m in sys.modules)); "
+            "print(os.environ.get('OPENBLAS_NUM_THREADS'))")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[]", "1"]
+    env["OPENBLAS_NUM_THREADS"] = "3"                     # the user's value is kept
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "3"
+
+
+def test_onnx_runtime_optimised_copy_is_reused_and_a_damaged_one_replaced(tmp_path, monkeypatch, models_dir):
+    """Sessions from ONNX Runtime's optimised copy answer as a session of the file itself."""
+    import shutil
+
+    import onnxruntime as ort
+
+    from engine.models.centerface import dynamic_graph_path
+
+    src = dynamic_graph_path(resolve_model(load_card("centerface")))
+    model = tmp_path / "cf.onnx"
+    shutil.copy(src, model)
+    monkeypatch.setenv("SLADD_MODELS_DIR", str(tmp_path / "models"))
+    rt = create_runtime("onnxruntime", device="cpu", threads=1)
+    x = np.random.default_rng(1).uniform(0, 255, (1, 3, 64, 96)).astype(np.float32)
+    want = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"input.1": x})
+
+    def same(session):
+        return all(np.allclose(a, b, atol=1e-5) for a, b in zip(session.run(None, {"input.1": x}), want))
+
+    assert same(rt.session(model))
+    copies = list((tmp_path / "models" / "derived" / "ort").iterdir())
+    assert len(copies) == 1 and copies[0].name.startswith("cf.") and copies[0].stat().st_size > 100_000
+    stamp = copies[0].stat().st_mtime_ns
+    assert same(rt.session(model)) and copies[0].stat().st_mtime_ns == stamp      # read, not written again
+    copies[0].write_bytes(b"damaged")
+    assert same(rt.session(model))                                              # optimised again
+    assert copies[0].stat().st_size > 100_000 and same(ort.InferenceSession(str(copies[0]), providers=["CPUExecutionProvider"]))
+    assert [p.name for p in copies[0].parent.iterdir()] == [copies[0].name]    # no partial file left
