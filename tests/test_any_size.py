@@ -137,3 +137,22 @@ def test_onnx_runtime_optimised_copy_is_reused_and_a_damaged_one_replaced(tmp_pa
     assert same(rt.session(model))                                              # optimised again
     assert copies[0].stat().st_size > 100_000 and same(ort.InferenceSession(str(copies[0]), providers=["CPUExecutionProvider"]))
     assert [p.name for p in copies[0].parent.iterdir()] == [copies[0].name]    # no partial file left
+
+
+def test_models_fetch_prepares_what_a_run_start_would_make(tmp_path, monkeypatch, models_dir):
+    """`sladd models fetch` leaves the free-size graph and ONNX Runtime's optimised copy in the
+    cache, so the first run starts as fast as the next ones."""
+    import shutil
+
+    import engine.models.quantize as quantize
+    from engine.models.fetch import fetch
+
+    card = load_card("centerface")
+    monkeypatch.setenv("SLADD_MODELS_DIR", str(tmp_path / "models"))
+    (tmp_path / "models").mkdir()
+    shutil.copy(models_dir / card.file, tmp_path / "models" / card.file)
+    monkeypatch.setattr(quantize, "build_int8", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("not here")))
+    fetch("centerface", allow_pip=False)
+    derived = tmp_path / "models" / "derived"
+    assert [p.name.split(".")[-2] for p in derived.glob("*.onnx")] == ["any-size"]
+    assert len(list((derived / "ort").glob("centerface.*.any-size.*.onnx"))) == 1

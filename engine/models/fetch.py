@@ -241,7 +241,27 @@ def fetch(name: str, *, allow_pip: bool = True) -> Path:
                 LOG.info("model %s: INT8 build installed: %s", card.name, dest)
             except (RuntimeError, ImportError) as exc:     # the fp32 model stays usable
                 LOG.warning("model %s: no INT8 build (%s); the fp32 model is used", card.name, exc)
+    _prepare_for_runs(card, path)
     return path
+
+
+def _prepare_for_runs(card, path: Path) -> None:
+    """Make now what a run's start would otherwise make once (engine.models.resolve.derived_file,
+    engine.runtimes.onnxruntime): the graphs of free input size and ONNX Runtime's copies
+    optimised for this CPU, of the file and of its INT8 build. A failure only costs the first
+    run that time."""
+    from engine.models import create_adapter
+    from engine.models.int8 import int8_record_ok
+    from engine.runtimes import create_runtime
+
+    try:
+        runtime = create_runtime("onnxruntime", device="cpu", threads=1)
+        int8 = models_dir() / card.int8_file if card.int8_file else None
+        for f in (path, int8):
+            if f is not None and (f == path or int8_record_ok(path, f)):
+                create_adapter(card, f, runtime)
+    except Exception as exc:  # noqa: BLE001 - the model is installed; only the head start is lost
+        LOG.warning("model %s: could not prepare its run-time copies (%s)", card.name, exc)
 
 
 def _fetch(name: str, *, allow_pip: bool = True) -> Path:
