@@ -3,6 +3,7 @@ writer. The same function serves the in-process stream and each Ray actor (engin
 so both anonymise byte for byte alike."""
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -75,6 +76,10 @@ def build_worker(cfg: Config, tree, *, config_file: Optional[Path] = None, db: b
                                                meta=meta, db=db, sources=sources),
                     decode_batch=cfg.engine.decode_batch if decoder_name == "dali" else 1,
                     refusal=tree.refusal, make_detector=make_detector if detectors > 1 else None)
+    # What exists now (modules, configuration, models) lives as long as the process: kept out of
+    # the garbage collector's full passes, which otherwise walk those ~10^5 objects again and
+    # again while images stream (3-4% of a 12-image run's time on 2 cores).
+    gc.freeze()
     return worker, cfg
 
 
