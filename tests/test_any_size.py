@@ -66,6 +66,12 @@ def test_derived_file_is_built_once_per_version_of_its_source(tmp_path, monkeypa
     os.utime(src, ns=(1, 1))
     second = derived_file(src, "free", build)
     assert second != first and second.read_bytes() == b"derived from version 2, replaced" and len(builds) == 2
+    assert not first.exists()                             # the old version's copy is gone
+    other = derived_file(src, "other-tag", lambda: b"x")
+    src2 = tmp_path / "m.int8.onnx"                        # a name that starts alike
+    src2.write_bytes(b"another model")
+    derived_file(src2, "free", lambda: b"y")
+    assert second.exists() and other.exists()
     assert not list((models_dir() / "derived").glob("*.partial"))
 
 
@@ -134,7 +140,13 @@ def test_onnx_runtime_optimised_copy_is_reused_and_a_damaged_one_replaced(tmp_pa
     stamp = copies[0].stat().st_mtime_ns
     assert same(rt.session(model)) and copies[0].stat().st_mtime_ns == stamp      # read, not written again
     copies[0].write_bytes(b"damaged")
+    stale = copies[0].with_name("cf." + "0" * 16 + "." + copies[0].name.split(".", 2)[2])   # an earlier version's
+    stale.write_bytes(b"old")
+    kept = copies[0].with_name("cf.int8." + copies[0].name.split(".", 1)[1])          # another file's
+    kept.write_bytes(b"other")
     assert same(rt.session(model))                                              # optimised again
+    assert not stale.exists() and kept.exists()
+    kept.unlink()
     assert copies[0].stat().st_size > 100_000 and same(ort.InferenceSession(str(copies[0]), providers=["CPUExecutionProvider"]))
     assert [p.name for p in copies[0].parent.iterdir()] == [copies[0].name]    # no partial file left
 

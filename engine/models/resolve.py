@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 import urllib.request
@@ -63,6 +64,10 @@ def derived_file(source: Path, tag: str, build) -> Path:
     data = build()
     try:
         write_atomic(path, data)
+        same = re.escape(source.stem) + r"\.[0-9a-f]{16}\." + re.escape(tag) + r"\.onnx"
+        for old in path.parent.glob(f"{source.stem}.*.{tag}.onnx"):      # earlier versions' copies
+            if old != path and re.fullmatch(same, old.name):
+                old.unlink(missing_ok=True)
         return path
     except OSError as exc:
         LOG.info("cannot keep %s in %s (%s): made for this run only", name, path.parent, exc)

@@ -83,15 +83,20 @@ class OrtRuntime:
         is most of a session's creation, 40 of 45 ms for NanoDet. The copy is keyed by the
         file's SHA-256, the ONNX Runtime version and the CPU (engine.runtimes.cpuinfo); a copy
         that does not load is dropped and the model optimised again."""
+        import hashlib
+        import re
         import uuid
 
         from engine.models.resolve import models_dir, sha256_file
         from engine.runtimes.cpuinfo import cpu_key
 
         ort = self.ort
+        derived = models_dir() / "derived"
         try:
-            copy = (models_dir() / "derived" / "ort"
-                    / f"{path.stem}.{sha256_file(path)[:16]}.ort{ort.__version__}.{cpu_key()}.onnx")
+            # A derived file's name already holds its source's SHA-256 (resolve.derived_file).
+            digest = (hashlib.sha256(path.name.encode()).hexdigest() if path.parent == derived
+                      else sha256_file(path))
+            copy = derived / "ort" / f"{path.stem}.{digest[:16]}.ort{ort.__version__}.{cpu_key()}.onnx"
         except OSError:
             copy = None
         if copy is not None and copy.is_file():
@@ -116,6 +121,12 @@ class OrtRuntime:
                 os.replace(tmp, copy)                      # whole or not at all
             except OSError:
                 Path(tmp).unlink(missing_ok=True)
+            else:                                          # copies of this file's earlier versions
+                tail = f"ort{ort.__version__}.{cpu_key()}.onnx"
+                same = re.escape(path.stem) + r"\.[0-9a-f]{16}\." + re.escape(tail)
+                for old in copy.parent.glob(f"{path.stem}.*.{tail}"):
+                    if old != copy and re.fullmatch(same, old.name):
+                        old.unlink(missing_ok=True)
         return session
 
 
