@@ -168,3 +168,17 @@ def test_models_fetch_prepares_what_a_run_start_would_make(tmp_path, monkeypatch
     derived = tmp_path / "models" / "derived"
     assert [p.name.split(".")[-2] for p in derived.glob("*.onnx")] == ["any-size"]
     assert len(list((derived / "ort").glob("centerface.*.any-size.*.onnx"))) == 1
+
+
+def test_onnx_runtime_session_without_a_writable_cache(tmp_path, monkeypatch, models_dir):
+    """The optimised copy is only a head start: a cache that cannot take it costs nothing else."""
+    from engine.models.centerface import dynamic_graph_path
+
+    model = dynamic_graph_path(resolve_model(load_card("centerface")))
+    (tmp_path / "models" / "derived").mkdir(parents=True)
+    (tmp_path / "models" / "derived" / "ort").write_bytes(b"a file where the folder would go")
+    monkeypatch.setenv("SLADD_MODELS_DIR", str(tmp_path / "models"))
+    session = create_runtime("onnxruntime", device="cpu", threads=1).session(model)
+    heat = session.run(None, {"input.1": np.zeros((1, 3, 64, 64), np.float32)})[0]
+    assert heat.shape == (1, 1, 16, 16)
+    assert sorted(p.name for p in (tmp_path / "models" / "derived").iterdir()) == ["ort"]

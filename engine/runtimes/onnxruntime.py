@@ -2,6 +2,7 @@
 (engine.runtimes.cuda)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -54,10 +55,23 @@ class OrtRuntime:
 
     def session(self, model: Any, family: Optional[str] = None):
         """`model`: a path or serialized ONNX bytes; `family` matters to TensorRT INT8 only."""
+        if isinstance(model, (bytes, bytearray)) or self.device != "cpu":
+            session = self.ort.InferenceSession(model if isinstance(model, (bytes, bytearray)) else str(model),
+                                                sess_options=self._options(), providers=self.providers)
+        else:
+            session = self._cpu_session(Path(model))
+        if self.device == "cuda":
+            require_cuda_provider(session)
+            from engine.runtimes.cuda import CupyBoundSession
+            return CupyBoundSession(session)              # inputs bound to CuPy device buffers
+        return session
+
+    def _options(self, optimise: bool = True, save_to: Optional[Path] = None):
         so = self.ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
-        so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.graph_optimization_level = (self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimise
+                                       else self.ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
         # Memory-pattern planning made the first two CenterFace runs at 2464x2048 take 1.6 s and
         # 2.5 s (then 0.55 s) and peak RSS 1.8 GB; without it: 0.84 s, then 0.55 s, 1.1 GB.
         so.enable_mem_pattern = False
@@ -65,69 +79,71 @@ class OrtRuntime:
         # encoding threads need at the same time: 40 images 2448x2048 ran at 5.2-5.5 img/s with
         # spinning off against 3.9-4.0 with it on (2 cores).
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if isinstance(model, (bytes, bytearray)) or self.device != "cpu":
-            session = self.ort.InferenceSession(model if isinstance(model, (bytes, bytearray)) else str(model),
-                                                sess_options=so, providers=self.providers)
-        else:
-            session = self._cpu_session(Path(model), so)
-        if self.device == "cuda":
-            require_cuda_provider(session)
-            from engine.runtimes.cuda import CupyBoundSession
-            return CupyBoundSession(session)              # inputs bound to CuPy device buffers
-        return session
+        if save_to is not None:
+            so.optimized_model_filepath = str(save_to)
+        return so
 
-
-    def _cpu_session(self, path: Path, so):
+    def _cpu_session(self, path: Path):
         """A session of the model file, from ONNX Runtime's own optimised copy of it where an
         earlier run left one: graph optimisation (fusions, layouts for this CPU's vector width)
         is most of a session's creation, 40 of 45 ms for NanoDet. The copy is keyed by the
         file's SHA-256, the ONNX Runtime version and the CPU (engine.runtimes.cpuinfo); a copy
-        that does not load is dropped and the model optimised again."""
-        import hashlib
-        import re
+        that does not load is dropped and the model optimised again; where none can be written
+        (a read-only or full cache) the model is optimised at every start, as before."""
         import uuid
 
-        from engine.models.resolve import models_dir, sha256_file
-        from engine.runtimes.cpuinfo import cpu_key
-
         ort = self.ort
-        derived = models_dir() / "derived"
-        try:
-            # A derived file's name already holds its source's SHA-256 (resolve.derived_file).
-            digest = (hashlib.sha256(path.name.encode()).hexdigest() if path.parent == derived
-                      else sha256_file(path))
-            copy = derived / "ort" / f"{path.stem}.{digest[:16]}.ort{ort.__version__}.{cpu_key()}.onnx"
-        except OSError:
-            copy = None
+        copy = _optimised_copy_path(path, ort.__version__)
         if copy is not None and copy.is_file():
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             try:
-                return ort.InferenceSession(str(copy), sess_options=so, providers=self.providers)
+                return ort.InferenceSession(str(copy), sess_options=self._options(optimise=False),
+                                            providers=self.providers)
             except Exception as exc:  # noqa: BLE001 - a damaged or foreign copy: optimise the original again
                 LOG.info("optimised copy %s does not load (%s): optimising %s again", copy.name, exc, path.name)
                 copy.unlink(missing_ok=True)
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        tmp = None
         if copy is not None:
+            tmp = copy.with_name(f".{uuid.uuid4().hex}.partial")          # one per writer
             try:
                 copy.parent.mkdir(parents=True, exist_ok=True)
-                tmp = copy.with_name(f".{uuid.uuid4().hex}.partial")     # one per writer
-                so.optimized_model_filepath = str(tmp)
-            except OSError:
-                tmp = None                                 # a read-only cache: optimise every run
-        session = ort.InferenceSession(str(path), sess_options=so, providers=self.providers)
-        if tmp is not None:
-            try:
-                os.replace(tmp, copy)                      # whole or not at all
-            except OSError:
-                Path(tmp).unlink(missing_ok=True)
-            else:                                          # copies of this file's earlier versions
-                tail = f"ort{ort.__version__}.{cpu_key()}.onnx"
-                same = re.escape(path.stem) + r"\.[0-9a-f]{16}\." + re.escape(tail)
-                for old in copy.parent.glob(f"{path.stem}.*.{tail}"):
-                    if old != copy and re.fullmatch(same, old.name):
-                        old.unlink(missing_ok=True)
-        return session
+                session = ort.InferenceSession(str(path), sess_options=self._options(save_to=tmp),
+                                               providers=self.providers)
+                os.replace(tmp, copy)                                      # whole or not at all
+                _drop_earlier_copies(path, copy, ort.__version__)
+                return session
+            except Exception as exc:  # noqa: BLE001 - the copy is an optimisation: never fail the model for it
+                LOG.info("cannot keep an optimised copy of %s (%s)", path.name, exc)
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+        return ort.InferenceSession(str(path), sess_options=self._options(), providers=self.providers)
+
+
+def _optimised_copy_path(path: Path, version: str) -> Optional[Path]:
+    """`<models>/derived/ort/<stem>.<sha16>.ort<version>.<cpu key>.onnx` (None when the file
+    cannot be read to hash it)."""
+    import hashlib
+
+    from engine.models.resolve import models_dir, sha256_file
+    from engine.runtimes.cpuinfo import cpu_key
+
+    derived = models_dir() / "derived"
+    try:
+        # A derived file's name already holds its source's SHA-256 (resolve.derived_file).
+        digest = hashlib.sha256(path.name.encode()).hexdigest() if path.parent == derived else sha256_file(path)
+    except OSError:
+        return None
+    return derived / "ort" / f"{path.stem}.{digest[:16]}.ort{version}.{cpu_key()}.onnx"
+
+
+def _drop_earlier_copies(path: Path, copy: Path, version: str) -> None:
+    import re
+
+    from engine.runtimes.cpuinfo import cpu_key
+
+    tail = f"ort{version}.{cpu_key()}.onnx"
+    same = re.escape(path.stem) + r"\.[0-9a-f]{16}\." + re.escape(tail)
+    for old in copy.parent.glob(f"{path.stem}.*.{tail}"):
+        if old != copy and re.fullmatch(same, old.name):
+            old.unlink(missing_ok=True)
 
 
 def require_cuda_provider(session) -> None:
