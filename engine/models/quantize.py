@@ -159,7 +159,7 @@ def build_centerface_int8(card, fp32: Path, dest: Path) -> Path:
         for seed in range(RECIPE["seed"], RECIPE["seed"] + RECIPE["scenes"]):
             blobs += _views(*_scene(seed, portrait))
 
-        out = work / "int8.onnx"
+        out = work / dest.name        # its run-time copies (models/derived) are then the installed file's
         LOG.info("quantising %s to INT8 (%d calibration views)", fp32.name, len(blobs))
         quantize_views(src, out, name, blobs, RECIPE)
         counts = _check(fp32, out, card)

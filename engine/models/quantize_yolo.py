@@ -221,7 +221,7 @@ def build_yolo_int8(card, fp32: Path, dest: Path, samples: Path | None = None, *
     work = Path(tempfile.mkdtemp(prefix="sladd-int8-"))
     try:
         views = calibration_views(d, card)
-        out = work / "int8.onnx"
+        out = work / dest.name        # its run-time copies (models/derived) are then the installed file's
         LOG.info("quantising %s to INT8 (%d calibration views)", fp32.name, len(views))
         quantize_views(fp32, out, model.graph.input[0].name, views, RECIPE, head_tail(model))
         counts = _check(card, fp32, out, d)
