@@ -83,6 +83,11 @@ def test_derived_file_without_a_writable_cache_is_made_for_the_run(tmp_path, mon
     src.write_bytes(b"model")
     path = derived_file(src, "free", lambda: b"derived")
     assert path.read_bytes() == b"derived" and blocker not in path.parents
+    code = ("import os, sys; from pathlib import Path; from engine.models.resolve import derived_file; "
+            "print(derived_file(Path(sys.argv[1]), 'free', lambda: b'x'))")
+    out = subprocess.run([sys.executable, "-c", code, str(src)], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "SLADD_MODELS_DIR": str(blocker / "models")})
+    assert not Path(out.stdout.strip()).exists()          # a run's own copy goes when the process ends
 
 
 def test_nanodet_loads_its_free_size_graph_from_the_cache(runtime, models_dir, monkeypatch):

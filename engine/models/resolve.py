@@ -72,7 +72,10 @@ def derived_file(source: Path, tag: str, build) -> Path:
     except OSError as exc:
         LOG.info("cannot keep %s in %s (%s): made for this run only", name, path.parent, exc)
     if not _SCRATCH:
+        import atexit
+
         _SCRATCH.append(Path(tempfile.mkdtemp(prefix="sladd-derived-")))
+        atexit.register(shutil.rmtree, _SCRATCH[0], True)     # sessions hold their graphs in memory
     path = _SCRATCH[0] / name
     write_atomic(path, data)
     return path
