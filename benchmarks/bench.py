@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.codecs import TurboDecoder
+from engine.runtimes.cpuinfo import cpu_model
 from engine.config import load_config
 from engine.decode import read_bytes
 from engine.detect import Detector, build_models
@@ -41,14 +42,7 @@ def _quality(path: Path):
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     versions = {}
     for pkg in ("numpy", "onnxruntime", "PyTurboJPEG", "onnx"):
         try:

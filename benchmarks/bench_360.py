@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -27,6 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from engine.runtimes.cpuinfo import cpu_model
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -51,16 +52,6 @@ def _run(tree: Path, inp: Path, out: Path, args: list[str]) -> dict:
     elif rss_kb <= before:
         rss_kb = float("nan")
     return {"wall_s": wall, "rss_mb": rss_kb / 1024}
-
-
-def _machine() -> str:
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                return ln.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _faces_anonymised(inp: Path, out: Path, faces: dict) -> tuple[int, int]:
@@ -109,7 +100,7 @@ def main(argv=None) -> int:
                 if best is None or res["wall_s"] < best["wall_s"]:
                     rows[name] = res
     lines = [f"# 360° panoramas: {n} images from {inp.name}", "",
-             f"Machine: {_machine()}, {os.cpu_count()} cores; "
+             f"Machine: {cpu_model()}, {os.cpu_count()} cores; "
              f"best of {a.runs} alternating runs, process start included; "
              f"`python -m benchmarks.bench_360 {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
              "| configuration | wall s | images/s | peak RSS MB | faces anonymised |", "|---|---:|---:|---:|---:|"]

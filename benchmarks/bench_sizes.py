@@ -64,6 +64,7 @@ from pathlib import Path
 
 from benchmarks.corpus import build
 from benchmarks.peer import faces_anonymised
+from engine.runtimes.cpuinfo import cpu_model
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -192,16 +193,6 @@ def run_sladd(inp: Path, cfg: Path | None, work: Path, keep: bool = False) -> di
     if not keep:
         shutil.rmtree(out, ignore_errors=True)
     return res
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def models_present() -> list[str]:
@@ -337,7 +328,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-sizes-"))
     cfgs = {"faces": work / "faces.yml", "default": None}
     cfgs["faces"].write_text(FACES_CFG)
-    meta = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+    meta = {"machine": f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}",
             "date": _dt.datetime.now().isoformat(timespec="seconds"), "images": args.count, "runs": args.runs,
             "models": models_present(), "size_faces": args.size_faces,
             "faces_size": f"{faces_size[0]}x{faces_size[1]}"}

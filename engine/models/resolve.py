@@ -50,6 +50,15 @@ _SHA_MEMO: dict = {}
 _SCRATCH: list = []
 
 
+def drop_other_versions(keep: Path, stem: str, tail: str) -> None:
+    """Remove the files `<stem>.<16 hex digits>.<tail>` beside `keep` other than `keep`: what was
+    made from earlier versions of the model file `stem` (its SHA-256 is the hex part)."""
+    same = re.escape(stem) + r"\.[0-9a-f]{16}\." + re.escape(tail)
+    for old in keep.parent.glob(f"{stem}.*.{tail}"):
+        if old != keep and re.fullmatch(same, old.name):
+            old.unlink(missing_ok=True)
+
+
 def derived_file(source: Path, tag: str, build) -> Path:
     """A file computed from the model file `source` by `build()` (bytes), e.g. its graph with a
     free input size: kept in `<models>/derived` under the source's SHA-256 and `tag`, so a later
@@ -64,10 +73,7 @@ def derived_file(source: Path, tag: str, build) -> Path:
     data = build()
     try:
         write_atomic(path, data)
-        same = re.escape(source.stem) + r"\.[0-9a-f]{16}\." + re.escape(tag) + r"\.onnx"
-        for old in path.parent.glob(f"{source.stem}.*.{tag}.onnx"):      # earlier versions' copies
-            if old != path and re.fullmatch(same, old.name):
-                old.unlink(missing_ok=True)
+        drop_other_versions(path, source.stem, f"{tag}.onnx")
         return path
     except OSError as exc:
         LOG.info("cannot keep %s in %s (%s): made for this run only", name, path.parent, exc)

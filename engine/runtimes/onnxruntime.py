@@ -92,6 +92,9 @@ class OrtRuntime:
         (a read-only or full cache) the model is optimised at every start, as before."""
         import uuid
 
+        from engine.models.resolve import drop_other_versions
+        from engine.runtimes.cpuinfo import cpu_key
+
         ort = self.ort
         copy = _optimised_copy_path(path, ort.__version__)
         if copy is not None and copy.is_file():
@@ -108,7 +111,7 @@ class OrtRuntime:
                 session = ort.InferenceSession(str(path), sess_options=self._options(save_to=tmp),
                                                providers=self.providers)
                 os.replace(tmp, copy)                                      # whole or not at all
-                _drop_earlier_copies(path, copy, ort.__version__)
+                drop_other_versions(copy, path.stem, f"ort{ort.__version__}.{cpu_key()}.onnx")
                 return session
             except Exception as exc:  # noqa: BLE001 - the copy is an optimisation: never fail the model for it
                 LOG.info("cannot keep an optimised copy of %s (%s)", path.name, exc)
@@ -132,18 +135,6 @@ def _optimised_copy_path(path: Path, version: str) -> Optional[Path]:
     except OSError:
         return None
     return derived / "ort" / f"{path.stem}.{digest[:16]}.ort{version}.{cpu_key()}.onnx"
-
-
-def _drop_earlier_copies(path: Path, copy: Path, version: str) -> None:
-    import re
-
-    from engine.runtimes.cpuinfo import cpu_key
-
-    tail = f"ort{version}.{cpu_key()}.onnx"
-    same = re.escape(path.stem) + r"\.[0-9a-f]{16}\." + re.escape(tail)
-    for old in copy.parent.glob(f"{path.stem}.*.{tail}"):
-        if old != copy and re.fullmatch(same, old.name):
-            old.unlink(missing_ok=True)
 
 
 def require_cuda_provider(session) -> None:
