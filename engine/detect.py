@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -19,6 +20,7 @@ import numpy as np
 
 from engine.cascade import Pyramid, View, cascade_many
 from engine.config import Config
+from engine.logs import quietly
 from engine.models import RawDetections
 from engine.search import bucket_crop, crop_scales, region_rects, tile_rects
 from engine.slots import ModelSlot, build_models
@@ -122,6 +124,12 @@ class Detector:
         Called in a background thread while the first image is read and decoded."""
         from engine.cascade import BUCKETS
 
+        for slot in self.slots:
+            if hasattr(slot.adapter, "warm_large"):
+                # OpenVINO's compiled model for the last run's frame size, on the core the start
+                # leaves idle (the first coarse pass waits for it, not for a compilation).
+                # Not a daemon: a runtime interrupted by the interpreter's exit mid-compilation aborts.
+                threading.Thread(target=quietly(slot.adapter.warm_large), name="sladd-warm-openvino").start()
         for slot in self.slots:
             if slot.card.cascade is not None and hasattr(slot.adapter, "batch"):
                 for side in BUCKETS[:2]:
@@ -358,3 +366,4 @@ class Detector:
             masks=masks if any_masks else None,
             mask_boxes=cat(mboxes, (0, 4), np.int64).reshape(-1, 4) if any_masks else None,
             shapes=tuple(shapes), counted=cat(counted, (0,), np.int64))
+

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import Callable, Optional
+from typing import Optional
 
 from kernels._xp import cupy_or_none
 
@@ -90,11 +90,10 @@ def choose_decoder(requested: str, device: str, components: Optional[dict[str, b
     return requested, ("mixed" if device == "cuda" else "cpu")
 
 
-def choose_runtime(requested: str, device: str, components: Optional[dict[str, bool]] = None,
-                   cpu_choice: Optional[Callable[[], str]] = None) -> str:
+def choose_runtime(requested: str, device: str, components: Optional[dict[str, bool]] = None) -> str:
     """`tensorrt` needs cuda; `auto` takes TensorRT on cuda when it is installed, else ONNX Runtime
-    (its CUDA provider on cuda); on the CPU `cpu_choice()` where given (OpenVINO or ONNX Runtime,
-    by what ran faster on this CPU: engine.runtimes.openvino.auto_cpu_runtime)."""
+    (its CUDA provider on cuda; on the CPU, CenterFace's large passes may go to OpenVINO where it
+    ran them faster: engine.worker.build, engine.runtimes.ov_passes)."""
     if requested == "tensorrt" and device != "cuda":
         raise RuntimeError("engine.runtime tensorrt needs a GPU (--device cuda)")
     if requested != "auto":
@@ -105,8 +104,6 @@ def choose_runtime(requested: str, device: str, components: Optional[dict[str, b
             LOG.info("runtime auto -> tensorrt")
             return "tensorrt"
         LOG.info("runtime auto -> onnxruntime (CUDA provider; TensorRT is not installed)")
-    elif cpu_choice is not None:
-        return cpu_choice()
     return "onnxruntime"
 
 

@@ -12,7 +12,8 @@ from typing import Optional
 from engine.progress import TqdmLoggingHandler
 from engine.redact import redact_text, register_secret
 
-__all__ = ["setup_logging", "log_file_path", "FILE_ONLY", "RedactingFilter", "redact_text", "register_secret"]
+__all__ = ["setup_logging", "log_file_path", "FILE_ONLY", "RedactingFilter", "redact_text", "register_secret",
+           "quietly"]
 
 # `LOG.info(..., extra=FILE_ONLY)`: for the log file, not the console (config dump, summary copy).
 FILE_ONLY = {"file_only": True}
@@ -81,3 +82,14 @@ def setup_logging(level: str, datefmt: str, log_dir: Optional[Path], pattern: st
         fh.addFilter(redact)
         logger.addHandler(fh)
     return path
+
+
+def quietly(fn):
+    """`fn` for a background thread (a warm-up): a failure there is only logged, at debug level
+    (the run meets it again where it matters); it neither ends nor fails the run."""
+    def call():
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            logging.getLogger("sladd").debug("warm-up failed: %s", exc)
+    return call

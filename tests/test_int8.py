@@ -124,34 +124,6 @@ def test_int8_cascade_finds_every_face_of_24_to_160_px_the_fp32_cascade_finds(in
     assert found["int8"] >= found["fp32"] >= 18          # 21 faces, the 24 px ones are hard for both
 
 
-def test_auto_cpu_runtime_times_once_per_cpu_and_skips_graphs_openvino_cannot_load(monkeypatch, tmp_path):
-    pytest.importorskip("openvino")
-    import engine.runtimes.openvino as ov
-
-    monkeypatch.setenv("SLADD_CACHE_DIR", str(tmp_path))
-    calls = []
-
-    def timed(threads, model=None, size_hw=(480, 640), ort_model=None):
-        calls.append(threads)
-        return "openvino", {"onnxruntime": 10.0, "openvino": 5.0}
-    monkeypatch.setattr(ov, "faster_cpu_runtime", timed)
-    assert ov.auto_cpu_runtime(["centerface", "nanodet"], 2, False) == "onnxruntime" and not calls
-    assert ov.auto_cpu_runtime(["centerface"], 2, False) == "openvino" and calls == [2]
-    assert ov.auto_cpu_runtime(["centerface"], 2, False) == "openvino" and calls == [2]     # remembered
-    assert ov.auto_cpu_runtime(["centerface"], 1, False) == "openvino" and calls == [2, 1]  # other key
-    assert "openvino" in (tmp_path / "runtime_choice.json").read_text()
-
-
-def test_auto_cpu_runtime_really_times_both_runtimes(monkeypatch, tmp_path):
-    pytest.importorskip("openvino")
-    from engine.runtimes.openvino import faster_cpu_runtime
-
-    choice, ms = faster_cpu_runtime(2, size_hw=(128, 160))
-    assert choice in ("onnxruntime", "openvino") and set(ms) == {"onnxruntime", "openvino"}
-    assert all(v > 0 for v in ms.values())
-    assert (choice == "openvino") == (ms["openvino"] < 0.9 * ms["onnxruntime"])
-
-
 # --- the INT8 plate model (engine.models.quantize_yolo) -------------------------------------------
 def _real_model(name):
     import os

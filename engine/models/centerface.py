@@ -10,6 +10,7 @@ import numpy as np
 
 from engine.models.base import Adapter, RawDetections, set_dims
 from engine.runtimes.onnxruntime import onnx_module
+from engine.runtimes.ov_passes import MIN_PIXELS
 from kernels import cv2_or_none, get_array_module, nms, resize_bilinear, to_host
 
 __all__ = ["CenterFaceAdapter", "fix_centerface_graph", "dynamic_graph_path"]
@@ -65,13 +66,19 @@ class CenterFaceAdapter(Adapter):
         self._sessions: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self._any_size = None
+        self._large = None
         if getattr(runtime, "any_size", False):
             # One session for every size and batch (ONNX Runtime on the CPU: as fast as a graph
             # of fixed size, measured at 1248x1024 and at the crop sizes; no session to create
             # and warm per crop size, and the detect threads share it).
-            self._any_size = runtime.session(dynamic_graph_path(Path(model_path)), family=self.family)
+            graph = dynamic_graph_path(Path(model_path))
+            self._any_size = runtime.session(graph, family=self.family)
             self._input = self._any_size.get_inputs()[0].name
             self._proto = None
+            # engine.runtime auto: the candidate passes over whole frames on OpenVINO where it
+            # ran them faster on this CPU (engine.runtimes.ov_passes); None otherwise.
+            make = getattr(runtime, "large_passes", None)
+            self._large = make(Path(model_path), graph) if make is not None else None
             return
         self._proto = onnx_module().load(str(model_path))
         self._input = [i.name for i in self._proto.graph.input
@@ -79,6 +86,11 @@ class CenterFaceAdapter(Adapter):
 
     def view_scale(self, h: int, w: int) -> float:
         return self.card.input.scale
+
+    def warm_large(self) -> None:
+        """Compile the large-pass shape of the last run (background, at the run's start)."""
+        if self._large is not None:
+            self._large.warm()
 
     def _session(self, h: int, w: int, n: int = 1):
         if self._any_size is not None:
@@ -107,7 +119,12 @@ class CenterFaceAdapter(Adapter):
         m = self.card.input.multiple
         ih, iw = max(m, math.ceil(h / m) * m), max(m, math.ceil(w / m) * m)
         blob = self.blob(views, ih, iw)
-        heat, scale, offset, _ = self._session(ih, iw, len(views)).run(None, {self._input: blob})
+        sess = None
+        if self._large is not None and threshold is not None and len(views) == 1 and ih * iw >= MIN_PIXELS:
+            sess = self._large.session(ih, iw)              # None: OpenVINO cannot run this shape
+        if sess is None:
+            sess = self._session(ih, iw, len(views))
+        heat, scale, offset, _ = sess.run(None, {self._input: blob})
         return [self.decode(heat[i:i + 1], scale[i:i + 1], offset[i:i + 1], (h, w), threshold)
                 for i in range(len(views))]
 

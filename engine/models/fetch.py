@@ -260,6 +260,13 @@ def _prepare_for_runs(card, path: Path) -> None:
         for f in (path, int8):
             if f is not None and (f == path or int8_record_ok(path, f)):
                 create_adapter(card, f, runtime)
+                if card.family == "centerface":
+                    # engine.runtime auto's timing of OpenVINO for the large passes, with the
+                    # inference threads a run on this machine takes (engine.worker.build).
+                    from engine.runtimes.openvino import large_passes_chosen
+
+                    cores = os.cpu_count() or 2
+                    large_passes_chosen(max(1, cores // (2 if cores >= 2 else 1)), f)
     except Exception as exc:  # noqa: BLE001 - the model is installed; only the head start is lost
         LOG.warning("model %s: could not prepare its run-time copies (%s)", card.name, exc)
 

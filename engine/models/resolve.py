@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+from engine.cachedirs import cache_root, models_dir, plans_dir  # noqa: F401 - re-exported
 from engine.models.card import ModelCard
 
 __all__ = ["models_dir", "resolve_model", "sha256_file", "package_file", "copy_atomic", "ModelNotFound"]
@@ -23,27 +24,6 @@ LOG = logging.getLogger("sladd")
 
 class ModelNotFound(FileNotFoundError):
     pass
-
-
-def cache_root() -> Path:
-    """`$SLADD_CACHE_DIR`, else `$XDG_CACHE_HOME/sladd`, else `~/.cache/sladd`."""
-    env = os.environ.get("SLADD_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "sladd"
-
-
-def models_dir() -> Path:
-    """`$SLADD_MODELS_DIR`, else `<cache root>/models` (see cache_root)."""
-    env = os.environ.get("SLADD_MODELS_DIR")
-    return Path(env) if env else cache_root() / "models"
-
-
-def plans_dir() -> Path:
-    """Where TensorRT plans are cached: `$SLADD_PLANS_DIR`, else `<cache root>/plans`."""
-    env = os.environ.get("SLADD_PLANS_DIR")
-    return Path(env) if env else cache_root() / "plans"
 
 
 _SHA_MEMO: dict = {}

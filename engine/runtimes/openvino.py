@@ -1,6 +1,7 @@
 """OpenVINO (Intel's CPU runtime) behind the session interface the adapters use
-(`get_inputs()`, `get_outputs()`, `run(names, feed)`), and the start-up measurement that lets
-`engine.runtime: auto` pick it on a CPU only where it is faster than ONNX Runtime."""
+(`get_inputs()`, `get_outputs()`, `run(names, feed)`): `engine.runtime: openvino` runs every model
+on it. `engine.runtime: auto` on the CPU instead hands it only CenterFace's large passes where it
+ran them faster on this CPU (`large_passes_chosen`, engine.runtimes.ov_passes)."""
 from __future__ import annotations
 
 import logging
@@ -11,17 +12,11 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-__all__ = ["OpenVinoRuntime", "faster_cpu_runtime", "auto_cpu_runtime"]
+from engine.runtimes.ov_import import openvino_module as _openvino
+
+__all__ = ["OpenVinoRuntime", "time_large_pass", "large_passes_chosen"]
 
 LOG = logging.getLogger("sladd")
-
-
-def _openvino():
-    try:
-        import openvino as ov
-    except ImportError as exc:
-        raise ImportError("engine.runtime openvino needs OpenVINO: pip install 'sladd[openvino]'") from exc
-    return ov
 
 
 class _Arg(NamedTuple):
@@ -104,57 +99,48 @@ def _median_ms(session, feed: dict, runs: int = 5) -> float:
     return 1000 * float(np.median(ts))
 
 
-def faster_cpu_runtime(threads: Optional[int], model: Optional[Path] = None, size_hw=(480, 640),
-                       ort_model: Optional[Path] = None) -> tuple[str, dict]:
-    """('openvino' or 'onnxruntime', {runtime: ms}): which runs CenterFace (the model every
-    profile runs, fixed to `size_hw` as its adapter fixes it) faster on this CPU, timed once
-    (about a second); OpenVINO must win by 10%. `ort_model`: the file ONNX Runtime would run
-    (the INT8 build where engine.precision picks it), default `model`."""
-    from engine.models.card import load_card
-    from engine.models.centerface import fix_centerface_graph
-    from engine.models.resolve import resolve_model
-    from engine.runtimes.onnxruntime import OrtRuntime, onnx_module
+def time_large_pass(threads: Optional[int], model: Path, size_hw=(1024, 1248)) -> tuple[str, dict]:
+    """('openvino' or 'onnxruntime', {runtime: ms}): which runs CenterFace's candidate pass over a
+    5 MP image (1248x1024) faster on this CPU, both from `model` (the file the run uses: its
+    INT8 build where engine.precision picks it), one request on `threads` threads; OpenVINO must
+    win by 10%. About a second."""
+    from engine.models.centerface import dynamic_graph_path
+    from engine.runtimes.onnxruntime import OrtRuntime
 
-    model = Path(model or resolve_model(load_card("centerface"), allow_download=False))
-    ms = {}
-    for name, rt, path in (("onnxruntime", OrtRuntime(threads=threads), Path(ort_model or model)),
-                           ("openvino", OpenVinoRuntime(threads=threads), model)):
-        graph = fix_centerface_graph(onnx_module().load(str(path)), *size_hw, 1).SerializeToString()
-        s = rt.session(graph)
-        inp = s.get_inputs()[0]
-        ms[name] = round(_median_ms(s, {inp.name: np.random.default_rng(0).random((1, 3, *size_hw), np.float32) * 255}), 2)
-    choice = "openvino" if ms["openvino"] < 0.9 * ms["onnxruntime"] else "onnxruntime"
-    return choice, ms
+    graph = dynamic_graph_path(Path(model))
+    feed = np.random.default_rng(0).random((1, 3, *size_hw), np.float32) * 255
+    s = OrtRuntime(threads=threads).session(graph, family="centerface")
+    ms = {"onnxruntime": round(_median_ms(s, {s.get_inputs()[0].name: feed}, runs=3), 2)}
+    ov = _openvino()
+    m = ov.Core().read_model(str(graph))
+    m.reshape([1, 3, *size_hw])
+    cfg = {"INFERENCE_NUM_THREADS": threads or os.cpu_count() or 1, "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+    s = _Session(ov.Core().compile_model(m, "CPU", cfg))
+    ms["openvino"] = round(_median_ms(s, {s.get_inputs()[0].name: feed}, runs=3), 2)
+    return ("openvino" if ms["openvino"] < 0.9 * ms["onnxruntime"] else "onnxruntime"), ms
 
 
-OPENVINO_FAMILIES = {"centerface"}      # graphs checked to load and match ONNX Runtime (NanoDet's does not load)
-
-
-def auto_cpu_runtime(families: list[str], threads: Optional[int], ort_int8: bool) -> str:
-    """engine.runtime auto on the CPU: OpenVINO where it runs every configured model and ran
-    CenterFace at least 10% faster than ONNX Runtime on this CPU. The timing is taken once per
-    CPU model, thread count and runtime versions, and kept in `<cache>/runtime_choice.json`;
-    the choice and its figures are logged."""
+def large_passes_chosen(threads: Optional[int], model: Optional[Path]) -> bool:
+    """engine.runtime auto on the CPU: whether CenterFace's large passes go to OpenVINO
+    (engine.runtimes.ov_passes), i.e. OpenVINO is installed and ran them at least 10% faster
+    than ONNX Runtime on this CPU from `model`. Timed once per CPU model, thread count, model
+    file and runtime versions, kept in `<cache>/runtime_choice.json` (`sladd models fetch` times
+    it, so a run's start does not); the choice and its figures are logged."""
     import importlib.util
     import json
 
-    if importlib.util.find_spec("openvino") is None:
-        return "onnxruntime"
-    others = sorted(set(families) - OPENVINO_FAMILIES)
-    if others:
-        LOG.info("runtime auto -> onnxruntime (OpenVINO is not used for %s)", ", ".join(others))
-        return "onnxruntime"
+    if model is None or importlib.util.find_spec("openvino") is None:
+        return False
+    from importlib.metadata import version                # importing openvino costs 25 ms
+
     import onnxruntime
 
-    from engine.models.resolve import cache_root, models_dir
-
+    from engine.models.resolve import cache_root
     from engine.runtimes.cpuinfo import cpu_model
 
-    cpu = cpu_model()
     n = threads or os.cpu_count() or 1
-    from importlib.metadata import version                # importing openvino costs 60 ms
-
-    key = f"{cpu}|threads={n}|onnxruntime={onnxruntime.__version__}{'-int8' if ort_int8 else ''}|openvino={version('openvino')}"
+    key = (f"{cpu_model()}|threads={n}|{Path(model).name}|large pass|onnxruntime={onnxruntime.__version__}"
+           f"|openvino={version('openvino')}")
     store = cache_root() / "runtime_choice.json"
     try:
         known = json.loads(store.read_text())
@@ -162,15 +148,14 @@ def auto_cpu_runtime(families: list[str], threads: Optional[int], ort_int8: bool
         known = {}
     if key in known:
         hit = known[key]
-        LOG.info("runtime auto -> %s (CenterFace on this CPU, measured earlier: %s)", hit["choice"], hit["ms"])
-        return hit["choice"]
+        LOG.info("CenterFace's large passes -> %s (this CPU, measured earlier: %s ms)", hit["choice"], hit["ms"])
+        return hit["choice"] == "openvino"
     try:
-        int8 = models_dir() / "centerface.int8.onnx"
-        choice, ms = faster_cpu_runtime(n, ort_model=int8 if ort_int8 and int8.is_file() else None)
+        choice, ms = time_large_pass(n, Path(model))
     except (RuntimeError, OSError, ImportError, ValueError) as exc:
-        LOG.info("runtime auto -> onnxruntime (could not time OpenVINO: %s)", exc)
-        return "onnxruntime"
-    LOG.info("runtime auto -> %s (CenterFace 640x480 on this CPU, %d threads: %s ms)", choice, n, ms)
+        LOG.info("CenterFace's large passes -> onnxruntime (could not time OpenVINO: %s)", exc)
+        return False
+    LOG.info("CenterFace's large passes -> %s (1248x1024 on this CPU, %d threads: %s ms)", choice, n, ms)
     known[key] = {"choice": choice, "ms": ms}
     try:
         store.parent.mkdir(parents=True, exist_ok=True)
@@ -179,4 +164,4 @@ def auto_cpu_runtime(families: list[str], threads: Optional[int], ort_int8: bool
         os.replace(tmp, store)
     except OSError:
         pass
-    return choice
+    return choice == "openvino"

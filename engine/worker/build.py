@@ -14,6 +14,7 @@ from engine.codecs import ScaledDecoder, create_decoder, create_encoder
 from engine.config import CONFIG_DIR, Config
 from engine.detect import Detector, build_models
 from engine.device import choose_decoder, choose_device, choose_encoder, choose_runtime, gpu_components
+from engine.logs import quietly
 from engine.meta.record import MetaContext
 from engine.runtimes import create_runtime
 from engine.worker.worker import Worker
@@ -44,19 +45,20 @@ def build_worker(cfg: Config, tree, *, config_file: Optional[Path] = None, db: b
     if cfg.engine.detectors is None:
         cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"detectors": detectors})})
     inference_threads = cfg.engine.inference_threads or (max(1, cores // detectors) if device == "cpu" else threads)
-    runtime_name = choose_runtime(cfg.engine.runtime, device, components,
-                                  cpu_choice=lambda: _cpu_runtime(cfg, inference_threads))
+    runtime_name = choose_runtime(cfg.engine.runtime, device, components)
     precision = cfg.engine.precision
     if precision == "auto" and runtime_name == "tensorrt":
         precision = "fp16"                        # plans; ONNX Runtime on the CPU resolves auto per card
 
     runtime = create_runtime(runtime_name, device=device, threads=inference_threads, precision=precision,
                              calibration_images=cfg.engine.calibration_images, max_batch=cfg.engine.batch_size)
+    if cfg.engine.runtime == "auto" and device == "cpu" and runtime_name == "onnxruntime":
+        runtime.large_passes = _large_passes(inference_threads, detectors)
     detector = Detector(cfg, *build_models(cfg, runtime))
     if device == "cpu":
         # Not a daemon: ONNX Runtime aborts the process ("terminate called without an active
         # exception") when the interpreter exits while one of its sessions is being created.
-        threading.Thread(target=_quietly(detector.warm_up), name="sladd-warm-up").start()
+        threading.Thread(target=quietly(detector.warm_up), name="sladd-warm-up").start()
 
     def make_detector():
         # Further detect threads share the models (ONNX Runtime sessions run concurrently; the
@@ -83,25 +85,21 @@ def build_worker(cfg: Config, tree, *, config_file: Optional[Path] = None, db: b
     return worker, cfg
 
 
-def _quietly(fn):
-    """`fn` for a background thread: a failure there is only logged (the run meets it again)."""
-    def call():
+def _large_passes(threads: int, streams: int):
+    """engine.runtime auto on the CPU: CenterFace's adapter asks this for OpenVINO sessions for its
+    large passes (engine.runtimes.ov_passes); None where OpenVINO is missing or not faster here."""
+    def make(model_path, graph):
+        from engine.runtimes.openvino import large_passes_chosen
+
+        if not large_passes_chosen(threads, model_path):
+            return None
+        from engine.runtimes.ov_passes import LargePasses
         try:
-            fn()
-        except Exception as exc:  # noqa: BLE001 - a warm-up failure must not end or fail the run
-            LOG.debug("warm-up failed: %s", exc)
-    return call
-
-
-def _cpu_runtime(cfg: Config, threads: Optional[int]) -> str:
-    """engine.runtime auto on the CPU (engine.runtimes.openvino.auto_cpu_runtime)."""
-    from engine.models import load_card
-    from engine.models.int8 import cpu_int8_dot
-    from engine.runtimes.openvino import auto_cpu_runtime
-
-    families = [load_card(m.card).family for m in cfg.models]
-    ort_int8 = cfg.engine.precision == "int8" or (cfg.engine.precision == "auto" and cpu_int8_dot())
-    return auto_cpu_runtime(families, threads, ort_int8)
+            return LargePasses(graph, threads=threads, streams=streams)
+        except (ImportError, RuntimeError, OSError) as exc:
+            LOG.warning("OpenVINO could not start (%s): ONNX Runtime runs CenterFace's large passes", exc)
+            return None
+    return make
 
 
 def model_sources(slots, names) -> dict:

@@ -1,0 +1,163 @@
+"""CenterFace's large passes on OpenVINO (engine.runtimes.ov_passes), the rest on ONNX Runtime:
+the same detections as ONNX Runtime on a real photograph, only the large candidate passes routed
+there, the choice timed once per CPU, and the compiled model of the last run loaded ahead."""
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.models import create_adapter, load_card, resolve_model
+from engine.models.centerface import dynamic_graph_path
+from engine.runtimes import create_runtime
+from kernels import downscale_mean
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def ov_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLADD_MODELS_DIR", str(tmp_path / "models"))
+    return tmp_path / "models" / "derived" / "openvino"
+
+
+def test_large_pass_finds_what_onnxruntime_finds(ov_cache, portrait):
+    """Oracle: ONNX Runtime running the same file on the same input."""
+    pytest.importorskip("openvino")
+    from engine.runtimes.ov_passes import LargePasses
+
+    card = load_card("centerface")
+    path = resolve_model(card)
+    runtime = create_runtime("onnxruntime", device="cpu", threads=1)
+    adapter = create_adapter(card, path, runtime)
+    img = np.asarray(portrait.resize((1248, 1024)))
+    view = np.ascontiguousarray(downscale_mean(np.ascontiguousarray(np.tile(img, (2, 2, 1))), 2))
+    h, w = view.shape[:2]
+    large = LargePasses(dynamic_graph_path(Path(path)), threads=1, streams=1)
+    blob = adapter.blob([view], h, w)
+    ours = large.session(h, w).run(None, {"input.1": blob})
+    theirs = adapter._any_size.run(None, {"input.1": blob})
+    assert [o.shape for o in ours] == [o.shape for o in theirs]
+    assert np.abs(ours[0] - theirs[0]).max() < 0.02                 # heatmap (0..1)
+    a = adapter.decode(*ours[:3], (h, w), 0.2)
+    b = adapter.decode(*theirs[:3], (h, w), 0.2)
+    assert len(a.boxes) == len(b.boxes) >= 4                           # the four tiled portraits
+    assert np.abs(np.sort(a.boxes, 0) - np.sort(b.boxes, 0)).max() < 2.0
+    # The compiled shape is kept (IR beside OpenVINO's cache) and recorded for the next start.
+    rec = json.loads((ov_cache / "last.json").read_text())
+    assert rec["xml"].endswith(f".{h}x{w}.xml") and Path(rec["xml"]).is_file() and rec["config"] == large.config
+    assert any(p.suffix == ".blob" for p in ov_cache.iterdir())
+
+
+def test_only_large_candidate_passes_go_to_openvino(portrait):
+    """Crops (no candidate threshold), batches and small views stay on ONNX Runtime."""
+    from engine.runtimes.ov_passes import MIN_PIXELS
+
+    asked = []
+
+    class Fake:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def session(self, h, w):
+            asked.append((h, w))
+            return self.inner
+
+    runtime = create_runtime("onnxruntime", device="cpu", threads=1)
+    runtime.large_passes = lambda model_path, graph: None
+    card = load_card("centerface")
+    adapter = create_adapter(card, resolve_model(card), runtime)
+    adapter._large = Fake(adapter._any_size)
+    big = np.zeros((544, 640, 3), np.uint8)
+    assert 544 * 640 >= MIN_PIXELS
+    adapter.batch([big], 1.0, threshold=0.05)
+    assert asked == [(544, 640)]
+    adapter.batch([big], 1.0)                                           # a crop: the card's threshold
+    adapter.batch([big, big], 1.0, threshold=0.05)                      # a batch
+    adapter.batch([np.zeros((256, 256, 3), np.uint8)], 1.0, threshold=0.05)
+    assert asked == [(544, 640)]
+
+
+def test_the_choice_is_timed_once_per_cpu_threads_and_file(monkeypatch, tmp_path):
+    pytest.importorskip("openvino")
+    import engine.runtimes.openvino as ov
+
+    monkeypatch.setenv("SLADD_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def timed(threads, model, size_hw=(1024, 1248)):
+        calls.append((threads, Path(model).name))
+        return "openvino", {"onnxruntime": 60.0, "openvino": 40.0}
+    monkeypatch.setattr(ov, "time_large_pass", timed)
+    assert ov.large_passes_chosen(2, None) is False and not calls
+    assert ov.large_passes_chosen(2, Path("centerface.int8.onnx")) is True
+    assert ov.large_passes_chosen(2, Path("centerface.int8.onnx")) is True       # remembered
+    assert ov.large_passes_chosen(1, Path("centerface.int8.onnx")) is True       # other threads
+    assert ov.large_passes_chosen(1, Path("centerface.onnx")) is True            # other file
+    assert calls == [(2, "centerface.int8.onnx"), (1, "centerface.int8.onnx"), (1, "centerface.onnx")]
+    known = json.loads((tmp_path / "runtime_choice.json").read_text())
+    assert len(known) == 3 and all(v["choice"] == "openvino" for v in known.values())
+
+
+def test_the_timing_really_runs_both(tmp_path):
+    pytest.importorskip("openvino")
+    from engine.runtimes.openvino import time_large_pass
+
+    choice, ms = time_large_pass(1, resolve_model(load_card("centerface")), size_hw=(256, 320))
+    assert set(ms) == {"onnxruntime", "openvino"} and all(v > 0 for v in ms.values())
+    assert (choice == "openvino") == (ms["openvino"] < 0.9 * ms["onnxruntime"])
+
+
+def test_the_last_compiled_pass_is_loaded_ahead_and_taken_only_when_it_matches(ov_cache, monkeypatch):
+    pytest.importorskip("openvino")
+    from engine import ov_prefetch
+    from engine.runtimes.ov_passes import LargePasses
+
+    path = resolve_model(load_card("centerface"))
+    large = LargePasses(dynamic_graph_path(Path(path)), threads=1, streams=2)
+    assert large.session(256, 320) is not None
+    rec = json.loads(ov_prefetch.record_file().read_text())
+    monkeypatch.setattr(ov_prefetch, "_THREAD", [])
+    monkeypatch.setattr(ov_prefetch, "_LOADED", [])
+    ov_prefetch.start()
+    assert [t.name for t in ov_prefetch._THREAD] == ["sladd-openvino-prefetch"]
+    compiled = ov_prefetch.take(rec["xml"], rec["config"])
+    assert compiled is not None and not ov_prefetch._THREAD[0].is_alive()
+    assert ov_prefetch.take(rec["xml"], {**rec["config"], "NUM_STREAMS": 3}) is None
+    # A new LargePasses of the same file and settings takes it instead of compiling.
+    again = LargePasses(dynamic_graph_path(Path(path)), threads=1, streams=2)
+    monkeypatch.setattr(again.core, "compile_model", lambda *a, **k: pytest.fail("compiled again"))
+    again.warm()
+    assert again._compiled[(256, 320)].result() is compiled
+    # Switched off, or nothing recorded: no thread.
+    monkeypatch.setattr(ov_prefetch, "_THREAD", [])
+    monkeypatch.setenv("SLADD_OPENVINO_PREFETCH", "0")
+    ov_prefetch.start()
+    assert ov_prefetch._THREAD == []
+
+
+def test_detect_threads_share_one_compiled_model_with_a_request_each(ov_cache):
+    pytest.importorskip("openvino")
+    from engine.runtimes.ov_passes import LargePasses
+
+    path = resolve_model(load_card("centerface"))
+    large = LargePasses(dynamic_graph_path(Path(path)), threads=1, streams=2)
+    x = np.random.default_rng(0).random((1, 3, 256, 320), np.float32) * 255
+    got, errors = {}, []
+
+    def work(k):
+        try:
+            s = large.session(256, 320)
+            got[k] = (s, s.run(None, {"input.1": x})[0])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and len(got) == 2
+    assert got[0][0] is not got[1][0]                                   # a request per thread
+    assert np.array_equal(got[0][1], got[1][1])
+    assert len(large._compiled) == 1
