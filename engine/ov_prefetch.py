@@ -4,9 +4,9 @@ Loading CenterFace's compiled large pass takes ~0.1 s (~0.2 s with both cores bu
 first image's coarse pass would wait for it. The start of a run (imports, configuration, the
 sessions) keeps one core busy for ~0.2 s and leaves the other idle: so `engine.cli` calls
 `start()` first thing, and a thread loads the large pass the last run in this models cache
-compiled (`record_file()`, written by ov_passes), on that idle core. ov_passes then `take`s it
-when it is the same file compiled with the same settings, and compiles its own otherwise. The
-thread only reads what this cache holds; the run is the same with or without it.
+compiled (`record_file()`, written by ov_passes), on that idle core. ov_passes then `take`s it when it is the same file compiled with the same settings, and
+compiles its own otherwise. The thread only reads what this cache holds; the run is the same
+with or without it.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Optional
 
 from engine.cachedirs import models_dir
 
-__all__ = ["start", "wait", "take", "record_file"]
+__all__ = ["start", "wait", "take", "record_file", "numpy_interface"]
 
 _THREAD: list[threading.Thread] = []
 _LOADED: list = []                   # (xml, config, compiled model)
@@ -46,7 +46,9 @@ def start() -> None:
     try:
         from engine.runtimes.ov_import import openvino_module as _openvino
 
-        core = _openvino().Core()
+        ov = _openvino()
+        numpy_interface(ov)
+        core = ov.Core()
     except Exception:  # noqa: BLE001 - no OpenVINO: nothing to load ahead
         return
 
@@ -62,9 +64,18 @@ def start() -> None:
     _THREAD[0].start()
 
 
+def numpy_interface(ov) -> None:
+    """Set up OpenVINO's NumPy interface in the calling thread. pybind11 does it once per process
+    inside `std::call_once`, and two threads reaching it together deadlocked (both detect
+    threads' first inference waited forever): so it is done before any other thread uses
+    OpenVINO (here, and by engine.runtimes.ov_passes)."""
+    import numpy as np
+
+    ov.Tensor(np.zeros(1, np.float32)).data
+
+
 def wait() -> None:
-    """Until the prefetch (if any) has ended: OpenVINO's Python bindings set up their NumPy
-    interface once per process, and two threads doing it at once deadlock."""
+    """Until the prefetch (if any) has ended."""
     if _THREAD:
         _THREAD[0].join()
 

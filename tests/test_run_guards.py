@@ -218,3 +218,20 @@ def test_read_only_output_is_a_clear_error(tmp_path, portrait):
     assert r.returncode == 3, r.stderr
     assert "Read-only file system" in r.stderr and str(out) in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_the_program_exits_with_the_runs_code_and_everything_flushed(tmp_path, portrait):
+    """engine.cli.entry leaves without the interpreter's teardown after a run: the exit code, the
+    log file, the summary and the ledger must all be there as after a normal exit."""
+    inp = _tree(tmp_path / "in", portrait, 2)
+    (inp / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    r = _sladd("run", "-i", inp, "-o", out, "-l", logs, "-k", _cfg(tmp_path))
+    assert r.returncode == 1, r.stderr                   # one image failed
+    assert "Failed: 1" in r.stderr + r.stdout
+    log = next(logs.glob("*.log")).read_text()
+    assert "broken.jpg" in log and "Failed: 1" in log   # the last lines reached the file
+    with sqlite3.connect(ledger_path(out)) as db:
+        states = sorted(s for (s,) in db.execute("SELECT status FROM images"))
+    assert states.count("failed") == 1 and len(states) == 3
+    assert len(list(out.rglob("*.jpg"))) == 2

@@ -26,8 +26,6 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 __all__ = ["LargePasses", "MIN_PIXELS"]
 
 LOG = logging.getLogger("sladd")
@@ -64,12 +62,8 @@ class LargePasses:
 
         from engine import ov_prefetch
 
-        ov_prefetch.wait()                                      # see below
         self.ov = _openvino()
-        # pybind11 initialises its NumPy bindings on first use inside std::call_once; two detect
-        # threads getting there at once deadlock (seen: both infer calls waiting forever). Here,
-        # once, before any thread runs a request.
-        self.ov.Tensor(np.zeros(1, np.float32)).data
+        ov_prefetch.numpy_interface(self.ov)        # before any detect thread runs a request
         self.core = self.ov.Core()
         self.graph = Path(graph)
         self.key = self.graph.name.split(".any-size")[0]          # <stem>.<sha16>: this model file
