@@ -3,40 +3,121 @@
 Loading CenterFace's compiled large pass takes ~0.1 s (~0.2 s with both cores busy), and the
 first image's coarse pass would wait for it. The start of a run (imports, configuration, the
 sessions) keeps one core busy for ~0.2 s and leaves the other idle: so `engine.cli` calls
-`start()` first thing, and a thread loads the large pass the last run in this models cache
-compiled (`record_file()`, written by ov_passes), on that idle core. ov_passes then `take`s it when it is the same file compiled with the same settings, and
-compiles its own otherwise. The thread only reads what this cache holds; the run is the same
-with or without it.
+`start()` first thing, and a thread loads the large pass that the last run of the same command
+compiled, on that idle core. "The same command" (`command_key`) is the command line without its
+folders, with the configuration file by content: a benchmark that alternates two settings
+through fresh temporary files finds each one's model. Without such a run, the last run's
+record is used. ov_passes records what it compiles (`record_file()`) and `take`s the loaded
+model when it is the same file compiled with the same settings, and compiles its own otherwise.
+The thread only reads what this cache holds; the run is the same with or without it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Optional
 
 from engine.cachedirs import models_dir
 
-__all__ = ["start", "wait", "take", "record_file", "numpy_interface"]
+__all__ = ["start", "wait", "take", "record_file", "read_record", "recorded", "remember", "command_key",
+           "numpy_interface"]
 
 _THREAD: list[threading.Thread] = []
 _LOADED: list = []                   # (xml, config, compiled model)
+_KEY: list[str] = []                 # this process's command_key, once start() ran
+_REMEMBERED: list[str] = []          # what this process recorded
+_FOLDERS = {"-i", "--input", "-o", "--output", "-a", "--archive", "-l", "--log-dir"}
+_CONFIG = {"-k", "--config"}
+KEPT = 16                            # commands remembered
 
 
 def record_file() -> Path:
     return models_dir() / "derived" / "openvino" / "last.json"
 
 
-def start() -> None:
-    """Load, in a background thread, the large pass named by `record_file()` (nothing where there
-    is none, or `SLADD_OPENVINO_PREFETCH=0`)."""
-    if _THREAD or os.environ.get("SLADD_OPENVINO_PREFETCH", "1") == "0":
-        return
+def command_key(argv: list[str]) -> str:
+    """What decides a run's models, from its arguments: every argument but the folders, the
+    configuration file (-k) by its content."""
+    parts, it = [], iter(argv)
+    for arg in it:
+        name, eq, value = arg.partition("=")
+        if name in _FOLDERS:
+            if not eq:
+                next(it, None)
+            continue
+        if name in _CONFIG:
+            value = value if eq else next(it, "")
+            try:
+                value = hashlib.sha256(Path(value).read_bytes()).hexdigest()
+            except OSError:
+                pass
+            parts.append(f"config={value}")
+            continue
+        parts.append(arg)
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def read_record() -> dict:
+    """{"runs": {command key: {"xml", "config"}}, "last": key}; {} where there is none."""
     try:
         rec = json.loads(record_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return rec if isinstance(rec, dict) and isinstance(rec.get("runs"), dict) else {}
+
+
+def _entry(rec: dict) -> dict:
+    runs = rec.get("runs", {})
+    hit = runs.get(_KEY[0]) if _KEY else None
+    hit = hit if hit is not None else runs.get(rec.get("last"))
+    return hit if isinstance(hit, dict) else {}
+
+
+def recorded() -> dict:
+    """The entry for this process's command ({"xml", "config"}), else the last run's, else {}."""
+    return _entry(read_record())
+
+
+def remember(xml: str, config: dict) -> None:
+    """Record that this command compiled `xml` with `config` (atomic; best effort). Only the
+    first large pass a process compiles: the first image's coarse pass, not a 360° run's later,
+    rarer shapes."""
+    if _REMEMBERED:
+        return
+    _REMEMBERED.append(xml)
+    rec = read_record()
+    key = _KEY[0] if _KEY else "-"
+    entry = {"xml": xml, "config": config}
+    if rec.get("runs", {}).get(key) == entry and rec.get("last") == key:
+        return
+    runs = {k: v for k, v in rec.get("runs", {}).items() if k != key}
+    runs[key] = entry
+    runs = dict(list(runs.items())[-KEPT:])
+    f = record_file()
+    try:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_name(f".{f.name}.{os.getpid()}.{threading.get_ident()}.partial")
+        tmp.write_text(json.dumps({"runs": runs, "last": key}))
+        os.replace(tmp, f)
+    except OSError:
+        pass
+
+
+def start() -> None:
+    """Load, in a background thread, the large pass recorded for this command (nothing where
+    there is none, or `SLADD_OPENVINO_PREFETCH=0`)."""
+    if _THREAD or os.environ.get("SLADD_OPENVINO_PREFETCH", "1") == "0":
+        return
+    if not _KEY:
+        _KEY.append(command_key(sys.argv[1:]))
+    try:
+        rec = recorded()
         xml, config = str(rec["xml"]), dict(rec["config"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         return
     if not os.path.isfile(xml):
         return

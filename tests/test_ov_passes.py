@@ -45,7 +45,9 @@ def test_large_pass_finds_what_onnxruntime_finds(ov_cache, portrait):
     assert len(a.boxes) == len(b.boxes) >= 4                           # the four tiled portraits
     assert np.abs(np.sort(a.boxes, 0) - np.sort(b.boxes, 0)).max() < 2.0
     # The compiled shape is kept (IR beside OpenVINO's cache) and recorded for the next start.
-    rec = json.loads((ov_cache / "last.json").read_text())
+    from engine import ov_prefetch
+
+    rec = ov_prefetch.recorded()
     assert rec["xml"].endswith(f".{h}x{w}.xml") and Path(rec["xml"]).is_file() and rec["config"] == large.config
     assert any(p.suffix == ".blob" for p in ov_cache.iterdir())
 
@@ -114,10 +116,13 @@ def test_the_last_compiled_pass_is_loaded_ahead_and_taken_only_when_it_matches(o
     from engine import ov_prefetch
     from engine.runtimes.ov_passes import LargePasses
 
+    monkeypatch.setattr(ov_prefetch, "_REMEMBERED", [])
+    monkeypatch.setattr(ov_prefetch, "_KEY", ["command A"])
     path = resolve_model(load_card("centerface"))
     large = LargePasses(dynamic_graph_path(Path(path)), threads=1, streams=2)
     assert large.session(256, 320) is not None
-    rec = json.loads(ov_prefetch.record_file().read_text())
+    rec = ov_prefetch.recorded()
+    assert ov_prefetch.read_record()["runs"]["command A"] == rec
     monkeypatch.setattr(ov_prefetch, "_THREAD", [])
     monkeypatch.setattr(ov_prefetch, "_LOADED", [])
     ov_prefetch.start()
@@ -161,3 +166,30 @@ def test_detect_threads_share_one_compiled_model_with_a_request_each(ov_cache):
     assert got[0][0] is not got[1][0]                                   # a request per thread
     assert np.array_equal(got[0][1], got[1][1])
     assert len(large._compiled) == 1
+
+
+def test_each_command_finds_its_own_record(monkeypatch, tmp_path):
+    """A benchmark alternating two settings through fresh temporary files: each command's key is
+    the same every time (folders left out, the configuration by content) and differs between
+    the settings; an unknown command falls back to the last run's record."""
+    from engine import ov_prefetch
+
+    monkeypatch.setenv("SLADD_MODELS_DIR", str(tmp_path / "models"))
+    a1, a2, b = tmp_path / "a1.yml", tmp_path / "a2.yml", tmp_path / "b.yml"
+    a1.write_text("models: [{card: centerface-fast}]\n")
+    a2.write_text("models: [{card: centerface-fast}]\n")
+    b.write_text("models: [{card: centerface-fast}]\nengine: {precision: fp32}\n")
+    key = ov_prefetch.command_key
+    assert key(["run", "-i", "in1", "-o", "out1", "-k", str(a1), "-q"]) == \
+        key(["run", "--input=in2", "-o", "out2", "-l", "logs", "--config", str(a2), "-q"])
+    assert key(["run", "-i", "in", "-o", "out", "-k", str(a1)]) != key(["run", "-i", "in", "-o", "out", "-k", str(b)])
+    assert key(["run", "-i", "in", "-o", "out"]) != key(["run", "-i", "in", "-o", "out", "--profile", "360"])
+    for k, xml in (("A", "a.xml"), ("B", "b.xml")):
+        monkeypatch.setattr(ov_prefetch, "_KEY", [k])
+        monkeypatch.setattr(ov_prefetch, "_REMEMBERED", [])
+        ov_prefetch.remember(xml, {"NUM_STREAMS": 2})
+        ov_prefetch.remember("later.xml", {"NUM_STREAMS": 2})            # only a process's first
+    monkeypatch.setattr(ov_prefetch, "_KEY", ["A"])
+    assert ov_prefetch.recorded() == {"xml": "a.xml", "config": {"NUM_STREAMS": 2}}
+    monkeypatch.setattr(ov_prefetch, "_KEY", ["C"])
+    assert ov_prefetch.recorded()["xml"] == "b.xml"                     # the last run's

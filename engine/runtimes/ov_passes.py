@@ -18,7 +18,6 @@ first image does not wait for it.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -100,8 +99,10 @@ class LargePasses:
     def warm(self) -> None:
         """Load the shape this model compiled last (background, at the run's start), unless the
         prefetch of engine.cli already did."""
-        rec = self._record()
-        xml = rec.get("xml", "")
+        from engine import ov_prefetch
+
+        rec = ov_prefetch.recorded() if self.cache is not None else {}
+        xml = str(rec.get("xml", ""))
         if rec.get("config") != self.config or not Path(xml).name.startswith(self.key + "."):
             return
         try:
@@ -156,25 +157,7 @@ class LargePasses:
         os.replace(tmp, xml)
         return str(xml)
 
-    # --- the large pass compiled last (engine.ov_prefetch) ----------------------------------------
-    def _record(self) -> dict:
-        from engine import ov_prefetch
-
-        try:
-            rec = json.loads(ov_prefetch.record_file().read_text()) if self.cache is not None else {}
-            return rec if isinstance(rec, dict) else {}
-        except (OSError, ValueError):
-            return {}
-
     def _remember(self, xml: str) -> None:
         from engine import ov_prefetch
 
-        if self._record() == {"xml": xml, "config": self.config}:
-            return
-        f = ov_prefetch.record_file()
-        try:
-            tmp = f.with_name(f".{f.name}.{os.getpid()}.{threading.get_ident()}.partial")
-            tmp.write_text(json.dumps({"xml": xml, "config": self.config}))
-            os.replace(tmp, f)
-        except OSError:
-            pass
+        ov_prefetch.remember(xml, self.config)
