@@ -9,6 +9,7 @@ Exit codes of `sladd run` / `sladd demo`:
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -16,6 +17,9 @@ from pathlib import Path
 from engine import ov_prefetch
 
 if sys.argv[1:2] == ["run"]:
+    # No collector passes over the ~10^5 objects the start makes (10-20 ms of it): build_worker
+    # freezes them and turns it back on (engine.worker.build).
+    gc.disable()
     # Before the imports below (~0.15 s on one core): the other core loads OpenVINO's compiled
     # large pass of the last run meanwhile (engine.ov_prefetch).
     ov_prefetch.start()

@@ -187,3 +187,17 @@ def test_onnx_runtime_session_without_a_writable_cache(tmp_path, monkeypatch, mo
     heat = session.run(None, {"input.1": np.zeros((1, 3, 64, 64), np.float32)})[0]
     assert heat.shape == (1, 1, 16, 16)
     assert sorted(p.name for p in (tmp_path / "models" / "derived").iterdir()) == ["ort"]
+
+
+def test_run_start_turns_the_collector_off_and_build_worker_back_on(tmp_path, models_dir):
+    """`sladd run` disables the garbage collector while it imports and starts; build_worker
+    freezes what exists and enables it again, for the images that follow."""
+    code = ("import sys, gc; sys.argv = ['sladd', 'run']; import engine.cli; print(gc.isenabled()); "
+            "from pathlib import Path; from engine.config import load_config; from engine.walk import Tree; "
+            "from engine.worker.build import build_worker; "
+            f"cfg = load_config(None)[0]; build_worker(cfg, Tree(Path({str(tmp_path)!r}), Path({str(tmp_path / 'o')!r}), "
+            "None, ['.jpg'])); print(gc.isenabled(), gc.get_freeze_count() > 0)")
+    env = {**os.environ, "SLADD_OPENVINO_PREFETCH": "0", "SLADD_MODELS_DIR": str(models_dir)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "True"]
