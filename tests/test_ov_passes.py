@@ -193,3 +193,16 @@ def test_each_command_finds_its_own_record(monkeypatch, tmp_path):
     assert ov_prefetch.recorded() == {"xml": "a.xml", "config": {"NUM_STREAMS": 2}}
     monkeypatch.setattr(ov_prefetch, "_KEY", ["C"])
     assert ov_prefetch.recorded()["xml"] == "b.xml"                     # the last run's
+
+
+def test_compiled_shapes_are_bounded(ov_cache, monkeypatch):
+    """A service sees many frame sizes: only the MAX_SHAPES most recently used stay compiled."""
+    pytest.importorskip("openvino")
+    import engine.runtimes.ov_passes as op
+
+    monkeypatch.setattr(op, "MAX_SHAPES", 2)
+    large = op.LargePasses(dynamic_graph_path(Path(resolve_model(load_card("centerface")))), threads=1, streams=1)
+    for shape in ((64, 96), (96, 64), (64, 96), (128, 64)):
+        assert large.session(*shape) is not None
+    assert list(large._compiled) == [(64, 96), (128, 64)]
+    assert set(large._tls.requests) == {(64, 96), (128, 64)}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import OrderedDict
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Optional
@@ -30,6 +31,7 @@ __all__ = ["LargePasses", "MIN_PIXELS"]
 LOG = logging.getLogger("sladd")
 
 MIN_PIXELS = 512 * 512          # smaller inputs (the crops) stay on ONNX Runtime: no faster there
+MAX_SHAPES = 8                  # compiled models kept per model file (a service sees many sizes)
 
 
 class _Request:
@@ -79,7 +81,7 @@ class LargePasses:
         self.config = {"INFERENCE_NUM_THREADS": max(1, threads) * max(1, streams), "NUM_STREAMS": max(1, streams),
                        "INFERENCE_PRECISION_HINT": "f32"}      # fp32 where the INT8 graph is not quantised
         self._lock = threading.Lock()
-        self._compiled: dict[tuple[int, int], Future] = {}
+        self._compiled: OrderedDict[tuple[int, int], Future] = OrderedDict()
         self._tls = threading.local()
         self._model = None
 
@@ -93,6 +95,8 @@ class LargePasses:
             return None
         reqs = self._tls.__dict__.setdefault("requests", {})
         if (h, w) not in reqs:
+            for gone in [k for k in reqs if k not in self._compiled]:
+                del reqs[gone]                       # its compiled model was dropped
             reqs[(h, w)] = _Request(compiled)
         return reqs[(h, w)]
 
@@ -116,8 +120,11 @@ class LargePasses:
     def _future(self, h: int, w: int) -> tuple[Future, bool]:
         with self._lock:
             if (h, w) in self._compiled:
+                self._compiled.move_to_end((h, w))
                 return self._compiled[(h, w)], False
             fut = self._compiled[(h, w)] = Future()
+            while len(self._compiled) > MAX_SHAPES:
+                self._compiled.popitem(last=False)    # least recently used; its requests go with it
             return fut, True
 
     def _compile(self, h: int, w: int, fut: Future, remember: bool) -> None:
