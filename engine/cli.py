@@ -316,8 +316,11 @@ def entry() -> None:
         if threading.active_count() == 1:
             atexit._run_exitfuncs()
             logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):          # a closed pipe: nothing more can be said
+                    pass
             os._exit(code)
     sys.exit(code)
 

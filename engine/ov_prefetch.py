@@ -23,7 +23,7 @@ from typing import Optional
 
 from engine.cachedirs import models_dir
 
-__all__ = ["start", "wait", "take", "record_file", "read_record", "recorded", "remember", "command_key",
+__all__ = ["start", "wait", "take", "release", "record_file", "read_record", "recorded", "remember", "command_key",
            "numpy_interface"]
 
 _THREAD: list[threading.Thread] = []
@@ -162,9 +162,18 @@ def wait() -> None:
 
 
 def take(xml: str, config: dict) -> Optional[object]:
-    """The prefetched compiled model if it is `xml` compiled with `config`, else None."""
+    """The prefetched compiled model if it is `xml` compiled with `config` (handed out once),
+    else None."""
     wait()
-    for x, c, compiled in _LOADED:
+    for k, (x, c, compiled) in enumerate(_LOADED):
         if x == xml and c == config:
+            del _LOADED[k]
             return compiled
     return None
+
+
+def release() -> None:
+    """Drop what was loaded ahead and not taken (its memory and stream threads): called once the
+    run's models are built (engine.worker.build)."""
+    wait()
+    _LOADED.clear()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -147,6 +148,7 @@ def _run_locked(cfg: Config, input_dir: Path, output_dir: Path, archive_dir: Opt
                                      writers=cfg.engine.writers, publishers=cfg.engine.publishers,
                                      batch_size=cfg.engine.batch_size, detectors=cfg.engine.detectors or 1)
         stack.callback(executor.close)
+        gc.enable()            # `sladd run` starts with it off (engine.cli); the Ray driver has no build_worker
         pipe = Driver(tree=tree, ledger=ledger, executor=executor, resume=ResumePolicy(force, retry_failed),
                       queue_size=cfg.engine.queue_size, progress=progress, db=db, delete_input=cfg.delete_input,
                       retry_seconds=cfg.file_access_retry_seconds, timeout_seconds=cfg.file_access_timeout_seconds,

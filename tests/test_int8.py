@@ -4,6 +4,7 @@ cascade's coarse view and the model input (checked against their plain NumPy def
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,6 +123,45 @@ def test_int8_cascade_finds_every_face_of_24_to_160_px_the_fp32_cascade_finds(in
             found[p] += sum(_hits(dets[p], faces))
         assert sum(_hits(dets["int8"], faces)) >= sum(_hits(dets["fp32"], faces))
     assert found["int8"] >= found["fp32"] >= 18          # 21 faces, the 24 px ones are hard for both
+
+
+def test_int8_cascade_with_openvinos_large_passes_finds_what_onnx_runtime_finds(int8_build, monkeypatch):
+    """engine.runtime auto on a CPU where OpenVINO won: the INT8 candidate passes run there,
+    calibrated (card int8_threshold) on ONNX Runtime's INT8 output. Held-out scenes with faces
+    of 24-160 px: no face ONNX Runtime's cascade finds is lost."""
+    pytest.importorskip("openvino")
+    from PIL import Image
+
+    from engine.demo import sample_portrait
+    from engine.detect import Detector
+    from engine.runtimes.ov_passes import LargePasses
+    from engine.types import Frame
+
+    import engine.models.int8 as q
+    monkeypatch.setattr(q, "cpu_int8_dot", lambda: True)
+    portrait = Image.open(sample_portrait()).convert("RGB")
+    cfg, _ = load_config(None, overrides={"models": [{"card": "centerface-fast"}]})
+    used = []
+
+    def large(model_path, graph):
+        used.append(Path(model_path).name)
+        return LargePasses(graph, threads=2, streams=1)
+    ov_runtime = _runtime("int8")
+    ov_runtime.large_passes = large
+    detectors = {"onnxruntime": Detector(cfg, *build_models(cfg, _runtime("int8"))),
+                 "openvino": Detector(cfg, *build_models(cfg, ov_runtime))}
+    assert used == ["centerface.int8.onnx"]
+    found = {"onnxruntime": 0, "openvino": 0}
+    for seed in (201, 202, 203):
+        img, faces = _scene(seed, portrait, hw=(2048, 2448))
+        frame = Frame(job=None, data=b"", pixels=img, scale=1.0, full_size=img.shape[:2], orientation=1,
+                      segments=[], quality=None, subsampling=2)
+        dets = {p: d(frame) for p, d in detectors.items()}
+        for p in dets:
+            found[p] += sum(_hits(dets[p], faces))
+        assert sum(_hits(dets["openvino"], faces)) >= sum(_hits(dets["onnxruntime"], faces))
+    assert detectors["openvino"].slots[0].adapter._large._compiled      # the coarse passes ran there
+    assert found["openvino"] >= found["onnxruntime"] >= 18
 
 
 # --- the INT8 plate model (engine.models.quantize_yolo) -------------------------------------------

@@ -22,10 +22,13 @@ def ov_cache(tmp_path, monkeypatch):
     return tmp_path / "models" / "derived" / "openvino"
 
 
-def test_large_pass_finds_what_onnxruntime_finds(ov_cache, portrait):
+def test_large_pass_finds_what_onnxruntime_finds(ov_cache, portrait, monkeypatch):
     """Oracle: ONNX Runtime running the same file on the same input."""
     pytest.importorskip("openvino")
+    from engine import ov_prefetch
     from engine.runtimes.ov_passes import LargePasses
+
+    monkeypatch.setattr(ov_prefetch, "_REMEMBERED", [])         # as in a process of its own
 
     card = load_card("centerface")
     path = resolve_model(card)
@@ -45,8 +48,6 @@ def test_large_pass_finds_what_onnxruntime_finds(ov_cache, portrait):
     assert len(a.boxes) == len(b.boxes) >= 4                           # the four tiled portraits
     assert np.abs(np.sort(a.boxes, 0) - np.sort(b.boxes, 0)).max() < 2.0
     # The compiled shape is kept (IR beside OpenVINO's cache) and recorded for the next start.
-    from engine import ov_prefetch
-
     rec = ov_prefetch.recorded()
     assert rec["xml"].endswith(f".{h}x{w}.xml") and Path(rec["xml"]).is_file() and rec["config"] == large.config
     assert any(p.suffix == ".blob" for p in ov_cache.iterdir())
@@ -127,14 +128,23 @@ def test_the_last_compiled_pass_is_loaded_ahead_and_taken_only_when_it_matches(o
     monkeypatch.setattr(ov_prefetch, "_LOADED", [])
     ov_prefetch.start()
     assert [t.name for t in ov_prefetch._THREAD] == ["sladd-openvino-prefetch"]
-    compiled = ov_prefetch.take(rec["xml"], rec["config"])
-    assert compiled is not None and not ov_prefetch._THREAD[0].is_alive()
     assert ov_prefetch.take(rec["xml"], {**rec["config"], "NUM_STREAMS": 3}) is None
-    # A new LargePasses of the same file and settings takes it instead of compiling.
+    assert not ov_prefetch._THREAD[0].is_alive() and len(ov_prefetch._LOADED) == 1
+    compiled = ov_prefetch._LOADED[0][2]
+    # A new LargePasses of the same file and settings takes it instead of compiling; it is
+    # handed out once.
     again = LargePasses(dynamic_graph_path(Path(path)), threads=1, streams=2)
     monkeypatch.setattr(again.core, "compile_model", lambda *a, **k: pytest.fail("compiled again"))
     again.warm()
     assert again._compiled[(256, 320)].result() is compiled
+    assert ov_prefetch._LOADED == [] and ov_prefetch.take(rec["xml"], rec["config"]) is None
+    # What is not taken is dropped once the models are built.
+    monkeypatch.setattr(ov_prefetch, "_THREAD", [])
+    ov_prefetch.start()
+    ov_prefetch.wait()
+    assert len(ov_prefetch._LOADED) == 1
+    ov_prefetch.release()
+    assert ov_prefetch._LOADED == []
     # Switched off, or nothing recorded: no thread.
     monkeypatch.setattr(ov_prefetch, "_THREAD", [])
     monkeypatch.setenv("SLADD_OPENVINO_PREFETCH", "0")
@@ -206,3 +216,49 @@ def test_compiled_shapes_are_bounded(ov_cache, monkeypatch):
         assert large.session(*shape) is not None
     assert list(large._compiled) == [(64, 96), (128, 64)]
     assert set(large._tls.requests) == {(64, 96), (128, 64)}
+
+
+def test_openvino_failures_fall_back_to_onnx_runtime(ov_cache, monkeypatch, portrait):
+    """OpenVINO is an optimisation: a shape it cannot compile runs on ONNX Runtime with the same
+    result, and a failure while choosing it leaves the run on ONNX Runtime."""
+    pytest.importorskip("openvino")
+    import importlib.metadata
+
+    from engine.runtimes.ov_passes import LargePasses
+    from engine.worker.build import _large_passes
+
+    card = load_card("centerface")
+    path = resolve_model(card)
+    runtime = create_runtime("onnxruntime", device="cpu", threads=1)
+    adapter = create_adapter(card, path, runtime)
+    large = LargePasses(dynamic_graph_path(Path(path)), threads=1, streams=1)
+
+    def broken(*a, **k):
+        raise RuntimeError("Exception from src/plugins/intel_cpu: cannot compile")
+    monkeypatch.setattr(large.core, "compile_model", broken)
+    adapter._large = large
+    view = np.ascontiguousarray(np.asarray(portrait.resize((640, 544))))
+    assert large.session(544, 640) is None
+    ours = adapter.batch([view], 1.0, threshold=0.05)[0]
+    adapter._large = None
+    theirs = adapter.batch([view], 1.0, threshold=0.05)[0]
+    assert np.array_equal(ours.boxes, theirs.boxes) and len(ours.boxes) >= 1
+
+    def no_metadata(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(importlib.metadata, "version", no_metadata)
+    monkeypatch.setenv("SLADD_CACHE_DIR", str(ov_cache.parent / "fresh-cache"))
+    assert _large_passes(1, 1)(Path(path), dynamic_graph_path(Path(path))) is None
+
+
+def test_a_cache_that_cannot_be_written_compiles_in_memory(tmp_path):
+    pytest.importorskip("openvino")
+    from engine.runtimes.ov_passes import LargePasses
+
+    graph = dynamic_graph_path(Path(resolve_model(load_card("centerface"))))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")                               # mkdir below a file fails, even as root
+    large = LargePasses(graph, threads=1, streams=1, cache=blocker / "openvino")
+    assert large.cache is None
+    assert large.session(256, 320) is not None
+    assert not (blocker.parent / "openvino").exists()

@@ -225,9 +225,14 @@ def test_the_program_exits_with_the_runs_code_and_everything_flushed(tmp_path, p
     log file, the summary and the ledger must all be there as after a normal exit."""
     inp = _tree(tmp_path / "in", portrait, 2)
     (inp / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
-    out, logs = tmp_path / "out", tmp_path / "logs"
-    r = _sladd("run", "-i", inp, "-o", out, "-l", logs, "-k", _cfg(tmp_path))
+    out, logs, mark = tmp_path / "out", tmp_path / "logs", tmp_path / "fast-exit"
+    argv = ["sladd", "run", "-i", str(inp), "-o", str(out), "-l", str(logs), "-k", str(_cfg(tmp_path))]
+    code = ("import os, sys\nreal = os._exit\n"
+            f"def marked(c):\n    open({str(mark)!r}, 'w').write(str(c))\n    real(c)\n"
+            f"os._exit = marked\nsys.argv = {argv!r}\nimport engine.cli\nengine.cli.entry()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 1, r.stderr                   # one image failed
+    assert mark.read_text() == "1"                       # it left through os._exit
     assert "Failed: 1" in r.stderr + r.stdout
     log = next(logs.glob("*.log")).read_text()
     assert "broken.jpg" in log and "Failed: 1" in log   # the last lines reached the file

@@ -125,7 +125,9 @@ def large_passes_chosen(threads: Optional[int], model: Optional[Path]) -> bool:
     (engine.runtimes.ov_passes), i.e. OpenVINO is installed and ran them at least 10% faster
     than ONNX Runtime on this CPU from `model`. Timed once per CPU model, thread count, model
     file and runtime versions, kept in `<cache>/runtime_choice.json` (`sladd models fetch` times
-    it, so a run's start does not); the choice and its figures are logged."""
+    it, so a run's start does not); the choice and its figures are logged. Where the choice
+    cannot be kept (a read-only cache), ONNX Runtime: a choice timed anew in every run could
+    differ from run to run."""
     import importlib.util
     import json
 
@@ -146,22 +148,30 @@ def large_passes_chosen(threads: Optional[int], model: Optional[Path]) -> bool:
         known = json.loads(store.read_text())
     except (OSError, ValueError):
         known = {}
-    if key in known:
-        hit = known[key]
-        LOG.info("CenterFace's large passes -> %s (this CPU, measured earlier: %s ms)", hit["choice"], hit["ms"])
+    hit = known.get(key) if isinstance(known, dict) else None
+    if isinstance(hit, dict) and hit.get("choice") in ("openvino", "onnxruntime"):
+        LOG.info("CenterFace's large passes -> %s (this CPU, measured earlier: %s ms)", hit["choice"], hit.get("ms"))
         return hit["choice"] == "openvino"
     try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        writable = os.access(store.parent, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        LOG.info("CenterFace's large passes -> onnxruntime (%s cannot keep the timing)", store)
+        return False
+    try:
         choice, ms = time_large_pass(n, Path(model))
-    except (RuntimeError, OSError, ImportError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to time it: ONNX Runtime runs it
         LOG.info("CenterFace's large passes -> onnxruntime (could not time OpenVINO: %s)", exc)
         return False
     LOG.info("CenterFace's large passes -> %s (1248x1024 on this CPU, %d threads: %s ms)", choice, n, ms)
+    known = known if isinstance(known, dict) else {}
     known[key] = {"choice": choice, "ms": ms}
     try:
-        store.parent.mkdir(parents=True, exist_ok=True)
         tmp = store.with_name(f".{store.name}.{os.getpid()}.partial")
         tmp.write_text(json.dumps(known, indent=2))
         os.replace(tmp, store)
     except OSError:
-        pass
+        return False                                   # not kept: see the docstring
     return choice == "openvino"

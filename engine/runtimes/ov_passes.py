@@ -66,17 +66,20 @@ class LargePasses:
         self.ov = _openvino()
         ov_prefetch.numpy_interface(self.ov)        # before any detect thread runs a request
         self.core = self.ov.Core()
+        from engine.models.resolve import models_dir, sha256_file
+
         self.graph = Path(graph)
-        self.key = self.graph.name.split(".any-size")[0]          # <stem>.<sha16>: this model file
-        if cache is None:
-            from engine.models.resolve import models_dir
-            cache = models_dir() / "derived" / "openvino"
-        self.cache: Optional[Path] = Path(cache)
+        # The graph's own content names what is made from it: a graph made anew differently
+        # (another version of sladd) never meets an earlier one's files.
+        self.key = f"{self.graph.stem}.{sha256_file(self.graph)[:16]}"
+        self.cache: Optional[Path] = Path(cache) if cache is not None else models_dir() / "derived" / "openvino"
         try:
             self.cache.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.cache, os.W_OK):
+                raise OSError("not writable")
             self.core.set_property({"CACHE_DIR": str(self.cache)})
         except (OSError, RuntimeError) as exc:
-            LOG.info("OpenVINO cannot keep compiled models in %s (%s): compiled in every run", cache, exc)
+            LOG.info("OpenVINO cannot keep compiled models in %s (%s): compiled in every run", self.cache, exc)
             self.cache = None
         self.config = {"INFERENCE_NUM_THREADS": max(1, threads) * max(1, streams), "NUM_STREAMS": max(1, streams),
                        "INFERENCE_PRECISION_HINT": "f32"}      # fp32 where the INT8 graph is not quantised
@@ -101,21 +104,24 @@ class LargePasses:
         return reqs[(h, w)]
 
     def warm(self) -> None:
-        """Load the shape this model compiled last (background, at the run's start), unless the
-        prefetch of engine.cli already did."""
+        """Load the shape this model compiled last (background, at the run's start), taking what
+        engine.ov_prefetch loaded ahead where it is that; what it loaded is dropped otherwise."""
         from engine import ov_prefetch
 
-        rec = ov_prefetch.recorded() if self.cache is not None else {}
-        xml = str(rec.get("xml", ""))
-        if rec.get("config") != self.config or not Path(xml).name.startswith(self.key + "."):
-            return
         try:
-            h, w = (int(v) for v in Path(xml).name[len(self.key) + 1:].split(".")[0].split("x"))
-        except ValueError:
-            return
-        fut, mine = self._future(h, w)
-        if mine:
-            self._compile(h, w, fut, remember=False)
+            rec = ov_prefetch.recorded() if self.cache is not None else {}
+            xml = Path(str(rec.get("xml", "")))
+            if rec.get("config") != self.config or not xml.name.startswith(self.key + "."):
+                return
+            try:
+                h, w = (int(v) for v in xml.name[len(self.key) + 1:].split(".")[0].split("x"))
+            except ValueError:
+                return
+            fut, mine = self._future(h, w)
+            if mine:
+                self._compile(h, w, fut, remember=False)
+        finally:
+            ov_prefetch.release()
 
     def _future(self, h: int, w: int) -> tuple[Future, bool]:
         with self._lock:
@@ -128,43 +134,90 @@ class LargePasses:
             return fut, True
 
     def _compile(self, h: int, w: int, fut: Future, remember: bool) -> None:
-        try:
-            from engine import ov_prefetch
+        from engine import ov_prefetch
 
+        fixed = None
+        try:
             fixed = self._fixed(h, w)
             compiled = ov_prefetch.take(fixed, self.config) if isinstance(fixed, str) else None
-            fut.set_result(compiled or self.core.compile_model(fixed, "CPU", self.config))
-        except (RuntimeError, OSError, ValueError) as exc:
+            if compiled is None and isinstance(fixed, str):
+                try:
+                    compiled = self.core.compile_model(fixed, "CPU", self.config)
+                except RuntimeError:
+                    # A damaged IR file (a crash while it was written): made again, in memory.
+                    for f in (Path(fixed), Path(fixed).with_suffix(".bin")):
+                        f.unlink(missing_ok=True)
+                    fixed = self._model_for(h, w)
+            if compiled is None:
+                compiled = self.core.compile_model(fixed, "CPU", self.config)
+            fut.set_result(compiled)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO is an optimisation: ONNX Runtime runs this shape
             LOG.warning("OpenVINO cannot run %s at %dx%d (%s): ONNX Runtime runs it", self.graph.name, w, h,
                         str(exc).splitlines()[-1] if str(exc) else type(exc).__name__)
             fut.set_result(None)
             return
-        except BaseException as exc:  # noqa: BLE001 - waiters get it too
+        except BaseException as exc:  # noqa: BLE001 - an interrupt: waiters get it, a later call retries
+            with self._lock:
+                if self._compiled.get((h, w)) is fut:
+                    del self._compiled[(h, w)]
             fut.set_exception(exc)
             raise
         if remember and isinstance(fixed, str):
             self._remember(fixed)
 
-    def _fixed(self, h: int, w: int):
-        """The graph fixed to 1x3xhxw: an IR file in the cache (compiled from its path, which the
-        model cache then answers without reading it), else a model in memory."""
-        xml = self.cache / f"{self.key}.{h}x{w}.xml" if self.cache is not None else None
-        if xml is not None and xml.is_file():
-            return str(xml)
+    def _model_for(self, h: int, w: int):
         with self._lock:
             if self._model is None:
                 self._model = self.core.read_model(str(self.graph))
             model = self._model.clone()
         model.reshape([1, 3, h, w])
+        return model
+
+    def _fixed(self, h: int, w: int):
+        """The graph fixed to 1x3xhxw: an IR file in the cache (compiled from its path, which the
+        model cache then answers without reading it), else a model in memory (a cache that
+        cannot take the file)."""
+        xml = self.cache / f"{self.key}.{h}x{w}.xml" if self.cache is not None else None
+        if xml is not None and xml.is_file():
+            return str(xml)
+        model = self._model_for(h, w)
         if xml is None:
             return model
         tmp = xml.with_name(f".{xml.stem}.{os.getpid()}.{threading.get_ident()}.partial.xml")
-        self.ov.save_model(model, str(tmp), compress_to_fp16=False)     # fp16 would change the weights
-        os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
-        os.replace(tmp, xml)
+        try:
+            self.ov.save_model(model, str(tmp), compress_to_fp16=False)     # fp16 would change the weights
+            os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
+            os.replace(tmp, xml)
+        except (OSError, RuntimeError) as exc:
+            LOG.info("cannot keep %s (%s): compiled from memory", xml.name, exc)
+            for f in (tmp, tmp.with_suffix(".bin")):
+                f.unlink(missing_ok=True)
+            return model
+        _prune(self.cache)
         return str(xml)
 
     def _remember(self, xml: str) -> None:
         from engine import ov_prefetch
 
         ov_prefetch.remember(xml, self.config)
+
+
+def _prune(folder: Path, keep_graphs: int = 24, keep_blobs: int = 48) -> None:
+    """Keep the cache folder bounded (a service sees many frame sizes, ~6 MB each): the most
+    recently written fixed graphs and compiled blobs stay, the older ones are removed."""
+    def oldest_first(pattern: str):
+        found = []
+        for f in folder.glob(pattern):
+            try:
+                found.append((f.stat().st_mtime, f))
+            except OSError:
+                continue
+        return [f for _, f in sorted(found)]
+    try:
+        for xml in oldest_first("*.xml")[:-keep_graphs]:
+            xml.with_suffix(".bin").unlink(missing_ok=True)
+            xml.unlink(missing_ok=True)
+        for blob in oldest_first("*.blob")[:-keep_blobs]:
+            blob.unlink(missing_ok=True)
+    except OSError:
+        pass

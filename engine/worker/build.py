@@ -54,6 +54,10 @@ def build_worker(cfg: Config, tree, *, config_file: Optional[Path] = None, db: b
                              calibration_images=cfg.engine.calibration_images, max_batch=cfg.engine.batch_size)
     if cfg.engine.runtime == "auto" and device == "cpu" and runtime_name == "onnxruntime":
         runtime.large_passes = _large_passes(inference_threads, detectors)
+    else:
+        from engine import ov_prefetch
+
+        ov_prefetch.release()                 # nothing here runs what it may have loaded
     detector = Detector(cfg, *build_models(cfg, runtime))
     if device == "cpu":
         # Not a daemon: ONNX Runtime aborts the process ("terminate called without an active
@@ -90,15 +94,20 @@ def _large_passes(threads: int, streams: int):
     """engine.runtime auto on the CPU: CenterFace's adapter asks this for OpenVINO sessions for its
     large passes (engine.runtimes.ov_passes); None where OpenVINO is missing or not faster here."""
     def make(model_path, graph):
-        from engine.runtimes.openvino import large_passes_chosen
-
-        if not large_passes_chosen(threads, model_path):
-            return None
-        from engine.runtimes.ov_passes import LargePasses
         try:
+            from engine.runtimes.openvino import large_passes_chosen
+
+            if not large_passes_chosen(threads, model_path):
+                from engine import ov_prefetch
+
+                ov_prefetch.release()
+                return None
+            from engine.runtimes.ov_passes import LargePasses
+
             return LargePasses(graph, threads=threads, streams=streams)
-        except (ImportError, RuntimeError, OSError) as exc:
-            LOG.warning("OpenVINO could not start (%s): ONNX Runtime runs CenterFace's large passes", exc)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO is an optimisation: ONNX Runtime runs it all
+            LOG.warning("OpenVINO could not start (%s: %s): ONNX Runtime runs CenterFace's large passes",
+                        type(exc).__name__, exc)
             return None
     return make
 
