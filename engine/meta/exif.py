@@ -10,7 +10,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from lxml import etree
 
 __all__ = ["ExifData", "read_exif", "parse_xml", "decode_xml", "redact_image_properties", "XmlNode"]
 
@@ -118,6 +117,13 @@ def read_exif(tiff: Optional[bytes]) -> ExifData:
     return out
 
 
+def _etree():
+    """lxml's etree, imported when an image has vendor XML (a run's start does not pay for it)."""
+    from lxml import etree
+
+    return etree
+
+
 class XmlNode:
     """Read-only access to parsed vendor XML by child path: node["GnssInfo/Latitude"] -> text."""
 
@@ -126,14 +132,14 @@ class XmlNode:
 
     @property
     def tag(self) -> str:
-        return etree.QName(self.el).localname
+        return _etree().QName(self.el).localname
 
     def get(self, path: str, default: Any = None) -> Any:
         el = self.el
         for part in path.split("/"):
             found = None
             for child in el:
-                if isinstance(child.tag, str) and etree.QName(child).localname == part:
+                if isinstance(child.tag, str) and _etree().QName(child).localname == part:
                     found = child
                     break
             if found is None:
@@ -152,6 +158,7 @@ def parse_xml(text: Optional[str]) -> Optional[XmlNode]:
     """XML text -> XmlNode, or None with a warning logged for malformed XML (never raises)."""
     if not text:
         return None
+    etree = _etree()
     try:
         parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
         root = etree.fromstring(text.encode("utf-8"), parser=parser)
