@@ -1,15 +1,16 @@
 """A head start for OpenVINO in the `run` command (engine.runtimes.ov_passes).
 
-Loading CenterFace's compiled large pass takes ~0.1 s (~0.2 s with both cores busy), and the
-first image's coarse pass would wait for it. The start of a run (imports, configuration, the
-sessions) keeps one core busy for ~0.2 s and leaves the other idle: so `engine.cli` calls
-`start()` first thing, and a thread loads the large pass that the last run of the same command
-compiled, on that idle core. "The same command" (`command_key`) is the command line without its
-folders, with the configuration file by content: a benchmark that alternates two settings
-through fresh temporary files finds each one's model. Without such a run, the last run's
-record is used. ov_passes records what it compiles (`record_file()`) and `take`s the loaded
-model when it is the same file compiled with the same settings, and compiles its own otherwise.
-The thread only reads what this cache holds; the run is the same with or without it.
+Loading CenterFace's compiled model from OpenVINO's cache takes ~60 ms (more with both cores
+busy), and the first image's coarse pass would wait for it. The start of a run (imports,
+configuration, the sessions) keeps one core busy for ~0.2 s and leaves the other idle: so
+`engine.cli` calls `start()` first thing, and a thread loads the model and settings the last
+run of the same command used, on that idle core. "The same command" (`command_key`) is the
+command line without its folders, with the configuration file by content: a benchmark that
+alternates two settings through fresh temporary files finds each one's model. Without such a
+run, the last record is used (`sladd models fetch` makes one). ov_passes records what it loads
+(`record_file()`) and `take`s the loaded model when it is the same file with the same settings,
+and loads its own otherwise. The thread only reads what this cache holds; the run is the same
+with or without it.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ __all__ = ["start", "wait", "take", "release", "record_file", "read_record", "re
            "numpy_interface"]
 
 _THREAD: list[threading.Thread] = []
-_LOADED: list = []                   # (xml, config, compiled model)
+_LOADED: list = []                   # (model file, config, compiled model)
 _KEY: list[str] = []                 # this process's command_key, once start() ran
 _REMEMBERED: list[str] = []          # what this process recorded
 _FOLDERS = {"-i", "--input", "-o", "--output", "-a", "--archive", "-l", "--log-dir"}
@@ -62,7 +63,7 @@ def command_key(argv: list[str]) -> str:
 
 
 def read_record() -> dict:
-    """{"runs": {command key: {"xml", "config"}}, "last": key}; {} where there is none."""
+    """{"runs": {command key: {"model", "config"}}, "last": key}; {} where there is none."""
     try:
         rec = json.loads(record_file().read_text())
     except (OSError, ValueError):
@@ -78,20 +79,19 @@ def _entry(rec: dict) -> dict:
 
 
 def recorded() -> dict:
-    """The entry for this process's command ({"xml", "config"}), else the last run's, else {}."""
+    """The entry for this process's command ({"model", "config"}), else the last run's, else {}."""
     return _entry(read_record())
 
 
-def remember(xml: str, config: dict) -> None:
-    """Record that this command compiled `xml` with `config` (atomic; best effort). Only the
-    first large pass a process compiles: the first image's coarse pass, not a 360° run's later,
-    rarer shapes."""
+def remember(model: str, config: dict) -> None:
+    """Record that this command compiled `model` (a graph file) with `config` (atomic; best
+    effort; once per process)."""
     if _REMEMBERED:
         return
-    _REMEMBERED.append(xml)
+    _REMEMBERED.append(model)
     rec = read_record()
     key = _KEY[0] if _KEY else "-"
-    entry = {"xml": xml, "config": config}
+    entry = {"model": model, "config": config}
     if rec.get("runs", {}).get(key) == entry and rec.get("last") == key:
         return
     runs = {k: v for k, v in rec.get("runs", {}).items() if k != key}
@@ -108,7 +108,7 @@ def remember(xml: str, config: dict) -> None:
 
 
 def start() -> None:
-    """Load, in a background thread, the large pass recorded for this command (nothing where
+    """Load, in a background thread, the compiled model recorded for this command (nothing where
     there is none, or `SLADD_OPENVINO_PREFETCH=0`)."""
     if _THREAD or os.environ.get("SLADD_OPENVINO_PREFETCH", "1") == "0":
         return
@@ -116,10 +116,10 @@ def start() -> None:
         _KEY.append(command_key(sys.argv[1:]))
     try:
         rec = recorded()
-        xml, config = str(rec["xml"]), dict(rec["config"])
+        model, config = str(rec["model"]), dict(rec["config"])
     except (KeyError, TypeError, ValueError):
         return
-    if not os.path.isfile(xml):
+    if not os.path.isfile(model):
         return
     # Imported here, not in the thread: an import is Python under the GIL, and one in a thread
     # beside this one's imports took 0.35 s instead of 25 ms (each waits out the other's
@@ -135,8 +135,8 @@ def start() -> None:
 
     def load():
         try:
-            core.set_property({"CACHE_DIR": os.path.dirname(xml)})
-            _LOADED.append((xml, config, core.compile_model(xml, "CPU", config)))
+            core.set_property({"CACHE_DIR": str(record_file().parent)})
+            _LOADED.append((model, config, core.compile_model(model, "CPU", config)))
         except Exception:  # noqa: BLE001 - only the head start is lost: the run compiles what it needs
             pass
 
@@ -161,12 +161,12 @@ def wait() -> None:
         _THREAD[0].join()
 
 
-def take(xml: str, config: dict) -> Optional[object]:
-    """The prefetched compiled model if it is `xml` compiled with `config` (handed out once),
+def take(model: str, config: dict) -> Optional[object]:
+    """The prefetched compiled model if it is `model` compiled with `config` (handed out once),
     else None."""
     wait()
     for k, (x, c, compiled) in enumerate(_LOADED):
-        if x == xml and c == config:
+        if x == model and c == config:
             del _LOADED[k]
             return compiled
     return None

@@ -49,8 +49,8 @@ def test_large_pass_finds_what_onnxruntime_finds(ov_cache, portrait, monkeypatch
     assert np.abs(np.sort(a.boxes, 0) - np.sort(b.boxes, 0)).max() < 2.0
     # The compiled shape is kept (IR beside OpenVINO's cache) and recorded for the next start.
     rec = ov_prefetch.recorded()
-    assert rec["xml"].endswith(f".{h}x{w}.xml") and Path(rec["xml"]).is_file() and rec["config"] == large.config
-    assert any(p.suffix == ".blob" for p in ov_cache.iterdir())
+    assert rec == {"model": str(dynamic_graph_path(Path(path))), "config": large.config}
+    assert any(p.suffix == ".blob" for p in ov_cache.iterdir())          # OpenVINO's compiled form
 
 
 def test_only_large_candidate_passes_go_to_openvino(portrait):
@@ -128,7 +128,7 @@ def test_the_last_compiled_pass_is_loaded_ahead_and_taken_only_when_it_matches(o
     monkeypatch.setattr(ov_prefetch, "_LOADED", [])
     ov_prefetch.start()
     assert [t.name for t in ov_prefetch._THREAD] == ["sladd-openvino-prefetch"]
-    assert ov_prefetch.take(rec["xml"], {**rec["config"], "NUM_STREAMS": 3}) is None
+    assert ov_prefetch.take(rec["model"], {**rec["config"], "NUM_STREAMS": 3}) is None
     assert not ov_prefetch._THREAD[0].is_alive() and len(ov_prefetch._LOADED) == 1
     compiled = ov_prefetch._LOADED[0][2]
     # A new LargePasses of the same file and settings takes it instead of compiling; it is
@@ -136,8 +136,8 @@ def test_the_last_compiled_pass_is_loaded_ahead_and_taken_only_when_it_matches(o
     again = LargePasses(dynamic_graph_path(Path(path)), threads=1, streams=2)
     monkeypatch.setattr(again.core, "compile_model", lambda *a, **k: pytest.fail("compiled again"))
     again.warm()
-    assert again._compiled[(256, 320)].result() is compiled
-    assert ov_prefetch._LOADED == [] and ov_prefetch.take(rec["xml"], rec["config"]) is None
+    assert again._compiled.result() is compiled
+    assert ov_prefetch._LOADED == [] and ov_prefetch.take(rec["model"], rec["config"]) is None
     # What is not taken is dropped once the models are built.
     monkeypatch.setattr(ov_prefetch, "_THREAD", [])
     ov_prefetch.start()
@@ -175,7 +175,7 @@ def test_detect_threads_share_one_compiled_model_with_a_request_each(ov_cache):
     assert not errors and len(got) == 2
     assert got[0][0] is not got[1][0]                                   # a request per thread
     assert np.array_equal(got[0][1], got[1][1])
-    assert len(large._compiled) == 1
+    assert large._compiled.result() is not None
 
 
 def test_each_command_finds_its_own_record(monkeypatch, tmp_path):
@@ -194,29 +194,35 @@ def test_each_command_finds_its_own_record(monkeypatch, tmp_path):
         key(["run", "--input=in2", "-o", "out2", "-l", "logs", "--config", str(a2), "-q"])
     assert key(["run", "-i", "in", "-o", "out", "-k", str(a1)]) != key(["run", "-i", "in", "-o", "out", "-k", str(b)])
     assert key(["run", "-i", "in", "-o", "out"]) != key(["run", "-i", "in", "-o", "out", "--profile", "360"])
-    for k, xml in (("A", "a.xml"), ("B", "b.xml")):
+    for k, xml in (("A", "a.onnx"), ("B", "b.onnx")):
         monkeypatch.setattr(ov_prefetch, "_KEY", [k])
         monkeypatch.setattr(ov_prefetch, "_REMEMBERED", [])
         ov_prefetch.remember(xml, {"NUM_STREAMS": 2})
-        ov_prefetch.remember("later.xml", {"NUM_STREAMS": 2})            # only a process's first
+        ov_prefetch.remember("later.onnx", {"NUM_STREAMS": 2})            # only a process's first
     monkeypatch.setattr(ov_prefetch, "_KEY", ["A"])
-    assert ov_prefetch.recorded() == {"xml": "a.xml", "config": {"NUM_STREAMS": 2}}
+    assert ov_prefetch.recorded() == {"model": "a.onnx", "config": {"NUM_STREAMS": 2}}
     monkeypatch.setattr(ov_prefetch, "_KEY", ["C"])
-    assert ov_prefetch.recorded()["xml"] == "b.xml"                     # the last run's
+    assert ov_prefetch.recorded()["model"] == "b.onnx"                   # the last run's
 
 
-def test_compiled_shapes_are_bounded(ov_cache, monkeypatch):
-    """A service sees many frame sizes: only the MAX_SHAPES most recently used stay compiled."""
+def test_one_compiled_model_serves_every_size(ov_cache):
+    """No compilation per frame size: the same request runs 1x3x64x96 and 1x3x96x64, each with
+    the outputs ONNX Runtime gives for that size."""
     pytest.importorskip("openvino")
-    import engine.runtimes.ov_passes as op
+    from engine.runtimes.ov_passes import LargePasses
 
-    monkeypatch.setattr(op, "MAX_SHAPES", 2)
-    large = op.LargePasses(dynamic_graph_path(Path(resolve_model(load_card("centerface")))), threads=1, streams=1)
-    for shape in ((64, 96), (96, 64), (64, 96), (128, 64)):
-        assert large.session(*shape) is not None
-    assert list(large._compiled) == [(64, 96), (128, 64)]
-    assert set(large._tls.requests) == {(64, 96), (128, 64)}
-
+    path = resolve_model(load_card("centerface"))
+    runtime = create_runtime("onnxruntime", device="cpu", threads=1)
+    adapter = create_adapter(load_card("centerface"), path, runtime)
+    large = LargePasses(dynamic_graph_path(Path(path)), threads=1, streams=1)
+    rng = np.random.default_rng(3)
+    first = large.session(64, 96)
+    for h, w in ((64, 96), (96, 64), (160, 128)):
+        x = (rng.random((1, 3, h, w)) * 255).astype(np.float32)
+        assert large.session(h, w) is first
+        ours, theirs = first.run(None, {"input.1": x}), adapter._any_size.run(None, {"input.1": x})
+        assert ours[0].shape == theirs[0].shape == (1, 1, h // 4, w // 4)
+        assert np.abs(ours[0] - theirs[0]).max() < 0.02
 
 def test_openvino_failures_fall_back_to_onnx_runtime(ov_cache, monkeypatch, portrait):
     """OpenVINO is an optimisation: a shape it cannot compile runs on ONNX Runtime with the same

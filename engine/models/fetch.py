@@ -261,14 +261,26 @@ def _prepare_for_runs(card, path: Path) -> None:
             if f is not None and (f == path or int8_record_ok(path, f)):
                 create_adapter(card, f, runtime)
                 if card.family == "centerface":
-                    # engine.runtime auto's timing of OpenVINO for the large passes, with the
-                    # inference threads a run on this machine takes (engine.worker.build).
-                    from engine.runtimes.openvino import large_passes_chosen
-
-                    cores = os.cpu_count() or 2
-                    large_passes_chosen(max(1, cores // (2 if cores >= 2 else 1)), f)
+                    _prepare_openvino(f)
     except Exception as exc:  # noqa: BLE001 - the model is installed; only the head start is lost
         LOG.warning("model %s: could not prepare its run-time copies (%s)", card.name, exc)
+
+
+def _prepare_openvino(model: Path) -> None:
+    """engine.runtime auto's timing of OpenVINO for CenterFace's large passes, with the detect
+    and inference threads a run on this machine takes (engine.worker.build); where OpenVINO is
+    chosen, its compiled model goes into OpenVINO's cache and is recorded, so that the first run
+    loads it (engine.ov_prefetch) instead of compiling it."""
+    from engine.models.centerface import dynamic_graph_path
+    from engine.runtimes.openvino import large_passes_chosen
+
+    cores = os.cpu_count() or 2
+    streams = 2 if cores >= 2 else 1
+    threads = max(1, cores // streams)
+    if large_passes_chosen(threads, model):
+        from engine.runtimes.ov_passes import LargePasses
+
+        LargePasses(dynamic_graph_path(model), threads=threads, streams=streams).session(0, 0)
 
 
 def _fetch(name: str, *, allow_pip: bool = True) -> Path:
