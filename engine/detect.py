@@ -126,8 +126,8 @@ class Detector:
 
         for slot in self.slots:
             if hasattr(slot.adapter, "warm_large"):
-                # OpenVINO's compiled model for the last run's frame size, on the core the start
-                # leaves idle (the first coarse pass waits for it, not for a compilation).
+                # OpenVINO's compiled model for the large passes, loaded beside ONNX Runtime's
+                # warm-up (the first coarse pass waits for it).
                 # Not a daemon: a runtime interrupted by the interpreter's exit mid-compilation aborts.
                 threading.Thread(target=quietly(slot.adapter.warm_large), name="sladd-warm-openvino").start()
         for slot in self.slots:

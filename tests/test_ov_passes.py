@@ -39,7 +39,7 @@ def test_large_pass_finds_what_onnxruntime_finds(ov_cache, portrait, monkeypatch
     h, w = view.shape[:2]
     large = LargePasses(dynamic_graph_path(Path(path)), threads=1, streams=1)
     blob = adapter.blob([view], h, w)
-    ours = large.session(h, w).run(None, {"input.1": blob})
+    ours = large.session().run(None, {"input.1": blob})
     theirs = adapter._any_size.run(None, {"input.1": blob})
     assert [o.shape for o in ours] == [o.shape for o in theirs]
     assert np.abs(ours[0] - theirs[0]).max() < 0.02                 # heatmap (0..1)
@@ -60,12 +60,18 @@ def test_only_large_candidate_passes_go_to_openvino(portrait):
     asked = []
 
     class Fake:
+        """Large passes that note the size of each input they are given, run by ONNX Runtime."""
+
         def __init__(self, inner):
             self.inner = inner
 
-        def session(self, h, w):
-            asked.append((h, w))
-            return self.inner
+        def session(self):
+            return self
+
+        def run(self, names, feed):
+            (blob,) = feed.values()
+            asked.append(tuple(blob.shape[2:]))
+            return self.inner.run(names, feed)
 
     runtime = create_runtime("onnxruntime", device="cpu", threads=1)
     runtime.large_passes = lambda model_path, graph: None
@@ -121,7 +127,7 @@ def test_the_last_compiled_pass_is_loaded_ahead_and_taken_only_when_it_matches(o
     monkeypatch.setattr(ov_prefetch, "_KEY", ["command A"])
     path = resolve_model(load_card("centerface"))
     large = LargePasses(dynamic_graph_path(Path(path)), threads=1, streams=2)
-    assert large.session(256, 320) is not None
+    assert large.session() is not None
     rec = ov_prefetch.recorded()
     assert ov_prefetch.read_record()["runs"]["command A"] == rec
     monkeypatch.setattr(ov_prefetch, "_THREAD", [])
@@ -163,7 +169,7 @@ def test_detect_threads_share_one_compiled_model_with_a_request_each(ov_cache):
 
     def work(k):
         try:
-            s = large.session(256, 320)
+            s = large.session()
             got[k] = (s, s.run(None, {"input.1": x})[0])
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
@@ -216,10 +222,10 @@ def test_one_compiled_model_serves_every_size(ov_cache):
     adapter = create_adapter(load_card("centerface"), path, runtime)
     large = LargePasses(dynamic_graph_path(Path(path)), threads=1, streams=1)
     rng = np.random.default_rng(3)
-    first = large.session(64, 96)
+    first = large.session()
     for h, w in ((64, 96), (96, 64), (160, 128)):
         x = (rng.random((1, 3, h, w)) * 255).astype(np.float32)
-        assert large.session(h, w) is first
+        assert large.session() is first
         ours, theirs = first.run(None, {"input.1": x}), adapter._any_size.run(None, {"input.1": x})
         assert ours[0].shape == theirs[0].shape == (1, 1, h // 4, w // 4)
         assert np.abs(ours[0] - theirs[0]).max() < 0.02
@@ -244,7 +250,7 @@ def test_openvino_failures_fall_back_to_onnx_runtime(ov_cache, monkeypatch, port
     monkeypatch.setattr(large.core, "compile_model", broken)
     adapter._large = large
     view = np.ascontiguousarray(np.asarray(portrait.resize((640, 544))))
-    assert large.session(544, 640) is None
+    assert large.session() is None
     ours = adapter.batch([view], 1.0, threshold=0.05)[0]
     adapter._large = None
     theirs = adapter.batch([view], 1.0, threshold=0.05)[0]
@@ -266,5 +272,5 @@ def test_a_cache_that_cannot_be_written_compiles_in_memory(tmp_path):
     blocker.write_text("")                               # mkdir below a file fails, even as root
     large = LargePasses(graph, threads=1, streams=1, cache=blocker / "openvino")
     assert large.cache is None
-    assert large.session(256, 320) is not None
+    assert large.session() is not None
     assert not (blocker.parent / "openvino").exists()

@@ -88,7 +88,7 @@ class CenterFaceAdapter(Adapter):
         return self.card.input.scale
 
     def warm_large(self) -> None:
-        """Compile the large-pass shape of the last run (background, at the run's start)."""
+        """Load OpenVINO's compiled model for the large passes (background, at the run's start)."""
         if self._large is not None:
             self._large.warm()
 
@@ -121,7 +121,7 @@ class CenterFaceAdapter(Adapter):
         blob = self.blob(views, ih, iw)
         sess = None
         if self._large is not None and threshold is not None and len(views) == 1 and ih * iw >= MIN_PIXELS:
-            sess = self._large.session(ih, iw)              # None: OpenVINO cannot run this shape
+            sess = self._large.session()                    # None: OpenVINO cannot run the model
         if sess is None:
             sess = self._session(ih, iw, len(views))
         heat, scale, offset, _ = sess.run(None, {self._input: blob})

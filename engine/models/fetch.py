@@ -273,14 +273,13 @@ def _prepare_openvino(model: Path) -> None:
     loads it (engine.ov_prefetch) instead of compiling it."""
     from engine.models.centerface import dynamic_graph_path
     from engine.runtimes.openvino import large_passes_chosen
+    from engine.worker.build import cpu_threads
 
-    cores = os.cpu_count() or 2
-    streams = 2 if cores >= 2 else 1
-    threads = max(1, cores // streams)
+    streams, threads = cpu_threads(os.cpu_count() or 2)
     if large_passes_chosen(threads, model):
         from engine.runtimes.ov_passes import LargePasses
 
-        LargePasses(dynamic_graph_path(model), threads=threads, streams=streams).session(0, 0)
+        LargePasses(dynamic_graph_path(model), threads=threads, streams=streams).session()
 
 
 def _fetch(name: str, *, allow_pip: bool = True) -> Path:

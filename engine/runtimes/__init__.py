@@ -4,8 +4,8 @@
 `onnxruntime`: ONNX Runtime's CPU provider, or on device "cuda" its CUDA provider with
 CuPy-bound inputs (engine.runtimes.cuda). `tensorrt`: TensorRT plans built and cached per GPU
 (engine.runtimes.tensorrt, engine.runtimes.trt_plan), imported only when created. `openvino`:
-Intel's CPU runtime (engine.runtimes.openvino; its `faster_cpu_runtime` times it against ONNX
-Runtime at start-up), imported only when created. Every runtime
+Intel's CPU runtime (engine.runtimes.openvino), imported only when created; with `auto` on the
+CPU, CenterFace's large passes may run on it (engine.runtimes.ov_passes). Every runtime
 takes `device`, `threads`, `precision`, `cache`, `calibration_images` and `max_batch`.
 """
 from __future__ import annotations

@@ -8,51 +8,16 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import numpy as np
 
+from engine.runtimes.ov_import import Session as _Session
 from engine.runtimes.ov_import import openvino_module as _openvino
 
 __all__ = ["OpenVinoRuntime", "time_large_pass", "large_passes_chosen"]
 
 LOG = logging.getLogger("sladd")
-
-
-class _Arg(NamedTuple):
-    """An input or output as ONNX Runtime describes it: name and shape (a str for a free dim)."""
-
-    name: str
-    shape: list
-
-
-def _args(ports) -> list[_Arg]:
-    out = []
-    for p in ports:
-        dims = [d.get_length() if d.is_static else f"d{k}" for k, d in enumerate(p.get_partial_shape())]
-        out.append(_Arg(p.get_any_name(), dims))
-    return out
-
-
-class _Session:
-    """A compiled model with ONNX Runtime's session calls. Not thread-safe (one infer request):
-    one per detector worker, as the adapters hold them."""
-
-    def __init__(self, compiled):
-        self._compiled = compiled
-        self._request = compiled.create_infer_request()
-        self._inputs, self._outputs = _args(compiled.inputs), _args(compiled.outputs)
-
-    def get_inputs(self) -> list[_Arg]:
-        return self._inputs
-
-    def get_outputs(self) -> list[_Arg]:
-        return self._outputs
-
-    def run(self, names, feed: dict) -> list[np.ndarray]:
-        res = self._request.infer({k: np.ascontiguousarray(v) for k, v in feed.items()})
-        by_name = {o.get_any_name(): res[o] for o in self._compiled.outputs}
-        return [np.array(by_name[n]) for n in (names or [o.name for o in self._outputs])]
 
 
 class OpenVinoRuntime:
@@ -111,11 +76,11 @@ def time_large_pass(threads: Optional[int], model: Path, size_hw=(1024, 1248)) -
     feed = np.random.default_rng(0).random((1, 3, *size_hw), np.float32) * 255
     s = OrtRuntime(threads=threads).session(graph, family="centerface")
     ms = {"onnxruntime": round(_median_ms(s, {s.get_inputs()[0].name: feed}, runs=3), 2)}
-    ov = _openvino()
-    m = ov.Core().read_model(str(graph))
+    core = _openvino().Core()
+    m = core.read_model(str(graph))
     m.reshape([1, 3, *size_hw])
     cfg = {"INFERENCE_NUM_THREADS": threads or os.cpu_count() or 1, "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
-    s = _Session(ov.Core().compile_model(m, "CPU", cfg))
+    s = _Session(core.compile_model(m, "CPU", cfg))
     ms["openvino"] = round(_median_ms(s, {s.get_inputs()[0].name: feed}, runs=3), 2)
     return ("openvino" if ms["openvino"] < 0.9 * ms["onnxruntime"] else "onnxruntime"), ms
 

@@ -1,10 +1,14 @@
-"""Importing OpenVINO for sladd's use (engine.runtimes.openvino, ov_passes, engine.ov_prefetch):
-standard library only, so that every OpenVINO module can use it."""
+"""Importing OpenVINO for sladd's use, and its compiled models behind ONNX Runtime's session calls
+(engine.runtimes.openvino, ov_passes, engine.ov_prefetch): no other sladd module imported, so
+that every OpenVINO module can use it."""
 from __future__ import annotations
 
 import sys
+from typing import NamedTuple
 
-__all__ = ["openvino_module"]
+import numpy as np
+
+__all__ = ["openvino_module", "Session"]
 
 
 def openvino_module():
@@ -31,3 +35,43 @@ def openvino_module():
         except ImportError as exc:
             raise ImportError("engine.runtime openvino needs OpenVINO: pip install 'sladd[cpu]'") from exc
     return ov
+
+
+class _Arg(NamedTuple):
+    """An input or output as ONNX Runtime describes it: name and shape (a str for a free dim)."""
+
+    name: str
+    shape: list
+
+
+def _args(ports) -> list[_Arg]:
+    out = []
+    for p in ports:
+        dims = [d.get_length() if d.is_static else f"d{k}" for k, d in enumerate(p.get_partial_shape())]
+        out.append(_Arg(p.get_any_name(), dims))
+    return out
+
+
+class Session:
+    """A compiled model with ONNX Runtime's session calls (`get_inputs()`, `get_outputs()`,
+    `run(names, feed)`). Not thread-safe (one infer request): one per thread."""
+
+    def __init__(self, compiled):
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
+        self._inputs, self._outputs = _args(compiled.inputs), _args(compiled.outputs)
+
+    def get_inputs(self) -> list[_Arg]:
+        return self._inputs
+
+    def get_outputs(self) -> list[_Arg]:
+        return self._outputs
+
+    def run(self, names, feed: dict) -> list[np.ndarray]:
+        # share_inputs: the request reads the caller's arrays (a 15 MB blob is not copied); they
+        # are held in `inputs` until infer returns. The outputs are copied: the request reuses
+        # its buffers in its next call.
+        inputs = {k: np.ascontiguousarray(v) for k, v in feed.items()}
+        res = self._request.infer(inputs, share_inputs=True)
+        by_name = {o.get_any_name(): res[o] for o in self._compiled.outputs}
+        return [np.array(by_name[n]) for n in (names or [o.name for o in self._outputs])]

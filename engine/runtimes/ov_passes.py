@@ -39,26 +39,8 @@ def default_config(threads: int, streams: int) -> dict:
             "INFERENCE_PRECISION_HINT": "f32"}        # fp32 where the INT8 graph is not quantised
 
 
-class _Request:
-    """One thread's infer request on the compiled model, with the session call the adapters use."""
-
-    def __init__(self, compiled):
-        self._request = compiled.create_infer_request()
-        self._outputs = list(compiled.outputs)
-
-    def run(self, names, feed: dict):
-        if names is not None:
-            raise ValueError("large passes return every output")
-        (blob,) = feed.values()
-        # share_inputs: the request reads the caller's array (made for this call) instead of
-        # copying its 15 MB; it is not touched until infer returns.
-        res = self._request.infer(blob, share_inputs=True)
-        # Copies: the request's output buffers are reused by its next call.
-        return [res[o].copy() for o in self._outputs]
-
-
 class LargePasses:
-    """OpenVINO sessions for one model file's large inputs: `session(h, w)`, or None where
+    """OpenVINO sessions for one model file's large inputs: `session()`, or None where
     OpenVINO cannot run the model (the caller then uses ONNX Runtime). `graph`: the model with a
     free input size (engine.models.centerface.dynamic_graph_path); `streams`: the detect threads;
     `threads`: inference threads of each."""
@@ -86,15 +68,18 @@ class LargePasses:
         self._compiled: Optional[Future] = None
         self._tls = threading.local()
 
-    def session(self, h: int, w: int) -> Optional[_Request]:
-        """The calling thread's request (any size), or None where OpenVINO cannot run the model."""
+    def session(self):
+        """The calling thread's session (one infer request; every input size), or None where
+        OpenVINO cannot run the model."""
         compiled = self._load().result()
         if compiled is None:
             return None
-        req = getattr(self._tls, "request", None)
-        if req is None:
-            req = self._tls.request = _Request(compiled)
-        return req
+        sess = getattr(self._tls, "session", None)
+        if sess is None:
+            from engine.runtimes.ov_import import Session
+
+            sess = self._tls.session = Session(compiled)
+        return sess
 
     def warm(self) -> None:
         """Load the compiled model in the background at the run's start (taking what

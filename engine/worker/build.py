@@ -41,7 +41,7 @@ def build_worker(cfg: Config, tree, *, config_file: Optional[Path] = None, db: b
     encoder_name = choose_encoder(cfg.output.encoder, device, components)
     create_encoder(encoder_name, device)          # fails here, not once per image, if it cannot start
     cores = threads or os.cpu_count() or 2
-    detectors = cfg.engine.detectors or (2 if device == "cpu" and cores >= 2 else 1)
+    detectors = cfg.engine.detectors or (cpu_threads(cores)[0] if device == "cpu" else 1)
     if cfg.engine.detectors is None:
         cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"detectors": detectors})})
     inference_threads = cfg.engine.inference_threads or (max(1, cores // detectors) if device == "cpu" else threads)
@@ -88,6 +88,12 @@ def build_worker(cfg: Config, tree, *, config_file: Optional[Path] = None, db: b
     gc.freeze()
     gc.enable()                           # `sladd run` turns it off while it starts (engine.cli)
     return worker, cfg
+
+
+def cpu_threads(cores: int) -> tuple[int, int]:
+    """(detect threads, inference threads of each) that a CPU run takes by default on `cores`."""
+    detectors = 2 if cores >= 2 else 1
+    return detectors, max(1, cores // detectors)
 
 
 def _large_passes(threads: int, streams: int):
