@@ -7,10 +7,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import smtplib
 import socket
-import ssl
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Optional
 
@@ -44,6 +41,10 @@ class Notifier:
     def send(self, subject: str, message: str) -> bool:
         if not self.enabled:
             return False
+        import smtplib                   # here, not at import: mail, TLS and MIME cost every run's start ~8 ms
+        import ssl
+        from email.message import EmailMessage
+
         msg = EmailMessage()
         msg["Subject"] = f"{SUBJECT_PREFIX} {socket.gethostname()} : {subject}"
         msg["From"] = self.spec.from_address

@@ -11,6 +11,13 @@ run, the last record is used (`sladd models fetch` makes one). ov_passes records
 (`record_file()`) and `take`s the loaded model when it is the same file with the same settings,
 and loads its own otherwise. The thread only reads what this cache holds; the run is the same
 with or without it.
+
+The thread also makes the infer requests the detect threads will use (one per stream: a request
+made while another inference of the model runs waits for it, ~0.1 s at a run's start) and, where
+the record holds the input shape of the command's first large pass, runs one inference of zeros
+at that shape: OpenVINO prepares its kernels for each new input shape in the first inference at
+that shape (~60 ms for 1248x1024, measured; shared by the requests). Done on the idle core, the
+first images' passes start prepared.
 """
 from __future__ import annotations
 
@@ -28,9 +35,9 @@ __all__ = ["start", "wait", "take", "release", "record_file", "read_record", "re
            "numpy_interface"]
 
 _THREAD: list[threading.Thread] = []
-_LOADED: list = []                   # (model file, config, compiled model)
+_LOADED: list = []                   # (model file, config, compiled model, infer requests)
 _KEY: list[str] = []                 # this process's command_key, once start() ran
-_REMEMBERED: list[str] = []          # what this process recorded
+_REMEMBERED: list[tuple] = []        # what this process recorded: (model, shape or None)
 _FOLDERS = {"-i", "--input", "-o", "--output", "-a", "--archive", "-l", "--log-dir"}
 _CONFIG = {"-k", "--config"}
 KEPT = 16                            # commands remembered
@@ -63,7 +70,7 @@ def command_key(argv: list[str]) -> str:
 
 
 def read_record() -> dict:
-    """{"runs": {command key: {"model", "config"}}, "last": key}; {} where there is none."""
+    """{"runs": {command key: {"model", "config"[, "shape"]}}, "last": key}; {} where there is none."""
     try:
         rec = json.loads(record_file().read_text())
     except (OSError, ValueError):
@@ -79,20 +86,27 @@ def _entry(rec: dict) -> dict:
 
 
 def recorded() -> dict:
-    """The entry for this process's command ({"model", "config"}), else the last run's, else {}."""
+    """The entry for this process's command ({"model", "config"[, "shape"]}), else the last
+    run's, else {}."""
     return _entry(read_record())
 
 
-def remember(model: str, config: dict) -> None:
-    """Record that this command compiled `model` (a graph file) with `config` (atomic; best
-    effort; once per process)."""
-    if _REMEMBERED:
+def remember(model: str, config: dict, shape: Optional[tuple] = None) -> None:
+    """Record that this command compiled `model` (a graph file) with `config`, and with `shape`
+    the input shape of its first large pass (atomic; best effort). A process records its first
+    model, and once more the first shape it runs it at."""
+    if _REMEMBERED and (shape is None or _REMEMBERED[0][0] != model or any(s for _, s in _REMEMBERED)):
         return
-    _REMEMBERED.append(model)
+    _REMEMBERED.append((model, shape))
     rec = read_record()
     key = _KEY[0] if _KEY else "-"
+    old = rec.get("runs", {}).get(key) or {}
     entry = {"model": model, "config": config}
-    if rec.get("runs", {}).get(key) == entry and rec.get("last") == key:
+    if shape is not None:
+        entry["shape"] = [int(d) for d in shape]
+    elif {k: old.get(k) for k in entry} == entry and "shape" in old:
+        entry["shape"] = old["shape"]                  # the shape stays until a pass runs another
+    if old == entry and rec.get("last") == key:
         return
     runs = {k: v for k, v in rec.get("runs", {}).items() if k != key}
     runs[key] = entry
@@ -116,7 +130,7 @@ def start() -> None:
         _KEY.append(command_key(sys.argv[1:]))
     try:
         rec = recorded()
-        model, config = str(rec["model"]), dict(rec["config"])
+        model, config, shape = str(rec["model"]), dict(rec["config"]), rec.get("shape")
     except (KeyError, TypeError, ValueError):
         return
     if not os.path.isfile(model):
@@ -125,6 +139,8 @@ def start() -> None:
     # beside this one's imports took 0.35 s instead of 25 ms (each waits out the other's
     # switch interval). The loading itself runs in C++ without the GIL.
     try:
+        import numpy as np
+
         from engine.runtimes.ov_import import openvino_module as _openvino
 
         ov = _openvino()
@@ -136,9 +152,17 @@ def start() -> None:
     def load():
         try:
             core.set_property({"CACHE_DIR": str(record_file().parent)})
-            _LOADED.append((model, config, core.compile_model(model, "CPU", config)))
+            compiled = core.compile_model(model, "CPU", config)
         except Exception:  # noqa: BLE001 - only the head start is lost: the run compiles what it needs
+            return
+        requests = []
+        try:
+            requests = [compiled.create_infer_request() for _ in range(min(8, max(1, int(config["NUM_STREAMS"]))))]
+            if _shape_ok(shape):
+                requests[0].infer({0: np.zeros(shape, np.float32)}, share_inputs=True)
+        except Exception:  # noqa: BLE001 - the run makes its own requests
             pass
+        _LOADED.append((model, config, compiled, requests))
 
     # Not a daemon: OpenVINO interrupted mid-compilation by the interpreter's exit aborts the process.
     _THREAD.append(threading.Thread(target=load, name="sladd-openvino-prefetch"))
@@ -161,14 +185,20 @@ def wait() -> None:
         _THREAD[0].join()
 
 
-def take(model: str, config: dict) -> Optional[object]:
-    """The prefetched compiled model if it is `model` compiled with `config` (handed out once),
-    else None."""
+def _shape_ok(shape) -> bool:
+    """A recorded input shape worth a warm-up inference: (1, 3, h, w), at most 32 MP."""
+    return (isinstance(shape, list) and len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape)
+            and shape[:2] == [1, 3] and shape[2] * shape[3] <= 32 << 20)
+
+
+def take(model: str, config: dict) -> Optional[tuple]:
+    """(compiled model, its infer requests) prefetched if it is `model` compiled with `config`
+    (handed out once), else None."""
     wait()
-    for k, (x, c, compiled) in enumerate(_LOADED):
+    for k, (x, c, compiled, requests) in enumerate(_LOADED):
         if x == model and c == config:
             del _LOADED[k]
-            return compiled
+            return compiled, requests
     return None
 
 

@@ -47,9 +47,11 @@ def test_large_pass_finds_what_onnxruntime_finds(ov_cache, portrait, monkeypatch
     b = adapter.decode(*theirs[:3], (h, w), 0.2)
     assert len(a.boxes) == len(b.boxes) >= 4                           # the four tiled portraits
     assert np.abs(np.sort(a.boxes, 0) - np.sort(b.boxes, 0)).max() < 2.0
-    # The compiled shape is kept (IR beside OpenVINO's cache) and recorded for the next start.
+    # The compiled model is kept in OpenVINO's cache and recorded for the next start, with the
+    # input shape of the first pass (warmed up ahead there).
     rec = ov_prefetch.recorded()
-    assert rec == {"model": str(dynamic_graph_path(Path(path))), "config": large.config}
+    assert rec == {"model": str(dynamic_graph_path(Path(path))), "config": large.config,
+                   "shape": [1, 3, h, w]}
     assert any(p.suffix == ".blob" for p in ov_cache.iterdir())          # OpenVINO's compiled form
 
 
@@ -136,14 +138,27 @@ def test_the_last_compiled_pass_is_loaded_ahead_and_taken_only_when_it_matches(o
     assert [t.name for t in ov_prefetch._THREAD] == ["sladd-openvino-prefetch"]
     assert ov_prefetch.take(rec["model"], {**rec["config"], "NUM_STREAMS": 3}) is None
     assert not ov_prefetch._THREAD[0].is_alive() and len(ov_prefetch._LOADED) == 1
-    compiled = ov_prefetch._LOADED[0][2]
-    # A new LargePasses of the same file and settings takes it instead of compiling; it is
-    # handed out once.
+    _, _, compiled, requests = ov_prefetch._LOADED[0]
+    assert len(requests) == 2                                           # a request per stream
+    assert "shape" not in rec                                          # no pass ran: no warm-up
+    # A new LargePasses of the same file and settings takes it instead of compiling, and its
+    # detect threads take the requests made ahead; it is handed out once.
     again = LargePasses(dynamic_graph_path(Path(path)), threads=1, streams=2)
     monkeypatch.setattr(again.core, "compile_model", lambda *a, **k: pytest.fail("compiled again"))
     again.warm()
     assert again._compiled.result() is compiled
+    assert {id(s._request) for s in again._free} == {id(r) for r in requests}
     assert ov_prefetch._LOADED == [] and ov_prefetch.take(rec["model"], rec["config"]) is None
+    # Its first pass records the input shape; the next start runs one inference at that shape
+    # (OpenVINO prepares its kernels per shape in the first inference there).
+    x = np.zeros((1, 3, 96, 128), np.float32)
+    first = again.session().run(None, {"input.1": x})
+    assert ov_prefetch.read_record()["runs"]["command A"]["shape"] == [1, 3, 96, 128]
+    monkeypatch.setattr(ov_prefetch, "_THREAD", [])
+    ov_prefetch.start()
+    _, requests = ov_prefetch.take(rec["model"], rec["config"])
+    assert list(requests[0].get_input_tensor().shape) == [1, 3, 96, 128]
+    assert np.array_equal(requests[0].get_output_tensor(0).data, first[0])
     # What is not taken is dropped once the models are built.
     monkeypatch.setattr(ov_prefetch, "_THREAD", [])
     ov_prefetch.start()

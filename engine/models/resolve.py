@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Optional
 
@@ -136,6 +135,8 @@ def resolve_model(card: ModelCard, explicit: Optional[str] = None, *, allow_down
         LOG.info("model %s: downloading %s", card.name, card.url)
         with tempfile.TemporaryDirectory() as td:
             tmp = Path(td) / card.file
+            import urllib.request                  # here: its HTTP/TLS modules cost a run's start ~6 ms
+
             with urllib.request.urlopen(card.url, timeout=60) as resp, open(tmp, "wb") as fh:
                 shutil.copyfileobj(resp, fh)
             return _install(tmp, card, cached)

@@ -54,12 +54,15 @@ def _args(ports) -> list[_Arg]:
 
 class Session:
     """A compiled model with ONNX Runtime's session calls (`get_inputs()`, `get_outputs()`,
-    `run(names, feed)`). Not thread-safe (one infer request): one per thread."""
+    `run(names, feed)`). Not thread-safe (one infer request): one per thread. `request`: an infer
+    request made ahead (a new one waits for any inference of the compiled model under way);
+    `first_run`: called with the first input's shape before the first inference."""
 
-    def __init__(self, compiled):
+    def __init__(self, compiled, request=None, first_run=None):
         self._compiled = compiled
-        self._request = compiled.create_infer_request()
+        self._request = request if request is not None else compiled.create_infer_request()
         self._inputs, self._outputs = _args(compiled.inputs), _args(compiled.outputs)
+        self._first_run = first_run
 
     def get_inputs(self) -> list[_Arg]:
         return self._inputs
@@ -72,6 +75,9 @@ class Session:
         # are held in `inputs` until infer returns. The outputs are copied: the request reuses
         # its buffers in its next call.
         inputs = {k: np.ascontiguousarray(v) for k, v in feed.items()}
+        if self._first_run is not None:
+            first, self._first_run = self._first_run, None
+            first(next(iter(inputs.values())).shape)
         res = self._request.infer(inputs, share_inputs=True)
         by_name = {o.get_any_name(): res[o] for o in self._compiled.outputs}
         return [np.array(by_name[n]) for n in (names or [o.name for o in self._outputs])]

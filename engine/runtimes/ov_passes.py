@@ -66,6 +66,7 @@ class LargePasses:
         self.config = default_config(threads, streams)
         self._lock = threading.Lock()
         self._compiled: Optional[Future] = None
+        self._free: list = []                   # sessions made with the model, not yet a thread's
         self._tls = threading.local()
 
     def session(self):
@@ -76,10 +77,21 @@ class LargePasses:
             return None
         sess = getattr(self._tls, "session", None)
         if sess is None:
-            from engine.runtimes.ov_import import Session
+            with self._lock:
+                sess = self._free.pop() if self._free else None
+            if sess is None:                                # more threads than streams
+                from engine.runtimes.ov_import import Session
 
-            sess = self._tls.session = Session(compiled)
+                sess = Session(compiled, first_run=self._first_run)
+            self._tls.session = sess
         return sess
+
+    def _first_run(self, shape) -> None:
+        """Record the shape a session first runs (engine.ov_prefetch warms it up in the next run)."""
+        if self.cache is not None:
+            from engine import ov_prefetch
+
+            ov_prefetch.remember(str(self.graph), self.config, tuple(shape))
 
     def warm(self) -> None:
         """Load the compiled model in the background at the run's start (taking what
@@ -100,9 +112,16 @@ class LargePasses:
         from engine import ov_prefetch
 
         try:
-            compiled = ov_prefetch.take(str(self.graph), self.config)
-            if compiled is None:
-                compiled = self.core.compile_model(str(self.graph), "CPU", self.config)
+            from engine.runtimes.ov_import import Session
+
+            taken = ov_prefetch.take(str(self.graph), self.config)
+            compiled, requests = taken if taken is not None else (
+                self.core.compile_model(str(self.graph), "CPU", self.config), [])
+            # A request per stream made now: one made while another inference of the model runs
+            # waits for it (a detect thread's first pass held up ~0.1 s).
+            requests += [compiled.create_infer_request()
+                         for _ in range(int(self.config["NUM_STREAMS"]) - len(requests))]
+            self._free = [Session(compiled, r, first_run=self._first_run) for r in requests]
             fut.set_result(compiled)
         except Exception as exc:  # noqa: BLE001 - OpenVINO is an optimisation: ONNX Runtime runs it
             LOG.warning("OpenVINO cannot run %s (%s): ONNX Runtime runs its large passes", self.graph.name,
