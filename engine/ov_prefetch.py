@@ -149,6 +149,10 @@ def start() -> None:
     except Exception:  # noqa: BLE001 - no OpenVINO: nothing to load ahead
         return
 
+    prepared: list[bool] = []
+    imported = threading.Event()
+    argv = list(sys.argv[1:])
+
     def load():
         try:
             core.set_property({"CACHE_DIR": str(record_file().parent)})
@@ -159,14 +163,31 @@ def start() -> None:
         try:
             requests = [compiled.create_infer_request() for _ in range(min(8, max(1, int(config["NUM_STREAMS"]))))]
             if _shape_ok(shape):
-                requests[0].infer({0: np.zeros(shape, np.float32)}, share_inputs=True)
-        except Exception:  # noqa: BLE001 - the run makes its own requests
+                # The first image's own pass where it can be guessed (engine.first_pass), else zeros.
+                blob = None
+                if imported.wait(5.0) and prepared and prepared[0]:
+                    from engine import first_pass
+
+                    blob = first_pass.input_for(first_pass.first_image(argv), shape)
+                res = requests[0].infer({0: blob if blob is not None else np.zeros(shape, np.float32)},
+                                        share_inputs=True)
+                if blob is not None:
+                    first_pass.keep(blob, {o.get_any_name(): np.array(res[o]) for o in compiled.outputs})
+        except Exception:  # noqa: BLE001 - the run makes its own requests and passes
             pass
         _LOADED.append((model, config, compiled, requests))
 
     # Not a daemon: OpenVINO interrupted mid-compilation by the interpreter's exit aborts the process.
     _THREAD.append(threading.Thread(target=load, name="sladd-openvino-prefetch"))
     _THREAD[0].start()
+    try:
+        from engine import first_pass
+
+        prepared.append(first_pass.prepare())            # its imports here, while the model loads
+    except Exception:  # noqa: BLE001 - no first pass ahead
+        prepared.append(False)
+    finally:
+        imported.set()
 
 
 def numpy_interface(ov) -> None:

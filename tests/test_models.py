@@ -310,7 +310,6 @@ def test_host_fast_paths_give_the_same_values_without_opencv(monkeypatch):
     views = [rng.integers(0, 256, (45, 67, 3), dtype=np.uint8)]
     img = rng.integers(0, 256, (90, 134, 3), dtype=np.uint8)
     with_cv = cf.CenterFaceAdapter.blob(views, 64, 96), downscale_mean(img, 2), downscale_mean(img, 3)
-    monkeypatch.setattr(cf, "cv2_or_none", lambda: None)
     monkeypatch.setattr(rs, "cv2_or_none", lambda: None)
     without = cf.CenterFaceAdapter.blob(views, 64, 96), downscale_mean(img, 2), downscale_mean(img, 3)
     for a, b in zip(with_cv, without):

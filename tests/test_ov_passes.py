@@ -289,3 +289,84 @@ def test_a_cache_that_cannot_be_written_compiles_in_memory(tmp_path):
     assert large.cache is None
     assert large.session() is not None
     assert not (blocker.parent / "openvino").exists()
+
+
+def test_the_first_image_is_chosen_as_the_walk_lists_it(tmp_path, monkeypatch):
+    """engine.first_pass guesses the run's first image: the first JPEG name in sorted order
+    that is a regular file (no link, folder, preview, other type); nothing for a folder too
+    large to list ahead or no -i."""
+    from engine import first_pass
+
+    d = tmp_path / "in"
+    (d / "a_dir.jpg").mkdir(parents=True)
+    (d / "b_preview.jpg").write_bytes(b"x")
+    (d / "c.png").write_bytes(b"x")
+    (d / "e.JPG").write_bytes(b"x")
+    (d / "d.jpg").symlink_to(d / "e.JPG")
+    (d / "f.jpeg").write_bytes(b"x")
+    assert first_pass.first_image(["run", "-i", str(d), "-o", "out"]) == d / "e.JPG"
+    assert first_pass.first_image(["run", f"--input={d}"]) == d / "e.JPG"
+    assert first_pass.first_image(["run", "-o", "out"]) is None
+    monkeypatch.setattr(first_pass, "MAX_LISTED", 3)
+    assert first_pass.first_image(["run", "-i", str(d)]) is None
+
+
+def test_the_start_runs_the_first_images_pass_and_the_detector_takes_it(ov_cache, portrait, monkeypatch, tmp_path):
+    """The prefetch thread runs the first image's candidate pass at the recorded shape; the
+    CenterFace adapter's large pass over that image (decoded and shrunk as a run does) takes
+    those outputs instead of inferring, and they equal a fresh inference's (oracle: a new
+    request of the same compiled model); any other input runs normally."""
+    pytest.importorskip("openvino")
+    from engine import first_pass, ov_prefetch
+    from engine.codecs.turbo import TurboDecoder
+    from engine.runtimes.ov_passes import LargePasses
+    from engine.types import Job
+    from tests.conftest import jpeg_bytes, scene_with_faces
+
+    img, _ = scene_with_faces(portrait, h=480, w=656, faces=((60, 100, 240),))
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "a.jpg").write_bytes(jpeg_bytes(img))
+    (inp / "b.jpg").write_bytes(jpeg_bytes(img[::-1].copy()))
+    card = load_card("centerface")
+    path = resolve_model(card)
+    graph = dynamic_graph_path(Path(path))
+    large = LargePasses(graph, threads=1, streams=2)
+    monkeypatch.setattr(ov_prefetch, "_REMEMBERED", [])
+    monkeypatch.setattr(ov_prefetch, "_KEY", ["command F"])
+    ov_prefetch.remember(str(graph), large.config, (1, 3, 256, 352))     # 480x656 halved, padded to 32
+    monkeypatch.setattr(ov_prefetch, "_THREAD", [])
+    monkeypatch.setattr(ov_prefetch, "_LOADED", [])
+    monkeypatch.setattr(first_pass, "_KEPT", [])
+    monkeypatch.setattr("sys.argv", ["sladd", "run", "-i", str(inp), "-o", str(tmp_path / "out")])
+    ov_prefetch.start()
+    ov_prefetch.wait()
+    assert first_pass.waiting()
+
+    runtime = create_runtime("onnxruntime", device="cpu", threads=1)
+    runtime.large_passes = lambda model, g: LargePasses(g, threads=1, streams=2)
+    adapter = create_adapter(card, path, runtime)
+    frame = TurboDecoder().decode(Job(path=inp / "a.jpg", key="a.jpg", output=tmp_path / "o.jpg", archive=None,
+                                      error_dir=tmp_path, size=0, mtime_ns=0),
+                                  (inp / "a.jpg").read_bytes())
+    view = downscale_mean(frame.pixels, 2)
+    blob = adapter.blob([view], 256, 352)
+    ran = []
+    monkeypatch.setattr(adapter._large, "_first_run", lambda shape: ran.append(tuple(shape)))
+    fresh = adapter._large._load().result().create_infer_request()
+    fresh.infer({0: blob})
+    want = fresh.get_output_tensor(0).data.copy()
+
+    sess = adapter._large.session()
+    request = sess._request
+    got = sess.run(None, {"input.1": blob})
+    assert not first_pass.waiting() and ran == [(1, 3, 256, 352)]      # taken, once; shape noted
+    assert np.array_equal(got[0], want)
+    assert list(request.get_input_tensor().shape) == [1, 3, 0, 0] or \
+        list(request.get_input_tensor().shape)[2:] == [0, 0]            # this request did not infer
+    # Another image runs normally.
+    other = adapter.blob([downscale_mean(frame.pixels[::-1].copy(), 2)], 256, 352)
+    again = sess.run(None, {"input.1": other})
+    assert list(request.get_input_tensor().shape) == [1, 3, 256, 352] and not np.array_equal(again[0], got[0])
+    dets = adapter.batch([view], 0.5, threshold=0.2)[0]
+    assert len(dets.boxes) >= 1                                          # the face

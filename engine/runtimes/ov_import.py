@@ -64,6 +64,11 @@ class Session:
         self._inputs, self._outputs = _args(compiled.inputs), _args(compiled.outputs)
         self._first_run = first_run
 
+    def _note_first(self, inputs: dict) -> None:
+        if self._first_run is not None:
+            first, self._first_run = self._first_run, None
+            first(next(iter(inputs.values())).shape)
+
     def get_inputs(self) -> list[_Arg]:
         return self._inputs
 
@@ -75,9 +80,7 @@ class Session:
         # are held in `inputs` until infer returns. The outputs are copied: the request reuses
         # its buffers in its next call.
         inputs = {k: np.ascontiguousarray(v) for k, v in feed.items()}
-        if self._first_run is not None:
-            first, self._first_run = self._first_run, None
-            first(next(iter(inputs.values())).shape)
+        self._note_first(inputs)
         res = self._request.infer(inputs, share_inputs=True)
         by_name = {o.get_any_name(): res[o] for o in self._compiled.outputs}
         return [np.array(by_name[n]) for n in (names or [o.name for o in self._outputs])]

@@ -26,6 +26,9 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Optional
 
+from engine import first_pass
+from engine.runtimes.ov_import import Session
+
 __all__ = ["LargePasses", "MIN_PIXELS", "default_config"]
 
 LOG = logging.getLogger("sladd")
@@ -80,9 +83,7 @@ class LargePasses:
             with self._lock:
                 sess = self._free.pop() if self._free else None
             if sess is None:                                # more threads than streams
-                from engine.runtimes.ov_import import Session
-
-                sess = Session(compiled, first_run=self._first_run)
+                sess = _Session(compiled, first_run=self._first_run)
             self._tls.session = sess
         return sess
 
@@ -112,8 +113,6 @@ class LargePasses:
         from engine import ov_prefetch
 
         try:
-            from engine.runtimes.ov_import import Session
-
             taken = ov_prefetch.take(str(self.graph), self.config)
             compiled, requests = taken if taken is not None else (
                 self.core.compile_model(str(self.graph), "CPU", self.config), [])
@@ -121,7 +120,7 @@ class LargePasses:
             # waits for it (a detect thread's first pass held up ~0.1 s).
             requests += [compiled.create_infer_request()
                          for _ in range(int(self.config["NUM_STREAMS"]) - len(requests))]
-            self._free = [Session(compiled, r, first_run=self._first_run) for r in requests]
+            self._free = [_Session(compiled, r, first_run=self._first_run) for r in requests]
             fut.set_result(compiled)
         except Exception as exc:  # noqa: BLE001 - OpenVINO is an optimisation: ONNX Runtime runs it
             LOG.warning("OpenVINO cannot run %s (%s): ONNX Runtime runs its large passes", self.graph.name,
@@ -136,3 +135,18 @@ class LargePasses:
         if self.cache is not None:
             ov_prefetch.remember(str(self.graph), self.config)
         return fut
+
+
+class _Session(Session):
+    """A large-pass session that takes the first image's pass where the start ran it already
+    (engine.first_pass: only for an input equal to the one it ran)."""
+
+    def run(self, names, feed: dict):
+        if first_pass.waiting() and len(feed) == 1:
+            x = next(iter(feed.values()))
+            outputs = first_pass.take(x)
+            if outputs is not None:
+                LOG.debug("the first image's candidate pass ran during the start: taken")
+                self._note_first(feed)
+                return [outputs[n].copy() for n in (names or [o.name for o in self.get_outputs()])]
+        return super().run(names, feed)

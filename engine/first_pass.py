@@ -1,0 +1,135 @@
+"""The first image's large pass, run on the idle core while `sladd run` starts (engine.ov_prefetch).
+
+A run's start (imports, configuration, building the worker: ~0.25 s of Python on one core)
+leaves the other core idle once OpenVINO's compiled model is loaded. The prefetch thread spends
+that time on the first input image's candidate pass: it decodes the first image of the input
+folder (the first name in sorted order, as engine.walk lists a folder), shrinks it by the
+integer factor that gives the input shape the command's last run recorded, pads it as
+CenterFace's input (kernels.padded_planes) and runs the inference, which is also OpenVINO's
+per-shape preparation. Input and outputs are kept here; a detect thread whose input is byte for
+byte that input takes the outputs instead of running the pass (engine.runtimes.ov_passes), so a
+guess that does not match (another file first, other settings) is never used, only dropped.
+Nothing is written; only a regular file the walk would list is read, and only a modest one.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Optional
+
+__all__ = ["prepare", "first_image", "input_for", "keep", "take", "clear", "waiting"]
+
+MAX_LISTED = 2000                # a larger input folder is not listed ahead (the walk lists it)
+MAX_BYTES = 64 << 20
+MAX_PIXELS = 50_000_000
+MISSES = 4                       # large passes that may miss before what is kept is dropped
+_EXTENSIONS = (".jpg", ".jpeg")
+_INPUT = ("-i", "--input")
+
+_KEPT: list = []                 # (input blob, {output name: array})
+_MISSED: list[int] = [0]
+_LOCK = threading.Lock()
+
+
+def prepare() -> bool:
+    """Import, in the calling (main) thread, what `input_for` uses (an import in a thread beside
+    the start's imports waits out the GIL); False where the decoder cannot load."""
+    try:
+        from engine.codecs.turbo import turbojpeg
+        from kernels import cv2_or_none
+
+        turbojpeg()
+        cv2_or_none()
+        return True
+    except Exception:  # noqa: BLE001 - no head start, nothing else
+        return False
+
+
+def first_image(argv: list[str]) -> Optional[Path]:
+    """The input folder's first JPEG (regular file, sorted by name) named by `argv`'s -i, or
+    None (no folder given, too many entries to list ahead, none there)."""
+    folder, it = None, iter(argv)
+    for arg in it:
+        name, eq, value = arg.partition("=")
+        if name in _INPUT:
+            folder = value if eq else next(it, None)
+    if not folder:
+        return None
+    names = []
+    try:
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if len(names) >= MAX_LISTED:
+                    return None
+                names.append((e.name, e))
+    except OSError:
+        return None
+    for name, e in sorted(names, key=lambda x: x[0]):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() not in _EXTENSIONS or stem.endswith("_preview") or name.startswith("."):
+            continue
+        try:
+            if e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_size <= MAX_BYTES:
+                return Path(e.path)
+        except OSError:
+            continue
+    return None
+
+
+def input_for(path: Optional[Path], shape: list, multiple: int = 32):
+    """The (1, 3, h, w) float32 input of `path`'s candidate pass at `shape`, or None (not a
+    JPEG this can decode, no integer shrink factor giving that shape)."""
+    if path is None:
+        return None
+    from engine.codecs.turbo import TurboDecoder
+    from engine.jpeg import apply_orientation, parse_jpeg, read_orientation
+    from kernels import downscale_mean, padded_planes
+
+    try:
+        data = path.read_bytes()
+        info = parse_jpeg(data)
+        if info.precision != 8 or info.components not in (1, 3, 4) or info.width * info.height > MAX_PIXELS:
+            return None
+        pixels = apply_orientation(TurboDecoder().decode_pixels(data, info=info), read_orientation(info.exif))
+    except Exception:  # noqa: BLE001 - the run reports what is wrong with the file
+        return None
+    h, w = pixels.shape[:2]
+    ih, iw = shape[2], shape[3]
+    for f in range(1, 9):
+        if -(-(h // f) // multiple) * multiple == ih and -(-(w // f) // multiple) * multiple == iw:
+            small = pixels if f == 1 else downscale_mean(pixels, f)
+            return padded_planes([small], ih, iw)
+    return None
+
+
+def keep(blob, outputs: dict) -> None:
+    with _LOCK:
+        _KEPT.append((blob, outputs))
+        _MISSED[0] = 0
+
+
+def waiting() -> bool:
+    """Whether a kept pass waits to be taken (cheap: no lock)."""
+    return bool(_KEPT)
+
+
+def take(blob) -> Optional[dict]:
+    """The kept outputs of a pass whose input equals `blob` (handed out once), else None; what
+    is kept is dropped after `MISSES` passes that were not it."""
+    import numpy as np
+
+    with _LOCK:
+        for k, (x, outputs) in enumerate(_KEPT):
+            if x.shape == blob.shape and x.dtype == blob.dtype and np.array_equal(x, blob):
+                del _KEPT[k]
+                return outputs
+        _MISSED[0] += 1
+        if _MISSED[0] >= MISSES:
+            _KEPT.clear()
+    return None
+
+
+def clear() -> None:
+    with _LOCK:
+        _KEPT.clear()
