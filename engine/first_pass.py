@@ -4,9 +4,9 @@ A run's start (imports, configuration, building the worker: ~0.25 s of Python on
 leaves the other core idle once OpenVINO's compiled model is loaded. The prefetch thread spends
 that time on the first input image's candidate pass: it decodes the first image of the input
 folder (the first name in sorted order, as engine.walk lists a folder), shrinks it by the
-integer factor that gives the input shape the command's last run recorded, pads it as
-CenterFace's input (kernels.padded_planes) and runs the inference, which is also OpenVINO's
-per-shape preparation. Input and outputs are kept here; a detect thread whose input is byte for
+integer factor the cascade uses (recorded by the last run of the command, or by `sladd models
+fetch`), pads it as CenterFace's input (kernels.padded_planes) and runs the inference, which is
+also OpenVINO's per-shape preparation. Input and outputs are kept here; a detect thread whose input is byte for
 byte that input takes the outputs instead of running the pass (engine.runtimes.ov_passes), so a
 guess that does not match (another file first, other settings) is never used, only dropped.
 Nothing is written; only a regular file the walk would list is read, and only a modest one.
@@ -23,6 +23,7 @@ __all__ = ["prepare", "first_image", "input_for", "keep", "take", "clear", "wait
 MAX_LISTED = 2000                # a larger input folder is not listed ahead (the walk lists it)
 MAX_BYTES = 64 << 20
 MAX_PIXELS = 50_000_000
+MAX_INPUT = 32 << 20             # pixels of the pass's input (ov_prefetch warms up no larger)
 MISSES = 4                       # large passes that may miss before what is kept is dropped
 _EXTENSIONS = (".jpg", ".jpeg")
 _INPUT = ("-i", "--input")
@@ -77,10 +78,12 @@ def first_image(argv: list[str]) -> Optional[Path]:
     return None
 
 
-def input_for(path: Optional[Path], shape: list, multiple: int = 32):
-    """The (1, 3, h, w) float32 input of `path`'s candidate pass at `shape`, or None (not a
-    JPEG this can decode, no integer shrink factor giving that shape)."""
-    if path is None:
+def input_for(path: Optional[Path], shape: Optional[list] = None, view: Optional[dict] = None):
+    """The (1, 3, h, w) float32 input of `path`'s candidate pass, or None (not a JPEG this can
+    decode, no shrink that fits). `view` ({"factor", "multiple"}, as the run recorded it) gives
+    it for any frame size; without it, the integer shrink whose input, padded to a multiple of
+    32, has the recorded `shape` is taken."""
+    if path is None or (view is None and not shape):
         return None
     from engine.codecs.turbo import TurboDecoder
     from engine.jpeg import apply_orientation, parse_jpeg, read_orientation
@@ -95,9 +98,17 @@ def input_for(path: Optional[Path], shape: list, multiple: int = 32):
     except Exception:  # noqa: BLE001 - the run reports what is wrong with the file
         return None
     h, w = pixels.shape[:2]
-    ih, iw = shape[2], shape[3]
-    for f in range(1, 9):
-        if -(-(h // f) // multiple) * multiple == ih and -(-(w // f) // multiple) * multiple == iw:
+    try:
+        factors, m = ([int(view["factor"])], int(view["multiple"])) if view is not None else (range(1, 9), 32)
+    except (KeyError, TypeError, ValueError):
+        return None
+    for f in factors:
+        if f < 1 or m < 1 or h // f < 1 or w // f < 1:
+            continue
+        ih, iw = -(-(h // f) // m) * m, -(-(w // f) // m) * m
+        if ih * iw > MAX_INPUT:
+            continue
+        if view is not None or [ih, iw] == list(shape[2:]):
             small = pixels if f == 1 else downscale_mean(pixels, f)
             return padded_planes([small], ih, iw)
     return None

@@ -37,7 +37,7 @@ __all__ = ["start", "wait", "take", "release", "record_file", "read_record", "re
 _THREAD: list[threading.Thread] = []
 _LOADED: list = []                   # (model file, config, compiled model, infer requests)
 _KEY: list[str] = []                 # this process's command_key, once start() ran
-_REMEMBERED: list[tuple] = []        # what this process recorded: (model, shape or None)
+_REMEMBERED: list = []               # what this process recorded: its model, then "shape", "view"
 _FOLDERS = {"-i", "--input", "-o", "--output", "-a", "--archive", "-l", "--log-dir"}
 _CONFIG = {"-k", "--config"}
 KEPT = 16                            # commands remembered
@@ -70,7 +70,8 @@ def command_key(argv: list[str]) -> str:
 
 
 def read_record() -> dict:
-    """{"runs": {command key: {"model", "config"[, "shape"]}}, "last": key}; {} where there is none."""
+    """{"runs": {command key: {"model", "config"[, "shape", "view"]}}, "last": key}; {} where there
+    is none."""
     try:
         rec = json.loads(record_file().read_text())
     except (OSError, ValueError):
@@ -86,26 +87,33 @@ def _entry(rec: dict) -> dict:
 
 
 def recorded() -> dict:
-    """The entry for this process's command ({"model", "config"[, "shape"]}), else the last
-    run's, else {}."""
+    """The entry for this process's command ({"model", "config"[, "shape", "view"]}), else the
+    last run's, else {}."""
     return _entry(read_record())
 
 
-def remember(model: str, config: dict, shape: Optional[tuple] = None) -> None:
-    """Record that this command compiled `model` (a graph file) with `config`, and with `shape`
-    the input shape of its first large pass (atomic; best effort). A process records its first
-    model, and once more the first shape it runs it at."""
-    if _REMEMBERED and (shape is None or _REMEMBERED[0][0] != model or any(s for _, s in _REMEMBERED)):
+def remember(model: str, config: dict, shape: Optional[tuple] = None, view: Optional[dict] = None) -> None:
+    """Record that this command compiled `model` (a graph file) with `config`; with `shape`, the
+    input shape of its first large pass; with `view`, how a frame becomes that input ({"factor":
+    integer shrink, "multiple": padding}). Atomic, best effort. A process records its first
+    model, then each of shape and view once; what is not given stays as recorded for the model."""
+    if _REMEMBERED and _REMEMBERED[0] != model:
         return
-    _REMEMBERED.append((model, shape))
+    fresh = {"shape": [int(d) for d in shape] if shape is not None else None,
+             "view": dict(view) if view is not None else None}
+    fresh = {k: v for k, v in fresh.items() if v is not None and k not in _REMEMBERED}
+    if _REMEMBERED and not fresh:
+        return
+    if not _REMEMBERED:
+        _REMEMBERED.append(model)
+    _REMEMBERED.extend(fresh)
     rec = read_record()
     key = _KEY[0] if _KEY else "-"
     old = rec.get("runs", {}).get(key) or {}
     entry = {"model": model, "config": config}
-    if shape is not None:
-        entry["shape"] = [int(d) for d in shape]
-    elif {k: old.get(k) for k in entry} == entry and "shape" in old:
-        entry["shape"] = old["shape"]                  # the shape stays until a pass runs another
+    if {k: old.get(k) for k in entry} == entry:
+        entry.update({k: old[k] for k in ("shape", "view") if k in old})    # the same model: kept
+    entry.update(fresh)
     if old == entry and rec.get("last") == key:
         return
     runs = {k: v for k, v in rec.get("runs", {}).items() if k != key}
@@ -130,7 +138,7 @@ def start() -> None:
         _KEY.append(command_key(sys.argv[1:]))
     try:
         rec = recorded()
-        model, config, shape = str(rec["model"]), dict(rec["config"]), rec.get("shape")
+        model, config, shape, view = str(rec["model"]), dict(rec["config"]), rec.get("shape"), rec.get("view")
     except (KeyError, TypeError, ValueError):
         return
     if not os.path.isfile(model):
@@ -162,14 +170,16 @@ def start() -> None:
         requests = []
         try:
             requests = [compiled.create_infer_request() for _ in range(min(8, max(1, int(config["NUM_STREAMS"]))))]
-            if _shape_ok(shape):
-                # The first image's own pass where it can be guessed (engine.first_pass), else zeros.
-                blob = None
-                if imported.wait(5.0) and prepared and prepared[0]:
-                    from engine import first_pass
+            # The first image's own pass where it can be guessed (engine.first_pass), else zeros
+            # at the recorded shape.
+            blob = None
+            if imported.wait(5.0) and prepared and prepared[0]:
+                from engine import first_pass
 
-                    blob = first_pass.input_for(first_pass.first_image(argv), shape)
-                res = requests[0].infer({0: blob if blob is not None else np.zeros(shape, np.float32)},
+                blob = first_pass.input_for(first_pass.first_image(argv), shape, view)
+            warm = list(blob.shape) if blob is not None else shape
+            if _shape_ok(warm):
+                res = requests[0].infer({0: blob if blob is not None else np.zeros(warm, np.float32)},
                                         share_inputs=True)
                 if blob is not None:
                     first_pass.keep(blob, {o.get_any_name(): np.array(res[o]) for o in compiled.outputs})

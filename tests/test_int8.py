@@ -146,7 +146,7 @@ def test_int8_cascade_with_openvinos_large_passes_finds_what_onnx_runtime_finds(
     cfg, _ = load_config(None, overrides={"models": [{"card": "centerface-fast"}]})
     used = []
 
-    def large(model_path, graph):
+    def large(model_path, graph, view=None):
         used.append(Path(model_path).name)
         return LargePasses(graph, threads=2, streams=1)
     ov_runtime = _runtime("int8")

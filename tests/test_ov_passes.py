@@ -76,7 +76,7 @@ def test_only_large_candidate_passes_go_to_openvino(portrait):
             return self.inner.run(names, feed)
 
     runtime = create_runtime("onnxruntime", device="cpu", threads=1)
-    runtime.large_passes = lambda model_path, graph: None
+    runtime.large_passes = lambda model_path, graph, view=None: None
     card = load_card("centerface")
     adapter = create_adapter(card, resolve_model(card), runtime)
     adapter._large = Fake(adapter._any_size)
@@ -344,7 +344,7 @@ def test_the_start_runs_the_first_images_pass_and_the_detector_takes_it(ov_cache
     assert first_pass.waiting()
 
     runtime = create_runtime("onnxruntime", device="cpu", threads=1)
-    runtime.large_passes = lambda model, g: LargePasses(g, threads=1, streams=2)
+    runtime.large_passes = lambda model, g, view=None: LargePasses(g, threads=1, streams=2, view=view)
     adapter = create_adapter(card, path, runtime)
     frame = TurboDecoder().decode(Job(path=inp / "a.jpg", key="a.jpg", output=tmp_path / "o.jpg", archive=None,
                                       error_dir=tmp_path, size=0, mtime_ns=0),
@@ -370,3 +370,51 @@ def test_the_start_runs_the_first_images_pass_and_the_detector_takes_it(ov_cache
     assert list(request.get_input_tensor().shape) == [1, 3, 256, 352] and not np.array_equal(again[0], got[0])
     dets = adapter.batch([view], 0.5, threshold=0.2)[0]
     assert len(dets.boxes) >= 1                                          # the face
+
+
+def test_the_view_gives_the_first_pass_of_a_new_frame_size(ov_cache, portrait, monkeypatch, tmp_path):
+    """What `sladd models fetch` records (the cascade's shrink and padding, no shape yet) is
+    enough for the very first run: the start makes the first image's input at its own size,
+    equal to the cascade's (oracle: decoded by the run's decoder, kernels.downscale_mean,
+    CenterFace's blob), and runs it. The view stays recorded when a later call has none."""
+    pytest.importorskip("openvino")
+    from engine import first_pass, ov_prefetch
+    from engine.codecs.turbo import TurboDecoder
+    from engine.models.centerface import CenterFaceAdapter, candidate_view
+    from engine.runtimes.ov_passes import LargePasses
+    from tests.conftest import jpeg_bytes, scene_with_faces
+
+    card = load_card("centerface-fast")
+    view = candidate_view(card)
+    assert view == {"factor": round(1 / card.cascade.scale), "multiple": card.input.multiple}
+    assert candidate_view(load_card("centerface")) is None                   # no cascade
+    img, _ = scene_with_faces(portrait, h=500, w=700, faces=((60, 100, 240),))
+    inp = tmp_path / "in"
+    inp.mkdir()
+    (inp / "only.jpg").write_bytes(jpeg_bytes(img))
+    graph = dynamic_graph_path(Path(resolve_model(card)))
+    monkeypatch.setattr(ov_prefetch, "_REMEMBERED", [])
+    monkeypatch.setattr(ov_prefetch, "_KEY", ["fetch"])
+    large = LargePasses(graph, threads=1, streams=2)
+    ov_prefetch.remember(str(graph), large.config)                           # a card without a cascade first
+    ov_prefetch.remember(str(graph), large.config, view=view)                # then the cascade's
+    ov_prefetch.remember(str(graph), large.config, view={"factor": 9, "multiple": 1})   # once per process
+    monkeypatch.setattr(ov_prefetch, "_REMEMBERED", [])                     # a new process, no view given
+    ov_prefetch.remember(str(graph), large.config)
+    assert ov_prefetch.recorded() == {"model": str(graph), "config": large.config, "view": view}
+
+    monkeypatch.setattr(ov_prefetch, "_THREAD", [])
+    monkeypatch.setattr(ov_prefetch, "_LOADED", [])
+    monkeypatch.setattr(first_pass, "_KEPT", [])
+    monkeypatch.setattr("sys.argv", ["sladd", "run", "-i", str(inp), "-o", str(tmp_path / "out")])
+    ov_prefetch.start()
+    ov_prefetch.wait()
+    assert first_pass.waiting()
+    f, m = view["factor"], view["multiple"]
+    pixels = TurboDecoder().decode_pixels((inp / "only.jpg").read_bytes())
+    small = downscale_mean(pixels, f)
+    ih, iw = -(-small.shape[0] // m) * m, -(-small.shape[1] // m) * m
+    want = CenterFaceAdapter.blob([small], ih, iw)
+    assert first_pass.take(want) is not None and not first_pass.waiting()
+    assert first_pass.input_for(inp / "only.jpg", [1, 3, ih, iw]) is not None   # shape only: found too
+    assert first_pass.input_for(inp / "only.jpg", [1, 3, ih + 32, iw]) is None  # no shrink gives it

@@ -78,7 +78,7 @@ class CenterFaceAdapter(Adapter):
             # engine.runtime auto: the candidate passes over whole frames on OpenVINO where it
             # ran them faster on this CPU (engine.runtimes.ov_passes); None otherwise.
             make = getattr(runtime, "large_passes", None)
-            self._large = make(Path(model_path), graph) if make is not None else None
+            self._large = make(Path(model_path), graph, view=candidate_view(card)) if make is not None else None
             return
         self._proto = onnx_module().load(str(model_path))
         self._input = [i.name for i in self._proto.graph.input
@@ -176,6 +176,17 @@ class CenterFaceAdapter(Adapter):
         scores = score.astype(np.float32)
         keep = nms(boxes, scores, self.card.nms_iou)
         return RawDetections(boxes[keep], scores[keep], np.zeros(keep.size, np.int32))
+
+
+def candidate_view(card) -> dict | None:
+    """How the cascade makes a frame's candidate-pass input: {"factor": integer shrink,
+    "multiple": padding} (engine.first_pass makes the first image's ahead with it); None for a
+    card without a cascade or with a scale that is not 1/integer (then resampled)."""
+    cs = card.cascade
+    if cs is None:
+        return None
+    f = round(1 / cs.scale)
+    return {"factor": f, "multiple": card.input.multiple} if abs(f * cs.scale - 1) < 1e-6 else None
 
 
 def _max3(xp, a):

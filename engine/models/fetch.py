@@ -261,17 +261,17 @@ def _prepare_for_runs(card, path: Path) -> None:
             if f is not None and (f == path or int8_record_ok(path, f)):
                 create_adapter(card, f, runtime)
                 if card.family == "centerface":
-                    _prepare_openvino(f)
+                    _prepare_openvino(f, card)
     except Exception as exc:  # noqa: BLE001 - the model is installed; only the head start is lost
         LOG.warning("model %s: could not prepare its run-time copies (%s)", card.name, exc)
 
 
-def _prepare_openvino(model: Path) -> None:
+def _prepare_openvino(model: Path, card) -> None:
     """engine.runtime auto's timing of OpenVINO for CenterFace's large passes, with the detect
     and inference threads a run on this machine takes (engine.worker.build); where OpenVINO is
     chosen, its compiled model goes into OpenVINO's cache and is recorded, so that the first run
     loads it (engine.ov_prefetch) instead of compiling it."""
-    from engine.models.centerface import dynamic_graph_path
+    from engine.models.centerface import candidate_view, dynamic_graph_path
     from engine.runtimes.openvino import large_passes_chosen
     from engine.worker.build import cpu_threads
 
@@ -279,7 +279,12 @@ def _prepare_openvino(model: Path) -> None:
     if large_passes_chosen(threads, model):
         from engine.runtimes.ov_passes import LargePasses
 
-        LargePasses(dynamic_graph_path(model), threads=threads, streams=streams).session()
+        # The cascade's view of a shipped card with these files where this card has none (setup
+        # fetches `centerface`; runs use `centerface-fast`): the first run's start needs it.
+        views = [candidate_view(c) for c in [card] + [load_card(n) for n in shipped_cards() if n != card.name]
+                 if c.family == card.family and c.file == card.file]
+        view = next((v for v in views if v is not None), None)
+        LargePasses(dynamic_graph_path(model), threads=threads, streams=streams, view=view).session()
 
 
 def _fetch(name: str, *, allow_pip: bool = True) -> Path:

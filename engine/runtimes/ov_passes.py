@@ -48,7 +48,8 @@ class LargePasses:
     free input size (engine.models.centerface.dynamic_graph_path); `streams`: the detect threads;
     `threads`: inference threads of each."""
 
-    def __init__(self, graph: Path, *, threads: int, streams: int, cache: Optional[Path] = None):
+    def __init__(self, graph: Path, *, threads: int, streams: int, cache: Optional[Path] = None,
+                 view: Optional[dict] = None):
         from engine import ov_prefetch
         from engine.models.resolve import models_dir
         from engine.runtimes.ov_import import openvino_module
@@ -67,6 +68,7 @@ class LargePasses:
             LOG.info("OpenVINO cannot keep compiled models in %s (%s): compiled in every run", self.cache, exc)
             self.cache = None
         self.config = default_config(threads, streams)
+        self.view = view                        # recorded for the next start (engine.first_pass)
         self._lock = threading.Lock()
         self._compiled: Optional[Future] = None
         self._free: list = []                   # sessions made with the model, not yet a thread's
@@ -133,7 +135,7 @@ class LargePasses:
             fut.set_exception(exc)
             raise
         if self.cache is not None:
-            ov_prefetch.remember(str(self.graph), self.config)
+            ov_prefetch.remember(str(self.graph), self.config, view=self.view)
         return fut
 
 

@@ -99,7 +99,7 @@ def cpu_threads(cores: int) -> tuple[int, int]:
 def _large_passes(threads: int, streams: int):
     """engine.runtime auto on the CPU: CenterFace's adapter asks this for OpenVINO sessions for its
     large passes (engine.runtimes.ov_passes); None where OpenVINO is missing or not faster here."""
-    def make(model_path, graph):
+    def make(model_path, graph, view=None):
         try:
             from engine.runtimes.openvino import large_passes_chosen
 
@@ -110,7 +110,7 @@ def _large_passes(threads: int, streams: int):
                 return None
             from engine.runtimes.ov_passes import LargePasses
 
-            return LargePasses(graph, threads=threads, streams=streams)
+            return LargePasses(graph, threads=threads, streams=streams, view=view)
         except Exception as exc:  # noqa: BLE001 - OpenVINO is an optimisation: ONNX Runtime runs it all
             LOG.warning("OpenVINO could not start (%s: %s): ONNX Runtime runs CenterFace's large passes",
                         type(exc).__name__, exc)
