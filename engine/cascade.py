@@ -169,6 +169,10 @@ def cascade_many(det, slot, frames, pyramids=None) -> list[list]:
         _keep_strong(det, slot, out[k], (h, w), v, arr, given, raw)
         cand = raw.boxes / given
         small = (cand[:, 2:] - cand[:, :2]).max(1) <= cs.max_refine if len(cand) else np.zeros(0, bool)
+        if not (cs.refine_strong or det.wrap) and len(cand):
+            # Kept above (_keep_strong) as they are. 360° tiles keep refining them: one face cut
+            # by tiles or the seam becomes one box through its crop.
+            small &= raw.scores < slot.card.score_threshold
         if det.wrap and not v.full:
             cands[k].append(cand[small] + np.array([v.x, v.y, v.x, v.y], np.float32))
             continue

@@ -189,6 +189,43 @@ def test_cascade_finds_the_small_faces_native_resolution_finds(runtime, portrait
     assert all(20 <= (y2 - y1) / 1.3 <= 50 for _, y1, _, y2 in a)       # they are 30-40 px faces
 
 
+def test_strong_candidates_are_kept_without_a_crop_and_weak_ones_cropped(runtime, portrait):
+    """centerface-fast (`refine_strong: false`): faces the coarse pass already scores above the
+    card's threshold are not cropped again; the same faces come out (oracle: the same card
+    refining every candidate), boxes within a few pixels, with fewer native-resolution crops,
+    and every weak candidate is still cropped."""
+    from tests.conftest import scene_with_faces
+
+    img, _ = scene_with_faces(portrait, h=1200, w=1600, faces=((100, 500, 90), (700, 600, 110), (1300, 450, 100)))
+    frame = _frame(img)
+    cfg = Config(models=[ModelSpec(card="centerface-fast")])
+    got = {}
+    for refine in (True, False):
+        det = Detector(cfg, *build_models(cfg, runtime))
+        slot = det.slots[0]
+        assert slot.card.cascade.refine_strong is False                  # the shipped card's choice
+        slot.card = slot.card.model_copy(update={"cascade": slot.card.cascade.model_copy(
+            update={"refine_strong": refine})})
+        calls = []
+        orig = slot.adapter.batch
+
+        def spy(views, given, threshold=None, orig=orig, calls=calls):
+            out = orig(views, given, threshold=threshold) if threshold is not None else orig(views, given)
+            calls.append((threshold, [len(o.scores) for o in out], [o.scores.tolist() for o in out]))
+            return out
+        slot.adapter.batch = spy
+        d = det(frame)
+        got[refine] = (d.boxes[d.counted], calls)
+    (a, refined), (b, fewer) = got[True], got[False]
+    assert len(a) == len(b) == 3
+    a, b = a[np.argsort(a[:, 0])], b[np.argsort(b[:, 0])]
+    assert np.abs(a - b).max() < 8
+    crops = lambda calls: sum(1 for thr, _, _ in calls if thr is None)            # noqa: E731
+    coarse = [s for thr, _, ss in fewer if thr is not None for s in ss[0]]
+    strong = sum(1 for s in coarse if s >= 0.2)
+    assert strong >= 1 and crops(fewer) == crops(refined) - strong
+
+
 def test_cascade_crops():
     from engine.cascade import crops as _crops
     boxes = np.array([[100, 100, 130, 140], [105, 105, 125, 135], [900, 10, 910, 20]], np.float32)

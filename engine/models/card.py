@@ -42,7 +42,10 @@ class CascadeSpec(_Strict):
     each up to `max_refine` px (native resolution) is looked at again at native resolution in a
     crop of `context` x its size (at least `min_crop` px); larger faces are plain at the coarse
     scale and decided there. Kept: native-resolution detections, plus coarse ones above the
-    card's threshold."""
+    card's threshold. `refine_strong: false` crops only the candidates below the card's
+    threshold in planar frames: those above it are kept from the coarse pass either way, and
+    their crop would only redraw their box at native resolution (360° tiles still crop them:
+    there the crop joins the pieces of a face cut by tiles or the seam)."""
 
     scale: float = Field(0.5, gt=0, lt=1)
     threshold: float = Field(0.05, gt=0, lt=1)
@@ -52,6 +55,7 @@ class CascadeSpec(_Strict):
     # The candidate threshold with the card's INT8 build: quantisation moves the heatmap by up
     # to ~0.05, and the lower threshold keeps the small faces INT8 would lose at `threshold`.
     int8_threshold: Optional[float] = Field(None, gt=0, lt=1)
+    refine_strong: bool = True
 
 
 class SearchSpec(_Strict):
