@@ -6,9 +6,11 @@ that time on the first input image's candidate pass: it decodes the first image 
 folder (the first name in sorted order, as engine.walk lists a folder), shrinks it by the
 integer factor the cascade uses (recorded by the last run of the command, or by `sladd models
 fetch`), pads it as CenterFace's input (kernels.padded_planes) and runs the inference, which is
-also OpenVINO's per-shape preparation. Input and outputs are kept here; a detect thread whose input is byte for
-byte that input takes the outputs instead of running the pass (engine.runtimes.ov_passes), so a
-guess that does not match (another file first, other settings) is never used, only dropped.
+also OpenVINO's per-shape preparation. The decoded pixels go to the run's decoder (taken by the
+decode of the same bytes: engine.codecs.turbo.keep_decoded). Input and outputs are kept here; a
+detect thread whose input is byte for byte that input takes the outputs instead of running the
+pass (engine.runtimes.ov_passes), so a guess that does not match (another file first, other
+settings) is never used, only dropped.
 Nothing is written; only a regular file the walk would list is read, and only a modest one.
 """
 from __future__ import annotations
@@ -85,18 +87,26 @@ def input_for(path: Optional[Path], shape: Optional[list] = None, view: Optional
     32, has the recorded `shape` is taken."""
     if path is None or (view is None and not shape):
         return None
-    from engine.codecs.turbo import TurboDecoder
+    from engine.codecs.turbo import TurboDecoder, keep_decoded
     from engine.jpeg import apply_orientation, parse_jpeg, read_orientation
-    from kernels import downscale_mean, padded_planes
 
     try:
         data = path.read_bytes()
         info = parse_jpeg(data)
         if info.precision != 8 or info.components not in (1, 3, 4) or info.width * info.height > MAX_PIXELS:
             return None
-        pixels = apply_orientation(TurboDecoder().decode_pixels(data, info=info), read_orientation(info.exif))
+        stored = TurboDecoder().decode_pixels(data, info=info)
+        pixels = apply_orientation(stored, read_orientation(info.exif))
     except Exception:  # noqa: BLE001 - the run reports what is wrong with the file
         return None
+    blob = _shrunk(pixels, shape, view)
+    keep_decoded(data, stored)            # after the last read here: the run may draw into them
+    return blob
+
+
+def _shrunk(pixels, shape: Optional[list], view: Optional[dict]):
+    from kernels import downscale_mean, padded_planes
+
     h, w = pixels.shape[:2]
     try:
         factors, m = ([int(view["factor"])], int(view["multiple"])) if view is not None else (range(1, 9), 32)

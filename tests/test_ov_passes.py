@@ -411,7 +411,16 @@ def test_the_view_gives_the_first_pass_of_a_new_frame_size(ov_cache, portrait, m
     ov_prefetch.wait()
     assert first_pass.waiting()
     f, m = view["factor"], view["multiple"]
-    pixels = TurboDecoder().decode_pixels((inp / "only.jpg").read_bytes())
+    # Its decoded pixels go to the run's decoder, once, for the same bytes (oracle: a decode).
+    import engine.codecs.turbo as turbo
+
+    data = (inp / "only.jpg").read_bytes()
+    assert len(turbo._AHEAD) == 1 and turbo._AHEAD[0][0] == data
+    kept = turbo._AHEAD[0][1]
+    assert TurboDecoder().decode_pixels(jpeg_bytes(img[::-1].copy())) is not kept         # other bytes
+    pixels = TurboDecoder().decode_pixels(data)
+    assert pixels is kept and turbo._AHEAD == []
+    assert np.array_equal(pixels, TurboDecoder().decode_pixels(data))
     small = downscale_mean(pixels, f)
     ih, iw = -(-small.shape[0] // m) * m, -(-small.shape[1] // m) * m
     want = CenterFaceAdapter.blob([small], ih, iw)

@@ -7,6 +7,7 @@ profile: detection needs faces to look like faces, not colorimetry, and a CMS tr
 """
 from __future__ import annotations
 
+import threading
 import time
 from fractions import Fraction
 from typing import Optional
@@ -16,7 +17,7 @@ import numpy as np
 from engine.jpeg import apply_orientation, estimate_quality, parse_jpeg, read_orientation
 from engine.types import Frame, ImageError, Job
 
-__all__ = ["turbojpeg", "TurboDecoder", "TurboEncoder", "decode_cmyk", "cmyk_to_rgb", "rgb_to_cmyk"]
+__all__ = ["turbojpeg", "TurboDecoder", "TurboEncoder", "decode_cmyk", "cmyk_to_rgb", "rgb_to_cmyk", "keep_decoded"]
 
 
 def turbojpeg():
@@ -51,6 +52,32 @@ def turbojpeg():
 
 
 _TJ = None
+_AHEAD: list = []                # [(bytes, stored-orientation pixels)] decoded ahead, at most one
+_AHEAD_MISSES = [0]
+_AHEAD_LOCK = threading.Lock()
+
+
+def keep_decoded(data: bytes, pixels: np.ndarray) -> None:
+    """Full-scale pixels of `data` decoded ahead (engine.first_pass, during a run's start): the
+    next `decode_pixels` of the same bytes at full scale takes them instead of decoding (once);
+    dropped after a few decodes of other bytes."""
+    with _AHEAD_LOCK:
+        _AHEAD[:] = [(data, pixels)]
+        _AHEAD_MISSES[0] = 0
+
+
+def _decoded_ahead(data) -> Optional[np.ndarray]:
+    with _AHEAD_LOCK:
+        if not _AHEAD:
+            return None
+        kept, pixels = _AHEAD[0]
+        if len(kept) == len(data) and kept == data:
+            _AHEAD.clear()
+            return pixels
+        _AHEAD_MISSES[0] += 1
+        if _AHEAD_MISSES[0] >= 4:
+            _AHEAD.clear()
+    return None
 
 
 class TurboDecoder:
@@ -118,6 +145,10 @@ class TurboDecoder:
         parsed here when not given (it says whether the file is CMYK)."""
         from turbojpeg import TJPF_RGB
 
+        if _AHEAD and scale == 1:
+            ahead = _decoded_ahead(data)
+            if ahead is not None:
+                return ahead
         info = info if info is not None else parse_jpeg(data)
         if info.cmyk:
             return cmyk_to_rgb(decode_cmyk(data, scale, self.tj), info.adobe_transform is not None)
