@@ -25,7 +25,8 @@ __all__ = ["prepare", "first_image", "input_for", "keep", "take", "clear", "wait
 MAX_LISTED = 2000                # a larger input folder is not listed ahead (the walk lists it)
 MAX_BYTES = 64 << 20
 MAX_PIXELS = 50_000_000
-MAX_INPUT = 32 << 20             # pixels of the pass's input (ov_prefetch warms up no larger)
+MAX_INPUT = 6 << 20              # pixels of a guessed input: a 24 MP camera's half (a 360° frame's
+                                 # is larger, and its passes are tiles)
 MISSES = 4                       # large passes that may miss before what is kept is dropped
 _EXTENSIONS = (".jpg", ".jpeg")
 _INPUT = ("-i", "--input")
@@ -82,9 +83,10 @@ def first_image(argv: list[str]) -> Optional[Path]:
 
 def input_for(path: Optional[Path], shape: Optional[list] = None, view: Optional[dict] = None):
     """The (1, 3, h, w) float32 input of `path`'s candidate pass, or None (not a JPEG this can
-    decode, no shrink that fits). `view` ({"factor", "multiple"}, as the run recorded it) gives
-    it for any frame size; without it, the integer shrink whose input, padded to a multiple of
-    32, has the recorded `shape` is taken."""
+    decode, no shrink that fits). With a recorded `shape`, the input must have it: `view`'s
+    shrink ({"factor", "multiple"}, as runs record it), else the integer shrink whose input,
+    padded to a multiple of 32, has it. With `view` alone (`sladd models fetch` recorded no
+    shape yet), the first image's own size decides."""
     if path is None or (view is None and not shape):
         return None
     from engine.codecs.turbo import TurboDecoder, keep_decoded
@@ -118,7 +120,9 @@ def _shrunk(pixels, shape: Optional[list], view: Optional[dict]):
         ih, iw = -(-(h // f) // m) * m, -(-(w // f) // m) * m
         if ih * iw > MAX_INPUT:
             continue
-        if view is not None or [ih, iw] == list(shape[2:]):
+        # A recorded shape the frame's input does not have: the run's passes are tiles (360°)
+        # or other frames; then no guess (ov_prefetch warms that shape up instead).
+        if (view is not None and not shape) or [ih, iw] == list(shape[2:]):
             small = pixels if f == 1 else downscale_mean(pixels, f)
             return padded_planes([small], ih, iw)
     return None

@@ -427,3 +427,8 @@ def test_the_view_gives_the_first_pass_of_a_new_frame_size(ov_cache, portrait, m
     assert first_pass.take(want) is not None and not first_pass.waiting()
     assert first_pass.input_for(inp / "only.jpg", [1, 3, ih, iw]) is not None   # shape only: found too
     assert first_pass.input_for(inp / "only.jpg", [1, 3, ih + 32, iw]) is None  # no shrink gives it
+    # A recorded shape the frame's input does not have (360° tiles, other frames): no guess.
+    assert first_pass.input_for(inp / "only.jpg", [1, 3, ih, iw], view) is not None
+    assert first_pass.input_for(inp / "only.jpg", [1, 3, 640, 640], view) is None
+    monkeypatch.setattr(first_pass, "MAX_INPUT", ih * iw - 1)                 # too large a guess
+    assert first_pass.input_for(inp / "only.jpg", None, view) is None
