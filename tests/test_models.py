@@ -353,16 +353,37 @@ def test_host_fast_paths_give_the_same_values_without_opencv(monkeypatch):
         assert a.dtype == b.dtype and np.array_equal(a, b)
 
 
-def test_sha256_is_remembered_per_file_version_only(tmp_path):
-    """A model file is hashed once per run start, but a replaced file is hashed again."""
+def test_sha256_is_remembered_per_file_version_only(tmp_path, monkeypatch):
+    """A model file is hashed once, in this process and across runs (the models cache keeps the
+    digest), but a file written again is hashed again, whatever its size and times say."""
     import hashlib
     import os
+    import time
 
+    import engine.models.resolve as resolve
     from engine.models.resolve import sha256_file
 
+    monkeypatch.setenv("SLADD_MODELS_DIR", str(tmp_path / "models"))
     f = tmp_path / "m.onnx"
     f.write_bytes(b"first")
     assert sha256_file(f) == hashlib.sha256(b"first").hexdigest()
     f.write_bytes(b"second, longer")
     os.utime(f, ns=(1, 1))
     assert sha256_file(f) == hashlib.sha256(b"second, longer").hexdigest()
+    # A new process (empty memo) takes the recorded digest without reading the file.
+    monkeypatch.setattr(resolve, "_SHA_MEMO", {})
+    real_sha = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: pytest.fail("hashed again"))
+    assert sha256_file(f) == real_sha(b"second, longer").hexdigest()
+    # Written again with the same size and times: its change time moved, so it is hashed again.
+    monkeypatch.setattr(hashlib, "sha256", real_sha)
+    st = os.stat(f)
+    time.sleep(0.05)                       # past the kernel's coarse timestamp tick
+    f.write_bytes(b"second, LONGER")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    monkeypatch.setattr(resolve, "_SHA_MEMO", {})
+    assert sha256_file(f) == real_sha(b"second, LONGER").hexdigest()
+    # An unreadable memo costs only the hashing.
+    resolve._sha_memo_file().write_text("{not json")
+    monkeypatch.setattr(resolve, "_SHA_MEMO", {})
+    assert sha256_file(f) == real_sha(b"second, LONGER").hexdigest()
