@@ -9,13 +9,17 @@ fetch`), pads it as CenterFace's input (kernels.padded_planes) and runs the infe
 also OpenVINO's per-shape preparation. The decoded pixels go to the run's decoder (taken by the
 decode of the same bytes: engine.codecs.turbo.keep_decoded). Input and outputs are kept here; a
 detect thread whose input is byte for byte that input takes the outputs instead of running the
-pass (engine.runtimes.ov_passes), so a guess that does not match (another file first, other
-settings) is never used, only dropped.
-Nothing is written; only a regular file the walk would list is read, and only a modest one.
+pass with the same compiled model (engine.runtimes.ov_passes: the outputs carry the model file
+and settings that made them), so a guess that does not match (another file first, another model
+or settings) is never used, only dropped. Nothing is written. Only a regular file is read (opened
+without following a link and without blocking, then checked), of at most MAX_BYTES, and not one
+whose output already exists (a rerun skips it); the walk's own rules (configured extensions,
+hidden files) may still pick another first image, which only loses the guess.
 """
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import Optional
@@ -30,8 +34,9 @@ MAX_INPUT = 6 << 20              # pixels of a guessed input: a 24 MP camera's h
 MISSES = 4                       # large passes that may miss before what is kept is dropped
 _EXTENSIONS = (".jpg", ".jpeg")
 _INPUT = ("-i", "--input")
+_OUTPUT = ("-o", "--output")
 
-_KEPT: list = []                 # (input blob, {output name: array})
+_KEPT: list = []                 # (input blob, {output name: array}, (model file, settings))
 _MISSED: list[int] = [0]
 _LOCK = threading.Lock()
 
@@ -50,14 +55,20 @@ def prepare() -> bool:
         return False
 
 
-def first_image(argv: list[str]) -> Optional[Path]:
-    """The input folder's first JPEG (regular file, sorted by name) named by `argv`'s -i, or
-    None (no folder given, too many entries to list ahead, none there)."""
-    folder, it = None, iter(argv)
+def _argument(argv: list[str], names: tuple) -> Optional[str]:
+    value, it = None, iter(argv)
     for arg in it:
-        name, eq, value = arg.partition("=")
-        if name in _INPUT:
-            folder = value if eq else next(it, None)
+        name, eq, v = arg.partition("=")
+        if name in names:
+            value = v if eq else next(it, None)
+    return value
+
+
+def first_image(argv: list[str]) -> Optional[Path]:
+    """The input folder's first JPEG (regular file, sorted by name) named by `argv`'s -i whose
+    output (-o) is not there yet, or None (no folder given, too many entries to list ahead,
+    none there)."""
+    folder, out = _argument(argv, _INPUT), _argument(argv, _OUTPUT)
     if not folder:
         return None
     names = []
@@ -74,11 +85,33 @@ def first_image(argv: list[str]) -> Optional[Path]:
         if ext.lower() not in _EXTENSIONS or stem.endswith("_preview") or name.startswith("."):
             continue
         try:
+            if out and os.path.lexists(os.path.join(out, name)):
+                continue                                   # done in an earlier run, most likely
             if e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_size <= MAX_BYTES:
                 return Path(e.path)
         except OSError:
             continue
     return None
+
+
+def _read_regular(path: Path) -> Optional[bytes]:
+    """The bytes of `path` if it is (still) a regular file of at most MAX_BYTES, else None:
+    opened without following a link or blocking on a FIFO swapped in since the listing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_BYTES:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(MAX_BYTES + 1)
+        return data if len(data) <= MAX_BYTES else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def input_for(path: Optional[Path], shape: Optional[list] = None, view: Optional[dict] = None):
@@ -92,8 +125,10 @@ def input_for(path: Optional[Path], shape: Optional[list] = None, view: Optional
     from engine.codecs.turbo import TurboDecoder, keep_decoded
     from engine.jpeg import apply_orientation, parse_jpeg, read_orientation
 
+    data = _read_regular(path)
+    if data is None:
+        return None
     try:
-        data = path.read_bytes()
         info = parse_jpeg(data)
         if info.precision != 8 or info.components not in (1, 3, 4) or info.width * info.height > MAX_PIXELS:
             return None
@@ -128,9 +163,11 @@ def _shrunk(pixels, shape: Optional[list], view: Optional[dict]):
     return None
 
 
-def keep(blob, outputs: dict) -> None:
+def keep(blob, outputs: dict, made_by: tuple) -> None:
+    """The outputs of the pass over `blob`; `made_by`: (model file, settings) of the compiled
+    model that ran it."""
     with _LOCK:
-        _KEPT.append((blob, outputs))
+        _KEPT.append((blob, outputs, made_by))
         _MISSED[0] = 0
 
 
@@ -139,14 +176,15 @@ def waiting() -> bool:
     return bool(_KEPT)
 
 
-def take(blob) -> Optional[dict]:
-    """The kept outputs of a pass whose input equals `blob` (handed out once), else None; what
-    is kept is dropped after `MISSES` passes that were not it."""
+def take(blob, made_by: tuple) -> Optional[dict]:
+    """The kept outputs of a pass whose input equals `blob`, made by the same model file and
+    settings (handed out once), else None; what is kept is dropped after `MISSES` passes that
+    were not it."""
     import numpy as np
 
     with _LOCK:
-        for k, (x, outputs) in enumerate(_KEPT):
-            if x.shape == blob.shape and x.dtype == blob.dtype and np.array_equal(x, blob):
+        for k, (x, outputs, by) in enumerate(_KEPT):
+            if by == made_by and x.shape == blob.shape and x.dtype == blob.dtype and np.array_equal(x, blob):
                 del _KEPT[k]
                 return outputs
         _MISSED[0] += 1
@@ -156,5 +194,6 @@ def take(blob) -> Optional[dict]:
 
 
 def clear() -> None:
+    """Drop what is kept (a run that does not run these passes, or runs another model)."""
     with _LOCK:
         _KEPT.clear()

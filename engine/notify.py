@@ -41,10 +41,13 @@ class Notifier:
     def send(self, subject: str, message: str) -> bool:
         if not self.enabled:
             return False
-        import smtplib                   # here, not at import: mail, TLS and MIME cost every run's start ~8 ms
-        import ssl
-        from email.message import EmailMessage
-
+        try:
+            import smtplib               # here, not at import: mail, TLS and MIME cost every run's start ~8 ms
+            import ssl
+            from email.message import EmailMessage
+        except ImportError as exc:       # never hide what the mail was about
+            LOG.error("could not send the e-mail %r: %s", subject, exc)
+            return False
         msg = EmailMessage()
         msg["Subject"] = f"{SUBJECT_PREFIX} {socket.gethostname()} : {subject}"
         msg["From"] = self.spec.from_address

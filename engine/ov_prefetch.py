@@ -9,15 +9,16 @@ command line without its folders, with the configuration file by content: a benc
 alternates two settings through fresh temporary files finds each one's model. Without such a
 run, the last record is used (`sladd models fetch` makes one). ov_passes records what it loads
 (`record_file()`) and `take`s the loaded model when it is the same file with the same settings,
-and loads its own otherwise. The thread only reads what this cache holds; the run is the same
-with or without it.
+and loads its own otherwise; the run's results do not depend on what was loaded ahead.
 
 The thread also makes the infer requests the detect threads will use (one per stream: a request
-made while another inference of the model runs waits for it, ~0.1 s at a run's start) and, where
-the record holds the input shape of the command's first large pass, runs one inference of zeros
-at that shape: OpenVINO prepares its kernels for each new input shape in the first inference at
-that shape (~60 ms for 1248x1024, measured; shared by the requests). Done on the idle core, the
-first images' passes start prepared.
+made while another inference of the model runs waits for it, ~0.1 s at a run's start) and runs
+the first input image's candidate pass (engine.first_pass), or, where that cannot be guessed, an
+inference of zeros at the input shape the command's first large pass had: OpenVINO prepares its
+kernels for each new input shape in the first inference at that shape (~60 ms for 1248x1024,
+measured; shared by the requests). Done on the idle core, the first images' passes start
+prepared. A run that does not use the model (`release(drop=True)`) stops the thread at its next
+step and drops what it made.
 """
 from __future__ import annotations
 
@@ -32,12 +33,14 @@ from typing import Optional
 from engine.cachedirs import models_dir
 
 __all__ = ["start", "wait", "take", "release", "record_file", "read_record", "recorded", "remember", "command_key",
-           "numpy_interface"]
+           "numpy_interface", "made_by"]
 
 _THREAD: list[threading.Thread] = []
 _LOADED: list = []                   # (model file, config, compiled model, infer requests)
 _KEY: list[str] = []                 # this process's command_key, once start() ran
 _REMEMBERED: list = []               # what this process recorded: its model, then "shape", "view"
+_RECORD_LOCK = threading.Lock()      # one read-modify-write of the record at a time (detect threads)
+_UNSET = object()
 _FOLDERS = {"-i", "--input", "-o", "--output", "-a", "--archive", "-l", "--log-dir"}
 _CONFIG = {"-k", "--config"}
 KEPT = 16                            # commands remembered
@@ -92,16 +95,25 @@ def recorded() -> dict:
     return _entry(read_record())
 
 
-def remember(model: str, config: dict, shape: Optional[tuple] = None, view: Optional[dict] = None) -> None:
+def remember(model: str, config: dict, shape: Optional[tuple] = None, view=_UNSET) -> None:
     """Record that this command compiled `model` (a graph file) with `config`; with `shape`, the
     input shape of its first large pass; with `view`, how a frame becomes that input ({"factor":
-    integer shrink, "multiple": padding}). Atomic, best effort. A process records its first
-    model, then each of shape and view once; what is not given stays as recorded for the model."""
+    integer shrink, "multiple": padding}, or None: no frame-sized pass to guess). Atomic, best
+    effort. A process records its first model, then each of shape and view once; what is not
+    given stays as recorded for the model."""
+    with _RECORD_LOCK:
+        _remember(model, config, shape, view)
+
+
+def _remember(model: str, config: dict, shape, view) -> None:
     if _REMEMBERED and _REMEMBERED[0] != model:
         return
-    fresh = {"shape": [int(d) for d in shape] if shape is not None else None,
-             "view": dict(view) if view is not None else None}
-    fresh = {k: v for k, v in fresh.items() if v is not None and k not in _REMEMBERED}
+    fresh = {}
+    if shape is not None:
+        fresh["shape"] = [int(d) for d in shape]
+    if view is not _UNSET:
+        fresh["view"] = dict(view) if view is not None else None
+    fresh = {k: v for k, v in fresh.items() if k not in _REMEMBERED}
     if _REMEMBERED and not fresh:
         return
     if not _REMEMBERED:
@@ -171,25 +183,29 @@ def start() -> None:
         try:
             requests = [compiled.create_infer_request() for _ in range(min(8, max(1, int(config["NUM_STREAMS"]))))]
             # The first image's own pass where it can be guessed (engine.first_pass), else zeros
-            # at the recorded shape.
+            # at the recorded shape; none once the run has said it will not use the model.
             blob = None
-            if imported.wait(5.0) and prepared and prepared[0]:
+            if imported.wait(5.0) and prepared and prepared[0] and not cancel.is_set():
                 from engine import first_pass
 
                 blob = first_pass.input_for(first_pass.first_image(argv), shape, view)
             warm = list(blob.shape) if blob is not None else shape
-            if _shape_ok(warm):
+            if _shape_ok(warm) and not cancel.is_set():
                 res = requests[0].infer({0: blob if blob is not None else np.zeros(warm, np.float32)},
                                         share_inputs=True)
-                if blob is not None:
-                    first_pass.keep(blob, {o.get_any_name(): np.array(res[o]) for o in compiled.outputs})
+                if blob is not None and not cancel.is_set():
+                    first_pass.keep(blob, {o.get_any_name(): np.array(res[o]) for o in compiled.outputs},
+                                    made_by(model, config))
         except Exception:  # noqa: BLE001 - the run makes its own requests and passes
             pass
         _LOADED.append((model, config, compiled, requests))
 
+    cancel = threading.Event()
     # Not a daemon: OpenVINO interrupted mid-compilation by the interpreter's exit aborts the process.
-    _THREAD.append(threading.Thread(target=load, name="sladd-openvino-prefetch"))
-    _THREAD[0].start()
+    th = threading.Thread(target=load, name="sladd-openvino-prefetch")
+    th.cancel = cancel
+    _THREAD.append(th)
+    th.start()
     try:
         from engine import first_pass
 
@@ -233,8 +249,23 @@ def take(model: str, config: dict) -> Optional[tuple]:
     return None
 
 
-def release() -> None:
+def made_by(model: str, config: dict) -> tuple:
+    """What identifies the compiled model a pass ran on: its graph file and settings."""
+    return str(model), json.dumps(config, sort_keys=True)
+
+
+def release(drop: bool = False) -> None:
     """Drop what was loaded ahead and not taken (its memory and stream threads): called once the
-    run's models are built (engine.worker.build)."""
+    run's models are built (engine.worker.build). `drop`: the run will not run these passes at
+    all (another runtime, OpenVINO not chosen): the thread stops at its next step, and the first
+    image's pass and decoded pixels made ahead are dropped too."""
+    if drop and _THREAD:
+        getattr(_THREAD[0], "cancel", threading.Event()).set()
     wait()
     _LOADED.clear()
+    if drop:
+        from engine import first_pass
+        from engine.codecs.turbo import drop_decoded
+
+        first_pass.clear()
+        drop_decoded()

@@ -51,7 +51,7 @@ def test_large_pass_finds_what_onnxruntime_finds(ov_cache, portrait, monkeypatch
     # input shape of the first pass (warmed up ahead there).
     rec = ov_prefetch.recorded()
     assert rec == {"model": str(dynamic_graph_path(Path(path))), "config": large.config,
-                   "shape": [1, 3, h, w]}
+                   "shape": [1, 3, h, w], "view": None}                 # no cascade card: no view
     assert any(p.suffix == ".blob" for p in ov_cache.iterdir())          # OpenVINO's compiled form
 
 
@@ -338,6 +338,7 @@ def test_the_start_runs_the_first_images_pass_and_the_detector_takes_it(ov_cache
     monkeypatch.setattr(ov_prefetch, "_THREAD", [])
     monkeypatch.setattr(ov_prefetch, "_LOADED", [])
     monkeypatch.setattr(first_pass, "_KEPT", [])
+    monkeypatch.setattr("engine.codecs.turbo._AHEAD", [])
     monkeypatch.setattr("sys.argv", ["sladd", "run", "-i", str(inp), "-o", str(tmp_path / "out")])
     ov_prefetch.start()
     ov_prefetch.wait()
@@ -406,6 +407,7 @@ def test_the_view_gives_the_first_pass_of_a_new_frame_size(ov_cache, portrait, m
     monkeypatch.setattr(ov_prefetch, "_THREAD", [])
     monkeypatch.setattr(ov_prefetch, "_LOADED", [])
     monkeypatch.setattr(first_pass, "_KEPT", [])
+    monkeypatch.setattr("engine.codecs.turbo._AHEAD", [])
     monkeypatch.setattr("sys.argv", ["sladd", "run", "-i", str(inp), "-o", str(tmp_path / "out")])
     ov_prefetch.start()
     ov_prefetch.wait()
@@ -424,7 +426,9 @@ def test_the_view_gives_the_first_pass_of_a_new_frame_size(ov_cache, portrait, m
     small = downscale_mean(pixels, f)
     ih, iw = -(-small.shape[0] // m) * m, -(-small.shape[1] // m) * m
     want = CenterFaceAdapter.blob([small], ih, iw)
-    assert first_pass.take(want) is not None and not first_pass.waiting()
+    assert first_pass.take(want, ov_prefetch.made_by("another.onnx", large.config)) is None    # not its model
+    assert first_pass.take(want, ov_prefetch.made_by(str(graph), large.config)) is not None
+    assert not first_pass.waiting()
     assert first_pass.input_for(inp / "only.jpg", [1, 3, ih, iw]) is not None   # shape only: found too
     assert first_pass.input_for(inp / "only.jpg", [1, 3, ih + 32, iw]) is None  # no shrink gives it
     # A recorded shape the frame's input does not have (360° tiles, other frames): no guess.
@@ -432,3 +436,53 @@ def test_the_view_gives_the_first_pass_of_a_new_frame_size(ov_cache, portrait, m
     assert first_pass.input_for(inp / "only.jpg", [1, 3, 640, 640], view) is None
     monkeypatch.setattr(first_pass, "MAX_INPUT", ih * iw - 1)                 # too large a guess
     assert first_pass.input_for(inp / "only.jpg", None, view) is None
+
+
+def test_the_start_reads_only_regular_files_and_skips_done_images(tmp_path):
+    """A name swapped for a FIFO or a link after the listing is not read (no hang, nothing
+    outside the folder); an image whose output exists (a rerun) is not the guess."""
+    import os
+
+    from engine import first_pass
+    from tests.conftest import jpeg_bytes
+
+    d, out = tmp_path / "in", tmp_path / "out"
+    d.mkdir()
+    out.mkdir()
+    good = jpeg_bytes(np.full((64, 96, 3), 128, np.uint8))
+    (d / "a.jpg").write_bytes(good)
+    (d / "b.jpg").write_bytes(good)
+    (out / "a.jpg").write_bytes(b"done earlier")
+    assert first_pass.first_image(["run", "-i", str(d), "-o", str(out)]) == d / "b.jpg"
+    assert first_pass.first_image(["run", "-i", str(d)]) == d / "a.jpg"
+    os.mkfifo(tmp_path / "fifo.jpg")
+    assert first_pass._read_regular(tmp_path / "fifo.jpg") is None          # returns, does not block
+    (tmp_path / "link.jpg").symlink_to(d / "a.jpg")
+    assert first_pass._read_regular(tmp_path / "link.jpg") is None
+    assert first_pass._read_regular(d / "a.jpg") == good
+    assert first_pass.input_for(tmp_path / "fifo.jpg", [1, 3, 64, 96]) is None
+
+
+def test_outputs_of_another_model_are_never_taken_and_unused_ones_dropped(ov_cache, monkeypatch):
+    """What the start ran is taken only by sessions of the same model file and settings: a
+    LargePasses of other settings runs its own pass (and drops what was kept); a run that will not
+    use OpenVINO drops the kept pass and the decoded pixels."""
+    pytest.importorskip("openvino")
+    import engine.codecs.turbo as turbo
+    from engine import first_pass, ov_prefetch
+    from engine.runtimes.ov_passes import LargePasses
+
+    monkeypatch.setattr(first_pass, "_KEPT", [])
+    monkeypatch.setattr(turbo, "_AHEAD", [])
+    graph = dynamic_graph_path(Path(resolve_model(load_card("centerface"))))
+    x = np.random.default_rng(1).random((1, 3, 64, 96), np.float32) * 255
+    fake = {"537": np.zeros((1, 1, 16, 24), np.float32)}
+    one = LargePasses(graph, threads=1, streams=1)
+    first_pass.keep(x, fake, ov_prefetch.made_by(str(graph), {**one.config, "NUM_STREAMS": 9}))
+    got = one.session().run(None, {"input.1": x})
+    assert first_pass._KEPT == [] and np.abs(got[0]).max() > 0            # its own pass, kept one dropped
+    first_pass.keep(x, fake, ov_prefetch.made_by(str(graph), one.config))
+    turbo.keep_decoded(b"bytes", np.zeros((2, 2, 3), np.uint8))
+    monkeypatch.setattr(ov_prefetch, "_THREAD", [])
+    ov_prefetch.release(drop=True)
+    assert first_pass._KEPT == [] and turbo._AHEAD == []

@@ -17,7 +17,8 @@ import numpy as np
 from engine.jpeg import apply_orientation, estimate_quality, parse_jpeg, read_orientation
 from engine.types import Frame, ImageError, Job
 
-__all__ = ["turbojpeg", "TurboDecoder", "TurboEncoder", "decode_cmyk", "cmyk_to_rgb", "rgb_to_cmyk", "keep_decoded"]
+__all__ = ["turbojpeg", "TurboDecoder", "TurboEncoder", "decode_cmyk", "cmyk_to_rgb", "rgb_to_cmyk", "keep_decoded",
+           "drop_decoded"]
 
 
 def turbojpeg():
@@ -66,12 +67,18 @@ def keep_decoded(data: bytes, pixels: np.ndarray) -> None:
         _AHEAD_MISSES[0] = 0
 
 
-def _decoded_ahead(data) -> Optional[np.ndarray]:
+def drop_decoded() -> None:
+    """Drop pixels decoded ahead (a run whose decoder will not take them)."""
+    with _AHEAD_LOCK:
+        _AHEAD.clear()
+
+
+def _decoded_ahead(data, scale) -> Optional[np.ndarray]:
     with _AHEAD_LOCK:
         if not _AHEAD:
             return None
         kept, pixels = _AHEAD[0]
-        if len(kept) == len(data) and kept == data:
+        if scale == 1 and len(kept) == len(data) and kept == data:
             _AHEAD.clear()
             return pixels
         _AHEAD_MISSES[0] += 1
@@ -145,8 +152,8 @@ class TurboDecoder:
         parsed here when not given (it says whether the file is CMYK)."""
         from turbojpeg import TJPF_RGB
 
-        if _AHEAD and scale == 1:
-            ahead = _decoded_ahead(data)
+        if _AHEAD:
+            ahead = _decoded_ahead(data, scale)
             if ahead is not None:
                 return ahead
         info = info if info is not None else parse_jpeg(data)

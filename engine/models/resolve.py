@@ -74,19 +74,20 @@ def sha256_file(path: Path) -> str:
     every start), keyed by the file's path, size, inode and modification and change times: a
     file written, replaced or touched in any way (the change time cannot be set back) is hashed
     again. A memo that cannot be read or written only costs the hashing."""
-    st = os.stat(path)
     real = os.path.realpath(path)
-    version = [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
-    key = (real, *version)
-    if key in _SHA_MEMO:
-        return _SHA_MEMO[key]
-    memo = _read_sha_memo()
-    known = memo.get(real)
-    if isinstance(known, list) and known[:4] == version and isinstance(known[4], str) and len(known[4]) == 64:
-        _SHA_MEMO[key] = known[4]
-        return known[4]
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())                          # the file read below, not a name's
+        version = [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+        key = (real, *version)
+        if key in _SHA_MEMO:
+            return _SHA_MEMO[key]
+        memo = _read_sha_memo()
+        known = memo.get(real)
+        if (isinstance(known, list) and len(known) == 5 and known[:4] == version and isinstance(known[4], str)
+                and len(known[4]) == 64):
+            _SHA_MEMO[key] = known[4]
+            return known[4]
+        h = hashlib.sha256()
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     _SHA_MEMO[key] = h.hexdigest()

@@ -85,7 +85,10 @@ class LargePasses:
             with self._lock:
                 sess = self._free.pop() if self._free else None
             if sess is None:                                # more threads than streams
-                sess = _Session(compiled, first_run=self._first_run)
+                from engine import ov_prefetch
+
+                sess = _Session(compiled, first_run=self._first_run,
+                                made_by=ov_prefetch.made_by(str(self.graph), self.config))
             self._tls.session = sess
         return sess
 
@@ -116,13 +119,16 @@ class LargePasses:
 
         try:
             taken = ov_prefetch.take(str(self.graph), self.config)
+            if taken is None:
+                first_pass.clear()             # what the start ran, it ran with another model
             compiled, requests = taken if taken is not None else (
                 self.core.compile_model(str(self.graph), "CPU", self.config), [])
             # A request per stream made now: one made while another inference of the model runs
             # waits for it (a detect thread's first pass held up ~0.1 s).
             requests += [compiled.create_infer_request()
                          for _ in range(int(self.config["NUM_STREAMS"]) - len(requests))]
-            self._free = [_Session(compiled, r, first_run=self._first_run) for r in requests]
+            made_by = ov_prefetch.made_by(str(self.graph), self.config)
+            self._free = [_Session(compiled, r, first_run=self._first_run, made_by=made_by) for r in requests]
             fut.set_result(compiled)
         except Exception as exc:  # noqa: BLE001 - OpenVINO is an optimisation: ONNX Runtime runs it
             LOG.warning("OpenVINO cannot run %s (%s): ONNX Runtime runs its large passes", self.graph.name,
@@ -135,18 +141,23 @@ class LargePasses:
             fut.set_exception(exc)
             raise
         if self.cache is not None:
-            ov_prefetch.remember(str(self.graph), self.config, view=self.view)
+            ov_prefetch.remember(str(self.graph), self.config, view=self.view)   # None too: no frame-sized guess
         return fut
 
 
 class _Session(Session):
     """A large-pass session that takes the first image's pass where the start ran it already
-    (engine.first_pass: only for an input equal to the one it ran)."""
+    (engine.first_pass: only for an input equal to the one it ran, on the same model file with
+    the same settings, `made_by`)."""
+
+    def __init__(self, compiled, request=None, first_run=None, made_by: tuple = ()):
+        super().__init__(compiled, request, first_run)
+        self._made_by = made_by
 
     def run(self, names, feed: dict):
         if first_pass.waiting() and len(feed) == 1:
             x = next(iter(feed.values()))
-            outputs = first_pass.take(x)
+            outputs = first_pass.take(x, self._made_by)
             if outputs is not None:
                 LOG.debug("the first image's candidate pass ran during the start: taken")
                 self._note_first(feed)

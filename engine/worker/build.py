@@ -38,6 +38,10 @@ def build_worker(cfg: Config, tree, *, config_file: Optional[Path] = None, db: b
         cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(
             update={"batch_size": GPU_BATCH if device == "cuda" else 1})})
     decoder_name, dali_device = choose_decoder(cfg.engine.decoder, device, components)
+    if decoder_name != "turbojpeg":
+        from engine.codecs.turbo import drop_decoded
+
+        drop_decoded()                            # decoded ahead by the start for TurboJPEG's decode
     encoder_name = choose_encoder(cfg.output.encoder, device, components)
     create_encoder(encoder_name, device)          # fails here, not once per image, if it cannot start
     cores = threads or os.cpu_count() or 2
@@ -57,7 +61,7 @@ def build_worker(cfg: Config, tree, *, config_file: Optional[Path] = None, db: b
     else:
         from engine import ov_prefetch
 
-        ov_prefetch.release()                 # nothing here runs what it may have loaded
+        ov_prefetch.release(drop=True)        # nothing here runs what it may have loaded
     detector = Detector(cfg, *build_models(cfg, runtime))
     if device == "cpu":
         # Not a daemon: ONNX Runtime aborts the process ("terminate called without an active
@@ -106,7 +110,7 @@ def _large_passes(threads: int, streams: int):
             if not large_passes_chosen(threads, model_path):
                 from engine import ov_prefetch
 
-                ov_prefetch.release()
+                ov_prefetch.release(drop=True)
                 return None
             from engine.runtimes.ov_passes import LargePasses
 
@@ -114,6 +118,9 @@ def _large_passes(threads: int, streams: int):
         except Exception as exc:  # noqa: BLE001 - OpenVINO is an optimisation: ONNX Runtime runs it all
             LOG.warning("OpenVINO could not start (%s: %s): ONNX Runtime runs CenterFace's large passes",
                         type(exc).__name__, exc)
+            from engine import ov_prefetch
+
+            ov_prefetch.release(drop=True)
             return None
     return make
 
