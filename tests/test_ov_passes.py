@@ -291,6 +291,21 @@ def test_a_cache_that_cannot_be_written_compiles_in_memory(tmp_path):
     assert not (blocker.parent / "openvino").exists()
 
 
+def _start_ahead(monkeypatch, inp, out):
+    """`sladd run -i inp -o out`'s start, on its own (this process's earlier state set aside):
+    the prefetch thread has run the first image's pass when this returns."""
+    from engine import first_pass, ov_prefetch
+
+    for name in ("_THREAD", "_LOADED"):
+        monkeypatch.setattr(ov_prefetch, name, [])
+    monkeypatch.setattr(first_pass, "_KEPT", [])
+    monkeypatch.setattr("engine.codecs.turbo._AHEAD", [])
+    monkeypatch.setattr("sys.argv", ["sladd", "run", "-i", str(inp), "-o", str(out)])
+    ov_prefetch.start()
+    ov_prefetch.wait()
+    assert first_pass.waiting()
+
+
 def test_the_first_image_is_chosen_as_the_walk_lists_it(tmp_path, monkeypatch):
     """engine.first_pass guesses the run's first image: the first JPEG name in sorted order
     that is a regular file (no link, folder, preview, other type); nothing for a folder too
@@ -335,14 +350,7 @@ def test_the_start_runs_the_first_images_pass_and_the_detector_takes_it(ov_cache
     monkeypatch.setattr(ov_prefetch, "_REMEMBERED", [])
     monkeypatch.setattr(ov_prefetch, "_KEY", ["command F"])
     ov_prefetch.remember(str(graph), large.config, (1, 3, 256, 352))     # 480x656 halved, padded to 32
-    monkeypatch.setattr(ov_prefetch, "_THREAD", [])
-    monkeypatch.setattr(ov_prefetch, "_LOADED", [])
-    monkeypatch.setattr(first_pass, "_KEPT", [])
-    monkeypatch.setattr("engine.codecs.turbo._AHEAD", [])
-    monkeypatch.setattr("sys.argv", ["sladd", "run", "-i", str(inp), "-o", str(tmp_path / "out")])
-    ov_prefetch.start()
-    ov_prefetch.wait()
-    assert first_pass.waiting()
+    _start_ahead(monkeypatch, inp, tmp_path / "out")
 
     runtime = create_runtime("onnxruntime", device="cpu", threads=1)
     runtime.large_passes = lambda model, g, view=None: LargePasses(g, threads=1, streams=2, view=view)
@@ -404,14 +412,7 @@ def test_the_view_gives_the_first_pass_of_a_new_frame_size(ov_cache, portrait, m
     ov_prefetch.remember(str(graph), large.config)
     assert ov_prefetch.recorded() == {"model": str(graph), "config": large.config, "view": view}
 
-    monkeypatch.setattr(ov_prefetch, "_THREAD", [])
-    monkeypatch.setattr(ov_prefetch, "_LOADED", [])
-    monkeypatch.setattr(first_pass, "_KEPT", [])
-    monkeypatch.setattr("engine.codecs.turbo._AHEAD", [])
-    monkeypatch.setattr("sys.argv", ["sladd", "run", "-i", str(inp), "-o", str(tmp_path / "out")])
-    ov_prefetch.start()
-    ov_prefetch.wait()
-    assert first_pass.waiting()
+    _start_ahead(monkeypatch, inp, tmp_path / "out")
     f, m = view["factor"], view["multiple"]
     # Its decoded pixels go to the run's decoder, once, for the same bytes (oracle: a decode).
     import engine.codecs.turbo as turbo
