@@ -374,19 +374,29 @@ def test_sigterm_finishes_the_requests_in_flight(tmp_path, portrait):
     answers = []
 
     def call():
-        answers.append(requests.post(s.url + "/blur/", files={"picture": ("p.jpg", data, "image/jpeg")}, timeout=120))
+        try:
+            answers.append(requests.post(s.url + "/blur/", files={"picture": ("p.jpg", data, "image/jpeg")},
+                                         timeout=120))
+        except requests.ConnectionError as exc:     # not admitted before the signal: may be refused
+            answers.append(exc)
     threads = [threading.Thread(target=call) for _ in range(5)]
     for t in threads:
         t.start()
     deadline = time.time() + 30
-    while requests.get(s.url + "/health").json()["in_flight"] < 3 and time.time() < deadline:
+    admitted = 0
+    while admitted < 3 and time.time() < deadline:
+        admitted = requests.get(s.url + "/health").json()["in_flight"]
         time.sleep(0.02)
     s.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(120)
     assert s.proc.wait(60) == 0, s.output()
-    assert [r.status_code for r in answers] == [200] * 5
-    assert all(r.headers["content-type"] == "image/jpeg" for r in answers)
+    # Every request admitted before the signal is finished and answered (on a loaded machine a
+    # client may not have connected yet when it came: refused, never half-answered).
+    done = [r for r in answers if isinstance(r, requests.Response)]
+    assert len(answers) == 5 and len(done) >= admitted >= 3, answers
+    assert [r.status_code for r in done] == [200] * len(done)
+    assert all(r.headers["content-type"] == "image/jpeg" for r in done)
     with pytest.raises(requests.ConnectionError):
         requests.get(s.url + "/health", timeout=2)
     s.stop()
