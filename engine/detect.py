@@ -366,4 +366,3 @@ class Detector:
             masks=masks if any_masks else None,
             mask_boxes=cat(mboxes, (0, 4), np.int64).reshape(-1, 4) if any_masks else None,
             shapes=tuple(shapes), counted=cat(counted, (0,), np.int64))
-

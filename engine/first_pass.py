@@ -19,10 +19,10 @@ hidden files) may still pick another first image, which only loses the guess.
 from __future__ import annotations
 
 import os
-import stat
-import threading
 from pathlib import Path
 from typing import Optional
+
+from engine.held import Held
 
 __all__ = ["prepare", "first_image", "input_for", "keep", "take", "clear", "waiting"]
 
@@ -36,9 +36,7 @@ _EXTENSIONS = (".jpg", ".jpeg")
 _INPUT = ("-i", "--input")
 _OUTPUT = ("-o", "--output")
 
-_KEPT: list = []                 # (input blob, {output name: array}, (model file, settings))
-_MISSED: list[int] = [0]
-_LOCK = threading.Lock()
+_KEPT = Held(misses=MISSES)      # key (input blob, (model file, settings)): {output name: array}
 
 
 def prepare() -> bool:
@@ -97,21 +95,13 @@ def first_image(argv: list[str]) -> Optional[Path]:
 def _read_regular(path: Path) -> Optional[bytes]:
     """The bytes of `path` if it is (still) a regular file of at most MAX_BYTES, else None:
     opened without following a link or blocking on a FIFO swapped in since the listing."""
+    from engine.decode import read_bytes
+    from engine.types import ImageError
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
+        return read_bytes(path, follow_links=False, max_bytes=MAX_BYTES)
+    except ImageError:
         return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_BYTES:
-            return None
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            data = fh.read(MAX_BYTES + 1)
-        return data if len(data) <= MAX_BYTES else None
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def input_for(path: Optional[Path], shape: Optional[list] = None, view: Optional[dict] = None):
@@ -166,9 +156,7 @@ def _shrunk(pixels, shape: Optional[list], view: Optional[dict]):
 def keep(blob, outputs: dict, made_by: tuple) -> None:
     """The outputs of the pass over `blob`; `made_by`: (model file, settings) of the compiled
     model that ran it."""
-    with _LOCK:
-        _KEPT.append((blob, outputs, made_by))
-        _MISSED[0] = 0
+    _KEPT.put((blob, made_by), outputs)
 
 
 def waiting() -> bool:
@@ -182,18 +170,12 @@ def take(blob, made_by: tuple) -> Optional[dict]:
     were not it."""
     import numpy as np
 
-    with _LOCK:
-        for k, (x, outputs, by) in enumerate(_KEPT):
-            if by == made_by and x.shape == blob.shape and x.dtype == blob.dtype and np.array_equal(x, blob):
-                del _KEPT[k]
-                return outputs
-        _MISSED[0] += 1
-        if _MISSED[0] >= MISSES:
-            _KEPT.clear()
-    return None
+    def same(key) -> bool:
+        x, by = key
+        return by == made_by and x.shape == blob.shape and x.dtype == blob.dtype and np.array_equal(x, blob)
+    return _KEPT.take(same)
 
 
 def clear() -> None:
     """Drop what is kept (a run that does not run these passes, or runs another model)."""
-    with _LOCK:
-        _KEPT.clear()
+    _KEPT.clear()

@@ -30,7 +30,7 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from engine.cachedirs import models_dir
+from engine.cachedirs import models_dir, read_note, write_note
 
 __all__ = ["start", "wait", "take", "release", "record_file", "read_record", "recorded", "remember", "command_key",
            "numpy_interface", "made_by"]
@@ -75,11 +75,8 @@ def command_key(argv: list[str]) -> str:
 def read_record() -> dict:
     """{"runs": {command key: {"model", "config"[, "shape", "view"]}}, "last": key}; {} where there
     is none."""
-    try:
-        rec = json.loads(record_file().read_text())
-    except (OSError, ValueError):
-        return {}
-    return rec if isinstance(rec, dict) and isinstance(rec.get("runs"), dict) else {}
+    rec = read_note(record_file())
+    return rec if isinstance(rec.get("runs"), dict) else {}
 
 
 def _entry(rec: dict) -> dict:
@@ -131,14 +128,7 @@ def _remember(model: str, config: dict, shape, view) -> None:
     runs = {k: v for k, v in rec.get("runs", {}).items() if k != key}
     runs[key] = entry
     runs = dict(list(runs.items())[-KEPT:])
-    f = record_file()
-    try:
-        f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_name(f".{f.name}.{os.getpid()}.{threading.get_ident()}.partial")
-        tmp.write_text(json.dumps({"runs": runs, "last": key}))
-        os.replace(tmp, f)
-    except OSError:
-        pass
+    write_note(record_file(), {"runs": runs, "last": key})
 
 
 def start() -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from engine.models import create_adapter, load_card, resolve_model
 from engine.models.centerface import dynamic_graph_path
+from engine.held import Held
 from engine.runtimes import create_runtime
 from kernels import downscale_mean
 
@@ -298,8 +299,8 @@ def _start_ahead(monkeypatch, inp, out):
 
     for name in ("_THREAD", "_LOADED"):
         monkeypatch.setattr(ov_prefetch, name, [])
-    monkeypatch.setattr(first_pass, "_KEPT", [])
-    monkeypatch.setattr("engine.codecs.turbo._AHEAD", [])
+    monkeypatch.setattr(first_pass, "_KEPT", Held(misses=first_pass.MISSES))
+    monkeypatch.setattr("engine.codecs.turbo._AHEAD", Held(misses=4, one=True))
     monkeypatch.setattr("sys.argv", ["sladd", "run", "-i", str(inp), "-o", str(out)])
     ov_prefetch.start()
     ov_prefetch.wait()
@@ -418,11 +419,11 @@ def test_the_view_gives_the_first_pass_of_a_new_frame_size(ov_cache, portrait, m
     import engine.codecs.turbo as turbo
 
     data = (inp / "only.jpg").read_bytes()
-    assert len(turbo._AHEAD) == 1 and turbo._AHEAD[0][0] == data
-    kept = turbo._AHEAD[0][1]
+    assert len(turbo._AHEAD.items) == 1 and turbo._AHEAD.items[0][0] == data
+    kept = turbo._AHEAD.items[0][1]
     assert TurboDecoder().decode_pixels(jpeg_bytes(img[::-1].copy())) is not kept         # other bytes
     pixels = TurboDecoder().decode_pixels(data)
-    assert pixels is kept and turbo._AHEAD == []
+    assert pixels is kept and turbo._AHEAD.items == []
     assert np.array_equal(pixels, TurboDecoder().decode_pixels(data))
     small = downscale_mean(pixels, f)
     ih, iw = -(-small.shape[0] // m) * m, -(-small.shape[1] // m) * m
@@ -473,17 +474,17 @@ def test_outputs_of_another_model_are_never_taken_and_unused_ones_dropped(ov_cac
     from engine import first_pass, ov_prefetch
     from engine.runtimes.ov_passes import LargePasses
 
-    monkeypatch.setattr(first_pass, "_KEPT", [])
-    monkeypatch.setattr(turbo, "_AHEAD", [])
+    monkeypatch.setattr(first_pass, "_KEPT", Held(misses=first_pass.MISSES))
+    monkeypatch.setattr(turbo, "_AHEAD", Held(misses=4, one=True))
     graph = dynamic_graph_path(Path(resolve_model(load_card("centerface"))))
     x = np.random.default_rng(1).random((1, 3, 64, 96), np.float32) * 255
     fake = {"537": np.zeros((1, 1, 16, 24), np.float32)}
     one = LargePasses(graph, threads=1, streams=1)
     first_pass.keep(x, fake, ov_prefetch.made_by(str(graph), {**one.config, "NUM_STREAMS": 9}))
     got = one.session().run(None, {"input.1": x})
-    assert first_pass._KEPT == [] and np.abs(got[0]).max() > 0            # its own pass, kept one dropped
+    assert first_pass._KEPT.items == [] and np.abs(got[0]).max() > 0            # its own pass, kept one dropped
     first_pass.keep(x, fake, ov_prefetch.made_by(str(graph), one.config))
     turbo.keep_decoded(b"bytes", np.zeros((2, 2, 3), np.uint8))
     monkeypatch.setattr(ov_prefetch, "_THREAD", [])
     ov_prefetch.release(drop=True)
-    assert first_pass._KEPT == [] and turbo._AHEAD == []
+    assert first_pass._KEPT.items == [] and turbo._AHEAD.items == []

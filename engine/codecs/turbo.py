@@ -7,13 +7,13 @@ profile: detection needs faces to look like faces, not colorimetry, and a CMS tr
 """
 from __future__ import annotations
 
-import threading
 import time
 from fractions import Fraction
 from typing import Optional
 
 import numpy as np
 
+from engine.held import Held
 from engine.jpeg import apply_orientation, estimate_quality, parse_jpeg, read_orientation
 from engine.types import Frame, ImageError, Job
 
@@ -53,38 +53,19 @@ def turbojpeg():
 
 
 _TJ = None
-_AHEAD: list = []                # [(bytes, stored-orientation pixels)] decoded ahead, at most one
-_AHEAD_MISSES = [0]
-_AHEAD_LOCK = threading.Lock()
+_AHEAD = Held(misses=4, one=True)   # (bytes, stored-orientation pixels) decoded ahead
 
 
 def keep_decoded(data: bytes, pixels: np.ndarray) -> None:
     """Full-scale pixels of `data` decoded ahead (engine.first_pass, during a run's start): the
     next `decode_pixels` of the same bytes at full scale takes them instead of decoding (once);
     dropped after a few decodes of other bytes."""
-    with _AHEAD_LOCK:
-        _AHEAD[:] = [(data, pixels)]
-        _AHEAD_MISSES[0] = 0
+    _AHEAD.put(data, pixels)
 
 
 def drop_decoded() -> None:
     """Drop pixels decoded ahead (a run whose decoder will not take them)."""
-    with _AHEAD_LOCK:
-        _AHEAD.clear()
-
-
-def _decoded_ahead(data, scale) -> Optional[np.ndarray]:
-    with _AHEAD_LOCK:
-        if not _AHEAD:
-            return None
-        kept, pixels = _AHEAD[0]
-        if scale == 1 and len(kept) == len(data) and kept == data:
-            _AHEAD.clear()
-            return pixels
-        _AHEAD_MISSES[0] += 1
-        if _AHEAD_MISSES[0] >= 4:
-            _AHEAD.clear()
-    return None
+    _AHEAD.clear()
 
 
 class TurboDecoder:
@@ -153,7 +134,7 @@ class TurboDecoder:
         from turbojpeg import TJPF_RGB
 
         if _AHEAD:
-            ahead = _decoded_ahead(data, scale)
+            ahead = _AHEAD.take(lambda kept: scale == 1 and len(kept) == len(data) and kept == data)
             if ahead is not None:
                 return ahead
         info = info if info is not None else parse_jpeg(data)

@@ -4,7 +4,6 @@ the card's SHA-256."""
 from __future__ import annotations
 
 import hashlib
-import json
 import importlib.util
 import logging
 import os
@@ -14,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from engine.cachedirs import cache_root, models_dir, plans_dir  # noqa: F401 - re-exported
+from engine.cachedirs import cache_root, models_dir, plans_dir, read_note, write_note  # noqa: F401 - re-exported
 from engine.models.card import ModelCard
 
 __all__ = ["models_dir", "resolve_model", "sha256_file", "package_file", "copy_atomic", "ModelNotFound"]
@@ -81,7 +80,7 @@ def sha256_file(path: Path) -> str:
         key = (real, *version)
         if key in _SHA_MEMO:
             return _SHA_MEMO[key]
-        memo = _read_sha_memo()
+        memo = read_note(_sha_memo_file())
         known = memo.get(real)
         if (isinstance(known, list) and len(known) == 5 and known[:4] == version and isinstance(known[4], str)
                 and len(known[4]) == 64):
@@ -93,26 +92,12 @@ def sha256_file(path: Path) -> str:
     _SHA_MEMO[key] = h.hexdigest()
     memo = {k: v for k, v in memo.items() if k != real and os.path.exists(k)}
     memo[real] = version + [h.hexdigest()]
-    try:
-        from engine.fsutil import write_atomic
-
-        _sha_memo_file().parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(_sha_memo_file(), json.dumps(memo).encode())
-    except OSError:
-        pass
+    write_note(_sha_memo_file(), memo)
     return _SHA_MEMO[key]
 
 
 def _sha_memo_file() -> Path:
     return models_dir() / "derived" / "sha256.json"
-
-
-def _read_sha_memo() -> dict:
-    try:
-        memo = json.loads(_sha_memo_file().read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return memo if isinstance(memo, dict) else {}
 
 
 def package_file(card: ModelCard) -> Optional[Path]:

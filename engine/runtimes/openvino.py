@@ -94,7 +94,6 @@ def large_passes_chosen(threads: Optional[int], model: Optional[Path]) -> bool:
     cannot be kept (a read-only cache), ONNX Runtime: a choice timed anew in every run could
     differ from run to run."""
     import importlib.util
-    import json
 
     if model is None or importlib.util.find_spec("openvino") is None:
         return False
@@ -102,18 +101,15 @@ def large_passes_chosen(threads: Optional[int], model: Optional[Path]) -> bool:
 
     import onnxruntime
 
-    from engine.models.resolve import cache_root
+    from engine.cachedirs import cache_root, read_note, write_note
     from engine.runtimes.cpuinfo import cpu_model
 
     n = threads or os.cpu_count() or 1
     key = (f"{cpu_model()}|threads={n}|{Path(model).name}|large pass|onnxruntime={onnxruntime.__version__}"
            f"|openvino={version('openvino')}")
     store = cache_root() / "runtime_choice.json"
-    try:
-        known = json.loads(store.read_text())
-    except (OSError, ValueError):
-        known = {}
-    hit = known.get(key) if isinstance(known, dict) else None
+    known = read_note(store)
+    hit = known.get(key)
     if isinstance(hit, dict) and hit.get("choice") in ("openvino", "onnxruntime"):
         LOG.info("CenterFace's large passes -> %s (this CPU, measured earlier: %s ms)", hit["choice"], hit.get("ms"))
         return hit["choice"] == "openvino"
@@ -131,12 +127,7 @@ def large_passes_chosen(threads: Optional[int], model: Optional[Path]) -> bool:
         LOG.info("CenterFace's large passes -> onnxruntime (could not time OpenVINO: %s)", exc)
         return False
     LOG.info("CenterFace's large passes -> %s (1248x1024 on this CPU, %d threads: %s ms)", choice, n, ms)
-    known = known if isinstance(known, dict) else {}
     known[key] = {"choice": choice, "ms": ms}
-    try:
-        tmp = store.with_name(f".{store.name}.{os.getpid()}.partial")
-        tmp.write_text(json.dumps(known, indent=2))
-        os.replace(tmp, store)
-    except OSError:
+    if not write_note(store, known):
         return False                                   # not kept: see the docstring
     return choice == "openvino"
