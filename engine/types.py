@@ -52,6 +52,7 @@ class Frame:
     timings: dict[str, float] = field(default_factory=dict)
     exif: Optional[bytes] = None           # TIFF payload of the EXIF APP1 segment
     icc: Optional[bytes] = None            # a PNG input's ICC profile (JPEG: in `segments`)
+    coefficients: Any = None               # engine.codecs.coefjpeg.Coefficients, for the lossless writer
 
     @property
     def stored_size(self) -> tuple[int, int]:

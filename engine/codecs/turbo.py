@@ -56,11 +56,15 @@ _TJ = None
 _AHEAD = Held(misses=4, one=True)   # (bytes, stored-orientation pixels) decoded ahead
 
 
-def keep_decoded(data: bytes, pixels: np.ndarray) -> None:
-    """Full-scale pixels of `data` decoded ahead (engine.first_pass, during a run's start): the
-    next `decode_pixels` of the same bytes at full scale takes them instead of decoding (once);
-    dropped after a few decodes of other bytes."""
-    _AHEAD.put(data, pixels)
+def keep_decoded(data: bytes, pixels: np.ndarray, coefficients=None) -> None:
+    """Full-scale pixels of `data` decoded ahead (engine.first_pass, during a run's start), with
+    their engine.codecs.coefjpeg.Coefficients when it had them: the next full-scale decode of the
+    same bytes takes them instead of decoding (once); dropped after a few decodes of other bytes."""
+    _AHEAD.put(data, (pixels, coefficients))
+
+
+def _take_ahead(data: bytes):
+    return _AHEAD.take(lambda kept: len(kept) == len(data) and kept == data)
 
 
 def drop_decoded() -> None:
@@ -81,6 +85,8 @@ class TurboDecoder:
     name = "turbojpeg"
     scalable = True               # decodes at a DCT scale factor (engine.codecs.ScaledDecoder)
 
+    keep_coefficients = False     # set by engine.worker.build when the writer patches losslessly
+
     def __init__(self, *, min_scale: float = 1.0, max_pixels: int = 200_000_000, device: str = "cpu",
                  device_id: Optional[int] = None, threads: Optional[int] = None, batch: Optional[int] = None):
         self.tj = turbojpeg()
@@ -97,8 +103,28 @@ class TurboDecoder:
         """`info`: the file's parsed header when the caller already has it (parsed once)."""
         t0 = time.perf_counter()
         head = self.header(data, info)
+        kept = self._with_coefficients(data, head)
+        if kept is not None:
+            frame = self.frame(job, data, head, kept[0], 1.0, time.perf_counter() - t0)
+            frame.coefficients = kept[1]
+            return frame
         pixels = apply_orientation(self.decode_pixels(data, self.scale, head["info"]), head["orientation"])
         return self.frame(job, data, head, pixels, float(self.scale), time.perf_counter() - t0)
+
+    def _with_coefficients(self, data: bytes, head: dict):
+        """(pixels, coefficients) from one pass of the native helper (engine.codecs.coefjpeg) for a
+        full-scale upright baseline file whose output the lossless writer will patch; else None."""
+        info = head["info"]
+        if not (self.keep_coefficients and self.scale == 1 and head["orientation"] == 1 and info.sof in (0xC0, 0xC1)
+                and info.components in (1, 3)):
+            return None
+        if _AHEAD:
+            ahead = _take_ahead(data)
+            if ahead is not None:
+                return ahead                      # its coefficients may be None: the writer reads the file again
+        from engine.codecs.coefjpeg import decode
+
+        return decode(data)
 
     def header(self, data: bytes, info=None) -> dict:
         """What the frame needs from the file's header; ImageError for what is refused (too many
@@ -133,10 +159,10 @@ class TurboDecoder:
         parsed here when not given (it says whether the file is CMYK)."""
         from turbojpeg import TJPF_RGB
 
-        if _AHEAD:
-            ahead = _AHEAD.take(lambda kept: scale == 1 and len(kept) == len(data) and kept == data)
+        if _AHEAD and scale == 1:
+            ahead = _take_ahead(data)
             if ahead is not None:
-                return ahead
+                return ahead[0]
         info = info if info is not None else parse_jpeg(data)
         if info.cmyk:
             return cmyk_to_rgb(decode_cmyk(data, scale, self.tj), info.adobe_transform is not None)

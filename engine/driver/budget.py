@@ -16,7 +16,9 @@ FRAME_BYTES = 256 << 20        # two 8000x4000 RGB frames; about seven 12 MP one
 
 
 def _nbytes(frame) -> int:
-    return int(getattr(getattr(frame, "pixels", None), "nbytes", 0) or 0)
+    """The frame's pixels and the DCT coefficients its decoder kept for the writer."""
+    held = getattr(frame, "pixels", None), getattr(frame, "coefficients", None)
+    return sum(int(getattr(x, "nbytes", 0) or 0) for x in held)
 
 
 class FrameBudget:

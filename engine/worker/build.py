@@ -77,6 +77,8 @@ def build_worker(cfg: Config, tree, *, config_file: Optional[Path] = None, db: b
         # threads: DALI's own workers (Huffman decoding on the host for nvJPEG's hybrid path).
         inner = create_decoder(decoder_name, min_scale=1.0, max_pixels=cfg.engine.max_image_pixels,
                                device=dali_device, batch=cfg.engine.decode_batch, threads=max(2, min(8, cores)))
+        if hasattr(inner, "keep_coefficients"):   # one pass for pixels and the lossless writer's coefficients
+            inner.keep_coefficients = bool(cfg.output.lossless and cfg.draw_mask)
         return ScaledDecoder(inner, detector.needed_scale)
 
     meta = MetaContext.from_config(cfg, config_file or CONFIG_DIR / "default.yml")
