@@ -86,6 +86,9 @@ def test_patched_output_is_tjtransforms_byte_for_byte(subsampling):
     _, coefs = coefjpeg.decode(data)
     assert transcode(data, geo, patches, coefs) == transcode(data, geo, patches)
     assert not coefs.open                              # freed as soon as it is written
+    _, coefs = coefjpeg.decode(data)
+    assert coefs.write(size_hint=1) == coefs.write(size_hint=10 * len(data)) == transcode(data, geo)
+    coefs.close()
 
 
 @needs_helper

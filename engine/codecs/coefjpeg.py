@@ -33,7 +33,7 @@ __all__ = ["Coefficients", "available", "build", "decode", "write_patched", "SOU
 LOG = logging.getLogger("sladd")
 SOURCE = Path(__file__).with_name("sladd_jpeg.c")
 LIBRARY = Path(__file__).with_name("_sladd_jpeg.so")
-_VERSION = 1                     # SL_VERSION in sladd_jpeg.c
+_VERSION = 2                     # SL_VERSION in sladd_jpeg.c
 _LOCK = threading.Lock()
 _LIB: Optional[object] = None
 _TRIED = False
@@ -62,7 +62,7 @@ def _load():
         lib.sl_open.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.POINTER(vp), ip]
         lib.sl_pixels.argtypes = [vp, vp, ctypes.c_ulong]
         lib.sl_blocks.argtypes = [vp, ctypes.c_int, ctypes.POINTER(vp), ctypes.POINTER(ctypes.c_long)]
-        lib.sl_write.argtypes = [vp, ctypes.POINTER(vp), ctypes.POINTER(ctypes.c_ulong)]
+        lib.sl_write.argtypes = [vp, ctypes.c_ulong, ctypes.POINTER(vp), ctypes.POINTER(ctypes.c_ulong)]
         lib.sl_free.argtypes = lib.sl_free_buffer.argtypes = lib.sl_message.argtypes = [vp]
         lib.sl_message.restype = ctypes.c_char_p
         _LIB = lib
@@ -101,14 +101,16 @@ class Coefficients:
         flat = np.ctypeslib.as_array(ctypes.cast(base, ctypes.POINTER(ctypes.c_short)), (high * step.value * 64,))
         return flat.reshape(high, step.value, 64)[:, :wide]
 
-    def write(self) -> bytes:
+    def write(self, size_hint: Optional[int] = None) -> bytes:
         """A baseline JPEG of these coefficients: the input's quantisation tables and sampling,
         libjpeg's standard Huffman tables, no marker but JFIF's (what tjTransform writes with
-        TJXOPT_COPYNONE)."""
+        TJXOPT_COPYNONE). `size_hint`: the buffer written into first (default: a quarter more
+        than the input, whose Huffman tables may have been optimised); libjpeg grows it if needed."""
         if not self.open:
             raise ValueError("the coefficients were closed")
         buf, size = ctypes.c_void_p(), ctypes.c_ulong()
-        rc = self._lib.sl_write(self._handle, ctypes.byref(buf), ctypes.byref(size))
+        hint = size_hint if size_hint is not None else len(self._data) * 5 // 4 + 65536
+        rc = self._lib.sl_write(self._handle, hint, ctypes.byref(buf), ctypes.byref(size))
         try:
             if rc != 0:
                 raise RuntimeError(self._message())

@@ -42,7 +42,7 @@ static void sl_emit_message(j_common_ptr cinfo, int level) {
   }
 }
 
-#define SL_VERSION 1
+#define SL_VERSION 2
 
 /* Checked by the loader: this file's version, libjpeg's API version, the coefficient size. */
 int sl_abi(void) { return SL_VERSION * 1000000 + JPEG_LIB_VERSION * 100 + (int)sizeof(JCOEF); }
@@ -148,21 +148,30 @@ int sl_blocks(sl_jpeg *h, int c, JCOEF **base, long *row_blocks) {
 
 /* A new JPEG from the (possibly changed) coefficients, with the input's quantisation tables and
  * sampling, libjpeg's standard Huffman tables, no marker but JFIF's (as tjTransform with
- * TJXOPT_COPYNONE writes). `*out` is malloc'd: free it with sl_free_buffer. */
-int sl_write(sl_jpeg *h, unsigned char **out, unsigned long *size) {
+ * TJXOPT_COPYNONE writes). `hint`: the expected size (the input's): one buffer of that size is
+ * written into, grown by libjpeg only when too small. `*out` is malloc'd: free it with
+ * sl_free_buffer. */
+int sl_write(sl_jpeg *h, unsigned long hint, unsigned char **out, unsigned long *size) {
   struct jpeg_compress_struct c;
   sl_error err;
+  unsigned char *volatile first = (unsigned char *)malloc(hint > 4096 ? hint : 4096);
   memset(&c, 0, sizeof(c));
-  *out = NULL;
-  *size = 0;
+  *out = first;
+  *size = hint > 4096 ? hint : 4096;
+  if (!first) {
+    strcpy(h->err.message, "out of memory");
+    return -1;
+  }
   c.err = jpeg_std_error(&err.pub);
   err.pub.error_exit = sl_error_exit;
   err.pub.emit_message = sl_emit_message;
   if (setjmp(err.jump)) {
+    /* A buffer libjpeg grew into is private to its destination manager: lost, as rare as this. */
     memcpy(h->err.message, err.message, sizeof(err.message));
     jpeg_destroy_compress(&c);
-    free(*out);
+    free(first);
     *out = NULL;
+    *size = 0;
     return -1;
   }
   jpeg_create_compress(&c);
@@ -171,6 +180,7 @@ int sl_write(sl_jpeg *h, unsigned char **out, unsigned long *size) {
   jpeg_write_coefficients(&c, h->coefs);
   jpeg_finish_compress(&c);
   jpeg_destroy_compress(&c);
+  if (*out != first) free(first);          /* libjpeg grew it into a buffer of its own */
   return 0;
 }
 
