@@ -124,7 +124,8 @@ def input_for(path: Optional[Path], shape: Optional[list] = None, view: Optional
         if info.precision != 8 or info.components not in (1, 3, 4) or info.width * info.height > MAX_PIXELS:
             return None
         upright = read_orientation(info.exif) == 1
-        got = coefjpeg.decode(data) if upright and info.sof in (0xC0, 0xC1) and info.components in (1, 3) else None
+        got = (coefjpeg.decode(data) if upright and info.sof in (0xC0, 0xC1) and info.components in (1, 3)
+               and info.width * info.height <= TurboDecoder.COEFFICIENTS_MAX_PIXELS else None)
         stored, coefs = got if got is not None else (TurboDecoder().decode_pixels(data, info=info), None)
         pixels = apply_orientation(stored, read_orientation(info.exif))
     except Exception:  # noqa: BLE001 - the run reports what is wrong with the file

@@ -204,3 +204,20 @@ def test_the_first_image_decoded_ahead_hands_over_its_coefficients(monkeypatch):
     frame = dec.decode(JOB, data)
     assert frame.pixels is pixels and frame.coefficients is coefs and turbo._AHEAD.items == []
     assert dec.decode(JOB, data).coefficients is not coefs              # handed over once
+
+
+@needs_helper
+def test_pictures_too_large_for_two_frames_in_flight_keep_none(monkeypatch):
+    """Coefficients double a frame's bytes in the frames-in-flight budget: above the limit the
+    decoder keeps none (the writer reads the file again), so two such frames still fit."""
+    from engine.driver.budget import FRAME_BYTES
+
+    assert 2 * TurboDecoder.COEFFICIENTS_MAX_PIXELS * 6 <= FRAME_BYTES
+    data = jpeg_bytes(road_scene(96, 128, 10), 90)
+    dec = TurboDecoder()
+    dec.keep_coefficients = True
+    monkeypatch.setattr(TurboDecoder, "COEFFICIENTS_MAX_PIXELS", 96 * 128 - 1)
+    frame = dec.decode(JOB, data)
+    assert frame.coefficients is None and np.array_equal(frame.pixels, _tj(data))
+    monkeypatch.setattr(TurboDecoder, "COEFFICIENTS_MAX_PIXELS", 96 * 128)
+    assert dec.decode(JOB, data).coefficients is not None

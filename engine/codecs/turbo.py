@@ -86,6 +86,10 @@ class TurboDecoder:
     scalable = True               # decodes at a DCT scale factor (engine.codecs.ScaledDecoder)
 
     keep_coefficients = False     # set by engine.worker.build when the writer patches losslessly
+    # Coefficients double a frame's bytes in the frames-in-flight budget (engine.driver.budget,
+    # 256 MB); kept only where two such frames still fit (6 bytes per pixel): larger pictures
+    # (8000x4000 panoramas, 32 MP frames) went one at a time and ran 40% slower.
+    COEFFICIENTS_MAX_PIXELS = 20_000_000
 
     def __init__(self, *, min_scale: float = 1.0, max_pixels: int = 200_000_000, device: str = "cpu",
                  device_id: Optional[int] = None, threads: Optional[int] = None, batch: Optional[int] = None):
@@ -116,7 +120,7 @@ class TurboDecoder:
         full-scale upright baseline file whose output the lossless writer will patch; else None."""
         info = head["info"]
         if not (self.keep_coefficients and self.scale == 1 and head["orientation"] == 1 and info.sof in (0xC0, 0xC1)
-                and info.components in (1, 3)):
+                and info.components in (1, 3) and info.width * info.height <= self.COEFFICIENTS_MAX_PIXELS):
             return None
         if _AHEAD:
             ahead = _take_ahead(data)
