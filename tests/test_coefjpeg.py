@@ -208,16 +208,88 @@ def test_the_first_image_decoded_ahead_hands_over_its_coefficients(monkeypatch):
 
 @needs_helper
 def test_pictures_too_large_for_two_frames_in_flight_keep_none(monkeypatch):
-    """Coefficients double a frame's bytes in the frames-in-flight budget: above the limit the
-    decoder keeps none (the writer reads the file again), so two such frames still fit."""
+    """Coefficients add to a frame's bytes in the frames-in-flight budget: above the limit the
+    decoder keeps none (the writer reads the file again), so two such frames still fit; the
+    bytes follow the sampling (4:4:4 holds twice 4:2:0's coefficients)."""
+    from engine.codecs.turbo import frame_bytes
     from engine.driver.budget import FRAME_BYTES
+    from engine.jpeg import parse_jpeg
 
-    assert 2 * TurboDecoder.COEFFICIENTS_MAX_PIXELS * 6 <= FRAME_BYTES
-    data = jpeg_bytes(road_scene(96, 128, 10), 90)
+    assert 2 * TurboDecoder.COEFFICIENTS_MAX_BYTES <= FRAME_BYTES
+    img = road_scene(96, 128, 10)
+    data, full = jpeg_bytes(img, 90), jpeg_bytes(img, 90, subsampling=0)
+    assert frame_bytes(parse_jpeg(data), 2) == 96 * 128 * 6 and frame_bytes(parse_jpeg(full), 0) == 96 * 128 * 9
     dec = TurboDecoder()
     dec.keep_coefficients = True
-    monkeypatch.setattr(TurboDecoder, "COEFFICIENTS_MAX_PIXELS", 96 * 128 - 1)
-    frame = dec.decode(JOB, data)
-    assert frame.coefficients is None and np.array_equal(frame.pixels, _tj(data))
-    monkeypatch.setattr(TurboDecoder, "COEFFICIENTS_MAX_PIXELS", 96 * 128)
+    monkeypatch.setattr(TurboDecoder, "COEFFICIENTS_MAX_BYTES", 96 * 128 * 6)
     assert dec.decode(JOB, data).coefficients is not None
+    frame = dec.decode(JOB, full)
+    assert frame.coefficients is None and np.array_equal(frame.pixels, _tj(full))
+    monkeypatch.setattr(TurboDecoder, "COEFFICIENTS_MAX_BYTES", 96 * 128 * 6 - 1)
+    assert dec.decode(JOB, data).coefficients is None
+
+
+@needs_helper
+@pytest.mark.parametrize("sampling", [0x22, 0x12, 0x41])
+def test_gray_frames_declaring_other_sampling_write_as_the_transform(sampling):
+    """A one-component frame header may declare 2x2 (or other) sampling; tjTransform writes it
+    as 1x1, and so must the helper (byte for byte)."""
+    data = bytearray(jpeg_bytes(road_scene(64, 72, 11)[..., 0].copy(), 90))
+    sof = data.index(b"\xff\xc0")
+    assert data[sof + 11] == 0x11
+    data[sof + 11] = sampling                          # the entropy-coded data stays valid
+    data = bytes(data)
+    pixels, coefs = coefjpeg.decode(data)
+    assert np.array_equal(pixels, _tj(data))
+    geo = geometry(data, 1)
+    out = transcode(data, geo, None, coefs)
+    assert out == transcode(data, geo) and out[out.index(b"\xff\xc0") + 11] == 0x11
+
+
+@needs_helper
+def test_a_view_keeps_its_coefficients_alive():
+    data = jpeg_bytes(road_scene(64, 64, 12), 90)
+    view = coefjpeg.decode(data)[1].blocks(0)          # the Coefficients object itself is not kept
+    import gc
+
+    gc.collect()
+    junk = [bytearray(b"\x55" * 65536) for _ in range(100)]
+    _, again = coefjpeg.decode(data)
+    assert np.array_equal(view, again.blocks(0)) and len(junk) == 100
+
+
+def test_scaled_decodes_count_as_misses_of_the_first_image(monkeypatch):
+    """The first image decoded ahead is dropped after a few decodes of other bytes, at any scale
+    (a run decoding at half scale must not hold it to the end)."""
+    from fractions import Fraction
+
+    import engine.codecs.turbo as turbo
+    from engine.held import Held
+
+    monkeypatch.setattr(turbo, "_AHEAD", Held(misses=4, one=True))
+    data = jpeg_bytes(road_scene(96, 128, 13), 90)
+    turbo.keep_decoded(data, _tj(data))
+    other = jpeg_bytes(road_scene(96, 128, 14), 90)
+    for _ in range(4):
+        TurboDecoder().decode_pixels(other, Fraction(1, 2))
+    assert turbo._AHEAD.items == []
+
+
+@needs_helper
+def test_render_frees_the_coefficients_whatever_it_writes(tmp_path):
+    """Renderer.render frees the decoder's coefficients, also when they go unused (nothing to
+    mask: the input is copied)."""
+    from engine.codecs.turbo import TurboEncoder
+    from engine.config import Config
+    from engine.types import Detections
+    from engine.worker.render import Renderer
+
+    data = jpeg_bytes(road_scene(96, 128, 15), 90)
+    dec = TurboDecoder()
+    dec.keep_coefficients = True
+    frame = dec.decode(JOB, data)
+    coefs = frame.coefficients
+    none = Detections(boxes=np.zeros((0, 4), np.float32), scores=np.zeros(0, np.float32),
+                      classes=np.zeros(0, np.int32), names=("face",))
+    out, masked, _ = Renderer(Config(), dec, TurboEncoder(), TurboEncoder()).render(frame, none)
+    assert not masked and out[:2] == b"\xff\xd8" and not coefs.open and frame.coefficients is None

@@ -33,7 +33,7 @@ __all__ = ["Coefficients", "available", "build", "decode", "write_patched", "SOU
 LOG = logging.getLogger("sladd")
 SOURCE = Path(__file__).with_name("sladd_jpeg.c")
 LIBRARY = Path(__file__).with_name("_sladd_jpeg.so")
-_VERSION = 2                     # SL_VERSION in sladd_jpeg.c
+_VERSION = 3                     # SL_VERSION in sladd_jpeg.c
 _LOCK = threading.Lock()
 _LIB: Optional[object] = None
 _TRIED = False
@@ -91,15 +91,17 @@ class Coefficients:
 
     def blocks(self, c: int) -> np.ndarray:
         """(blocks high, blocks wide, 64) int16 view of component `c`'s coefficients, natural
-        (row-major) order within a block, writable; valid until `close()`."""
+        (row-major) order within a block, writable; it keeps this object alive, and is valid
+        until `close()` (not to be called while another thread uses a view or `write`)."""
         if not self.open:
             raise ValueError("the coefficients were closed")
         base, step = ctypes.c_void_p(), ctypes.c_long()
         if self._lib.sl_blocks(self._handle, c, ctypes.byref(base), ctypes.byref(step)) != 0:
             raise RuntimeError(self._message())
         _, _, wide, high = self.components[c]
-        flat = np.ctypeslib.as_array(ctypes.cast(base, ctypes.POINTER(ctypes.c_short)), (high * step.value * 64,))
-        return flat.reshape(high, step.value, 64)[:, :wide]
+        memory = (ctypes.c_short * (high * step.value * 64)).from_address(base.value)
+        memory.owner = self                              # the view's base keeps libjpeg's memory alive
+        return np.frombuffer(memory, np.int16).reshape(high, step.value, 64)[:, :wide]
 
     def write(self, size_hint: Optional[int] = None) -> bytes:
         """A baseline JPEG of these coefficients: the input's quantisation tables and sampling,

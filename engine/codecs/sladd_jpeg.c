@@ -42,7 +42,11 @@ static void sl_emit_message(j_common_ptr cinfo, int level) {
   }
 }
 
-#define SL_VERSION 2
+#ifndef LIBJPEG_TURBO_VERSION
+#error "sladd's JPEG helper needs libjpeg-turbo (its pixels must equal TurboJPEG's)"
+#endif
+
+#define SL_VERSION 3
 
 /* Checked by the loader: this file's version, libjpeg's API version, the coefficient size. */
 int sl_abi(void) { return SL_VERSION * 1000000 + JPEG_LIB_VERSION * 100 + (int)sizeof(JCOEF); }
@@ -166,8 +170,9 @@ int sl_write(sl_jpeg *h, unsigned long hint, unsigned char **out, unsigned long 
   err.pub.error_exit = sl_error_exit;
   err.pub.emit_message = sl_emit_message;
   if (setjmp(err.jump)) {
-    /* A buffer libjpeg grew into is private to its destination manager: lost, as rare as this. */
     memcpy(h->err.message, err.message, sizeof(err.message));
+    if (c.dest) (*c.dest->term_destination)(&c);   /* *out: the buffer libjpeg grew into, if any */
+    if (*out != first) free(*out);
     jpeg_destroy_compress(&c);
     free(first);
     *out = NULL;
@@ -177,6 +182,8 @@ int sl_write(sl_jpeg *h, unsigned long hint, unsigned char **out, unsigned long 
   jpeg_create_compress(&c);
   jpeg_mem_dest(&c, out, size);
   jpeg_copy_critical_parameters(&h->d, &c);
+  if (c.num_components == 1)               /* as tjTransform (transupp): a gray frame is 1x1 */
+    c.comp_info[0].h_samp_factor = c.comp_info[0].v_samp_factor = 1;
   jpeg_write_coefficients(&c, h->coefs);
   jpeg_finish_compress(&c);
   jpeg_destroy_compress(&c);

@@ -18,7 +18,7 @@ from engine.jpeg import apply_orientation, estimate_quality, parse_jpeg, read_or
 from engine.types import Frame, ImageError, Job
 
 __all__ = ["turbojpeg", "TurboDecoder", "TurboEncoder", "decode_cmyk", "cmyk_to_rgb", "rgb_to_cmyk", "keep_decoded",
-           "drop_decoded"]
+           "drop_decoded", "frame_bytes"]
 
 
 def turbojpeg():
@@ -67,6 +67,17 @@ def _take_ahead(data: bytes):
     return _AHEAD.take(lambda kept: len(kept) == len(data) and kept == data)
 
 
+# Bytes of coefficients per pixel by TurboJPEG subsampling (TJSAMP_*: 444, 422, 420, GRAY, 440,
+# 411): 2 bytes per coefficient, one per luma pixel, fewer for subsampled chroma.
+_COEF_BYTES = {0: 6.0, 1: 4.0, 2: 3.0, 3: 2.0, 4: 4.0, 5: 3.0}
+
+
+def frame_bytes(info, subsampling: int) -> int:
+    """What a full-scale frame of this file holds with its coefficients kept: RGB pixels and
+    the DCT coefficients (6 bytes per pixel for a sampling TurboJPEG does not name)."""
+    return int(info.width * info.height * (3 + _COEF_BYTES.get(subsampling, 6.0)))
+
+
 def drop_decoded() -> None:
     """Drop pixels decoded ahead (a run whose decoder will not take them)."""
     _AHEAD.clear()
@@ -86,10 +97,11 @@ class TurboDecoder:
     scalable = True               # decodes at a DCT scale factor (engine.codecs.ScaledDecoder)
 
     keep_coefficients = False     # set by engine.worker.build when the writer patches losslessly
-    # Coefficients double a frame's bytes in the frames-in-flight budget (engine.driver.budget,
-    # 256 MB); kept only where two such frames still fit (6 bytes per pixel): larger pictures
-    # (8000x4000 panoramas, 32 MP frames) went one at a time and ran 40% slower.
-    COEFFICIENTS_MAX_PIXELS = 20_000_000
+    # Coefficients add to a frame's bytes in the frames-in-flight budget (engine.driver.budget,
+    # 256 MB): kept only where two frames with them still fit (pixels and coefficients under half
+    # the budget); larger pictures (8000x4000 panoramas, 32 MP frames) went one at a time and
+    # ran 40% slower with them.
+    COEFFICIENTS_MAX_BYTES = 128 << 20
 
     def __init__(self, *, min_scale: float = 1.0, max_pixels: int = 200_000_000, device: str = "cpu",
                  device_id: Optional[int] = None, threads: Optional[int] = None, batch: Optional[int] = None):
@@ -120,7 +132,7 @@ class TurboDecoder:
         full-scale upright baseline file whose output the lossless writer will patch; else None."""
         info = head["info"]
         if not (self.keep_coefficients and self.scale == 1 and head["orientation"] == 1 and info.sof in (0xC0, 0xC1)
-                and info.components in (1, 3) and info.width * info.height <= self.COEFFICIENTS_MAX_PIXELS):
+                and info.components in (1, 3) and frame_bytes(info, head["subsampling"]) <= self.COEFFICIENTS_MAX_BYTES):
             return None
         if _AHEAD:
             ahead = _take_ahead(data)
@@ -163,8 +175,8 @@ class TurboDecoder:
         parsed here when not given (it says whether the file is CMYK)."""
         from turbojpeg import TJPF_RGB
 
-        if _AHEAD and scale == 1:
-            ahead = _take_ahead(data)
+        if _AHEAD:                                   # a scaled decode counts as a miss
+            ahead = _take_ahead(data) if scale == 1 else _AHEAD.take(lambda kept: False)
             if ahead is not None:
                 return ahead[0]
         info = info if info is not None else parse_jpeg(data)

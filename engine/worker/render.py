@@ -51,7 +51,16 @@ class Renderer:
         arrays (nvImageCodec on cuda) encodes them there and only the JPEG comes back, else the
         pixels are copied to the host once, for the host encoder. No picture the input hides
         besides its main image (thumbnails, MPO frames, trailers) reaches the output. An
-        image with nothing to mask that cannot be rebuilt losslessly without doubt is re-encoded."""
+        image with nothing to mask that cannot be rebuilt losslessly without doubt is re-encoded.
+        The DCT coefficients the decoder kept (`frame.coefficients`) are freed here either way."""
+        try:
+            return self._render(frame, dets, need_pixels)
+        finally:
+            if frame.coefficients is not None:
+                frame.coefficients.close()
+                frame.coefficients = None
+
+    def _render(self, frame: Frame, dets: Detections, need_pixels: bool):
         draw = len(dets) > 0 and self.cfg.draw_mask
         if is_png(frame.data):
             return self._render_png(frame, dets if draw else None, need_pixels)
