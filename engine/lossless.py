@@ -231,9 +231,10 @@ def _lib():
     global _LIB
     if _LIB is None:
         lib = None
-        for name in filter(None, (ctypes.util.find_library("turbojpeg"), "libturbojpeg.so.0", "libturbojpeg.dylib")):
+        for name in ("libturbojpeg.so.0", lambda: ctypes.util.find_library("turbojpeg"), "libturbojpeg.dylib"):
             try:
-                lib = lib or ctypes.CDLL(name)
+                name = name() if callable(name) else name          # find_library runs `ldconfig -p`
+                lib = lib or (ctypes.CDLL(name) if name else None)
             except OSError:
                 continue
         if lib is None:

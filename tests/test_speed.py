@@ -66,3 +66,33 @@ def test_nanodet_runs_a_small_image_at_its_own_size():
     det(_frame(np.zeros((48, 64, 3), np.uint8)))
     det(_frame(np.zeros((2048, 2448, 3), np.uint8)))
     assert seen == [(1, 3, 64, 64), (1, 3, 352, 416)]
+
+
+def test_cpu_model_is_read_without_a_subprocess(monkeypatch):
+    """platform.processor() runs `uname -p`; the model name comes from /proc/cpuinfo where it is
+    there, and PyTurboJPEG's library is found by soname (its search runs `ldconfig -p`)."""
+    import platform
+    import subprocess
+    from pathlib import Path
+
+    from engine.runtimes import cpuinfo
+
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    names = [line.partition(":")[2].strip() for line in text.splitlines() if line.startswith("model name")]
+    if not names:
+        pytest.skip("/proc/cpuinfo names no CPU model here")
+
+    def refuse(*a, **k):
+        raise AssertionError(f"a subprocess was started: {a}")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    monkeypatch.setattr(platform, "processor", lambda: refuse("uname -p"))
+    cpuinfo._fields.cache_clear()
+    try:
+        assert cpuinfo.cpu_model() == names[0]
+        import engine.codecs.turbo as turbo
+
+        monkeypatch.setattr(turbo, "_TJ", None)
+        assert turbo.turbojpeg() is not None
+    finally:
+        cpuinfo._fields.cache_clear()

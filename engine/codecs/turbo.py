@@ -44,7 +44,10 @@ def turbojpeg():
                 raise ImageError(f"JPEG decoder: {msg}")
 
         try:
-            _TJ = _StrictTurboJPEG()
+            try:                       # by soname: PyTurboJPEG's own search runs `ldconfig -p`
+                _TJ = _StrictTurboJPEG(lib_path="libturbojpeg.so.0")
+            except OSError:
+                _TJ = _StrictTurboJPEG()
         except (OSError, RuntimeError) as exc:
             raise ImportError(
                 f"libturbojpeg could not be loaded ({exc}); on Debian/Ubuntu: apt-get install libturbojpeg0"

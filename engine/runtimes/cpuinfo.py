@@ -13,19 +13,21 @@ __all__ = ["cpu_model", "cpu_flags", "cpu_key"]
 
 @functools.lru_cache(maxsize=1)
 def _fields() -> tuple[str, frozenset]:
-    model, flags = platform.processor() or platform.machine(), frozenset()
+    # platform.processor() runs `uname -p` in a subprocess on Linux: asked only where
+    # /proc/cpuinfo names no model (the same answer as before, without a process per run).
+    model, flags = None, frozenset()
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
-        return model, flags
+        text = ""
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
-        if key == "model name" and model == (platform.processor() or platform.machine()):
+        if key == "model name" and model is None:
             model = value.strip()
         elif key in ("flags", "Features") and not flags:
             flags = frozenset(value.split())
-    return model, flags
+    return model or platform.processor() or platform.machine(), flags
 
 
 def cpu_model() -> str:
