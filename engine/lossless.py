@@ -27,6 +27,7 @@ from typing import Optional
 
 import numpy as np
 
+from engine.codecs.coefjpeg import write_patched
 from engine.embedded import carried_segments
 from engine.jpeg import parse_jpeg, splice_segments
 from engine.types import ImageError
@@ -232,11 +233,13 @@ def _lib():
     if _LIB is None:
         lib = None
         for name in ("libturbojpeg.so.0", lambda: ctypes.util.find_library("turbojpeg"), "libturbojpeg.dylib"):
+            name = name() if callable(name) else name              # find_library runs `ldconfig -p`: second
             try:
-                name = name() if callable(name) else name          # find_library runs `ldconfig -p`
-                lib = lib or (ctypes.CDLL(name) if name else None)
+                lib = ctypes.CDLL(name) if name else None
             except OSError:
                 continue
+            if lib is not None:
+                break
         if lib is None:
             raise ImportError("libturbojpeg could not be loaded; on Debian/Ubuntu: apt-get install libturbojpeg0")
         lib.tjInitTransform.restype = ctypes.c_void_p
@@ -294,13 +297,14 @@ def transcode(data: bytes, geo: Geometry, patches: Optional[dict] = None, coefs=
     here), written from without reading the file again where they fit. Raises
     LosslessUnavailable when libjpeg-turbo refuses or the output is not what was planned."""
     planned = sum(len(c) for rows in (patches or {}).values() for c, _ in rows.values())
-    if coefs is not None:
-        from engine.codecs.coefjpeg import write_patched
-
-        done = write_patched(coefs, geo.blocks, patches) if geo.op == 0 and not geo.progressive else coefs.close()
-        if done is not None and done[1] == planned:
-            _check_output(done[0], geo)
-            return done[0]
+    done = None
+    if coefs is not None and geo.op == 0 and not geo.progressive:     # upright and sequential, as decoded
+        done = write_patched(coefs, geo.blocks, patches)               # closes them
+    elif coefs is not None:
+        coefs.close()
+    if done is not None and done[1] == planned:
+        _check_output(done[0], geo)
+        return done[0]
     lib = _lib()
     t = _Transform(op=geo.op, options=_TJXOPT_PERFECT | _TJXOPT_COPYNONE | (_TJXOPT_PROGRESSIVE * geo.progressive))
     tally, keep = {"written": 0, "error": None}, None
@@ -343,12 +347,7 @@ def _check_output(out: bytes, geo: Geometry) -> None:
             raise LosslessUnavailable("the output's quantisation tables are not the planned ones")
 
 
-# --- the render step ---------------------------------------------------------------------------------
-def _carried(frame) -> list[bytes]:
-    """The input's metadata segments, cleaned, orientation 1 (the output is upright)."""
-    return carried_segments(frame)
-
-
+# --- the render step (the input's metadata segments carried cleaned, orientation 1: upright) -----------
 def patch_render(renderer, frame, dets, need_pixels: bool = False, *, draw: Optional[bool] = None):
     """Renderer.render's job, lossless outside the masks: a Patched, or None when this image
     cannot be done so (nothing was drawn then; the caller renders it as before). `renderer` is
@@ -373,7 +372,7 @@ def patch_render(renderer, frame, dets, need_pixels: bool = False, *, draw: Opti
         patches = encode_mcus(pixels, mcus, geo)
     t0 = time.perf_counter()
     try:
-        data = splice_segments(transcode(frame.data, geo, patches, frame.coefficients), _carried(frame))
+        data = splice_segments(transcode(frame.data, geo, patches, frame.coefficients), carried_segments(frame))
     except LosslessUnavailable as exc:
         if not draw:
             LOG.debug("%s: not lossless, re-encoded: %s", frame.job.key, exc)
@@ -381,7 +380,7 @@ def patch_render(renderer, frame, dets, need_pixels: bool = False, *, draw: Opti
         LOG.warning("%s: lossless patching failed (%s); the masked image is re-encoded", frame.job.key, exc)
         host = np.ascontiguousarray(to_host(pixels))         # TurboJPEG, on the host
         data = splice_segments(renderer.preview_encoder.encode(host, renderer.quality(frame), frame.subsampling),
-                               _carried(frame))
+                               carried_segments(frame))
         mcus = None
     frame.timings["encode"] = time.perf_counter() - t0
     if need_pixels and pixels is None:

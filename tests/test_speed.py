@@ -94,5 +94,9 @@ def test_cpu_model_is_read_without_a_subprocess(monkeypatch):
 
         monkeypatch.setattr(turbo, "_TJ", None)
         assert turbo.turbojpeg() is not None
+        import engine.lossless as lossless
+
+        monkeypatch.setattr(lossless, "_LIB", None)
+        assert lossless._lib().tjTransform is not None
     finally:
         cpuinfo._fields.cache_clear()
