@@ -113,7 +113,7 @@ def input_for(path: Optional[Path], shape: Optional[list] = None, view: Optional
     if path is None or (view is None and not shape):
         return None
     from engine.codecs import coefjpeg
-    from engine.codecs.turbo import TurboDecoder, frame_bytes, keep_decoded, turbojpeg
+    from engine.codecs.turbo import TurboDecoder, coefficients_fit, keep_decoded, turbojpeg
     from engine.jpeg import apply_orientation, parse_jpeg, read_orientation
 
     data = _read_regular(path)
@@ -124,9 +124,7 @@ def input_for(path: Optional[Path], shape: Optional[list] = None, view: Optional
         if info.precision != 8 or info.components not in (1, 3, 4) or info.width * info.height > MAX_PIXELS:
             return None
         sampling = turbojpeg().decode_header(data)[2]    # what TurboJPEG refuses, the run fails: no guess
-        helped = (read_orientation(info.exif) == 1 and info.sof in (0xC0, 0xC1) and info.components in (1, 3)
-                  and frame_bytes(info, sampling) <= TurboDecoder.COEFFICIENTS_MAX_BYTES)
-        got = coefjpeg.decode(data) if helped else None
+        got = coefjpeg.decode(data) if coefficients_fit(info, read_orientation(info.exif), sampling) else None
         stored, coefs = got if got is not None else (TurboDecoder().decode_pixels(data, info=info), None)
         pixels = apply_orientation(stored, read_orientation(info.exif))
     except Exception:  # noqa: BLE001 - the run reports what is wrong with the file

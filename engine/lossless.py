@@ -17,7 +17,6 @@ quantisation tables checked against the plan.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import platform
@@ -231,15 +230,10 @@ def _lib():
     """libturbojpeg (the library PyTurboJPEG loads), with the transform API's prototypes."""
     global _LIB
     if _LIB is None:
-        lib = None
-        for name in ("libturbojpeg.so.0", lambda: ctypes.util.find_library("turbojpeg"), "libturbojpeg.dylib"):
-            name = name() if callable(name) else name              # find_library runs `ldconfig -p`: second
-            try:
-                lib = ctypes.CDLL(name) if name else None
-            except OSError:
-                continue
-            if lib is not None:
-                break
+        from engine.codecs.turbo import library_name
+
+        name = library_name()
+        lib = ctypes.CDLL(name) if name else None
         if lib is None:
             raise ImportError("libturbojpeg could not be loaded; on Debian/Ubuntu: apt-get install libturbojpeg0")
         lib.tjInitTransform.restype = ctypes.c_void_p

@@ -42,6 +42,8 @@ _TRIED = False
 def _load():
     """The helper library with its prototypes, or None (not built, disabled, or another build)."""
     global _LIB, _TRIED
+    if _TRIED:                                   # every decode asks: no lock once answered
+        return _LIB
     with _LOCK:
         if _TRIED:
             return _LIB

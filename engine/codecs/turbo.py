@@ -18,7 +18,7 @@ from engine.jpeg import apply_orientation, estimate_quality, parse_jpeg, read_or
 from engine.types import Frame, ImageError, Job
 
 __all__ = ["turbojpeg", "TurboDecoder", "TurboEncoder", "decode_cmyk", "cmyk_to_rgb", "rgb_to_cmyk", "keep_decoded",
-           "drop_decoded", "frame_bytes"]
+           "drop_decoded", "frame_bytes", "coefficients_fit", "library_name"]
 
 
 def turbojpeg():
@@ -44,15 +44,29 @@ def turbojpeg():
                 raise ImageError(f"JPEG decoder: {msg}")
 
         try:
-            try:                       # by soname: PyTurboJPEG's own search runs `ldconfig -p`
-                _TJ = _StrictTurboJPEG(lib_path="libturbojpeg.so.0")
-            except OSError:
-                _TJ = _StrictTurboJPEG()
+            _TJ = _StrictTurboJPEG(lib_path=library_name())     # None: PyTurboJPEG's own search
         except (OSError, RuntimeError) as exc:
             raise ImportError(
                 f"libturbojpeg could not be loaded ({exc}); on Debian/Ubuntu: apt-get install libturbojpeg0"
             ) from exc
     return _TJ
+
+
+def library_name() -> Optional[str]:
+    """The name libturbojpeg loads by: its soname first (ctypes' own search, `find_library`,
+    runs `ldconfig -p` in a subprocess), else what that search finds; None when neither loads.
+    The decoder's PyTurboJPEG and the lossless transform (engine.lossless) open the same one."""
+    import ctypes
+    import ctypes.util
+
+    for name in ("libturbojpeg.so.0", lambda: ctypes.util.find_library("turbojpeg"), "libturbojpeg.dylib"):
+        name = name() if callable(name) else name
+        try:
+            if name and ctypes.CDLL(name):
+                return name
+        except OSError:
+            continue
+    return None
 
 
 _TJ = None
@@ -79,6 +93,14 @@ def frame_bytes(info, subsampling: int) -> int:
     """What a full-scale frame of this file holds with its coefficients kept: RGB pixels and
     the DCT coefficients (6 bytes per pixel for a sampling TurboJPEG does not name)."""
     return int(info.width * info.height * (3 + _COEF_BYTES.get(subsampling, 6.0)))
+
+
+def coefficients_fit(info, orientation: int, subsampling: int) -> bool:
+    """Whether one pass of the JPEG helper (engine.codecs.coefjpeg) may decode this file and its
+    coefficients be kept for the lossless writer: upright, baseline or extended sequential,
+    grayscale or three components, and pixels and coefficients within COEFFICIENTS_MAX_BYTES."""
+    return (orientation == 1 and info.sof in (0xC0, 0xC1) and info.components in (1, 3)
+            and frame_bytes(info, subsampling) <= TurboDecoder.COEFFICIENTS_MAX_BYTES)
 
 
 def drop_decoded() -> None:
@@ -133,9 +155,8 @@ class TurboDecoder:
     def _with_coefficients(self, data: bytes, head: dict):
         """(pixels, coefficients) from one pass of the native helper (engine.codecs.coefjpeg) for a
         full-scale upright baseline file whose output the lossless writer will patch; else None."""
-        info = head["info"]
-        if not (self.keep_coefficients and self.scale == 1 and head["orientation"] == 1 and info.sof in (0xC0, 0xC1)
-                and info.components in (1, 3) and frame_bytes(info, head["subsampling"]) <= self.COEFFICIENTS_MAX_BYTES):
+        if not (self.keep_coefficients and self.scale == 1
+                and coefficients_fit(head["info"], head["orientation"], head["subsampling"])):
             return None
         if _AHEAD:
             ahead = _take_ahead(data)
