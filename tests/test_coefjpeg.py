@@ -293,3 +293,59 @@ def test_render_frees_the_coefficients_whatever_it_writes(tmp_path):
                       classes=np.zeros(0, np.int32), names=("face",))
     out, masked, _ = Renderer(Config(), dec, TurboEncoder(), TurboEncoder()).render(frame, none)
     assert not masked and out[:2] == b"\xff\xd8" and not coefs.open and frame.coefficients is None
+
+
+def test_the_budget_releases_what_it_admitted_when_the_frame_shrinks():
+    """The writer frees a frame's coefficients before the budget lets the frame go: the budget
+    releases the bytes it admitted, once, whatever the frame holds by then."""
+    from engine.driver.budget import FrameBudget
+
+    class F:
+        pixels = np.zeros(1000, np.uint8)
+        coefficients = type("C", (), {"nbytes": 3000})()
+
+    fb, frames = FrameBudget(limit=10_000), [F() for _ in range(2)]
+    for f in frames:
+        fb.admit(f)
+    assert fb.used == 8000
+    frames[0].coefficients = None
+    fb.discharge(frames[0])
+    fb.discharge(frames[0])                                      # a second release frees nothing more
+    assert fb.used == 4000
+    fb.discharge(F())                                            # never admitted: nothing
+    assert fb.used == 4000
+    fb.discharge(frames[1])
+    assert fb.used == 0
+
+
+@needs_helper
+def test_a_run_longer_than_the_frame_budget_finishes(tmp_path, monkeypatch):
+    """A real run of more frames than the frames-in-flight budget holds, with the coefficients
+    kept: it ends with every image written. Released by what was left after the writer freed
+    the coefficients, the budget counted them for ever, and a run of 40 5 MP images hung after
+    ~17; here 24 small ones through a budget of about three."""
+    import threading
+
+    import engine.driver.stream as stream
+    from engine.config import load_config
+    from engine.run import run
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    scene = road_scene(480, 640, 5)
+    for i in range(24):
+        (inp / f"{i:02d}.jpg").write_bytes(jpeg_bytes(np.roll(scene, 9 * i, axis=1).copy(), 90))
+    per_frame = 480 * 640 * 3 + (80 * 60 + 2 * 40 * 30) * 128
+    monkeypatch.setattr(stream, "FRAME_BYTES", 3 * per_frame)
+    kept, real = [], coefjpeg.decode
+    monkeypatch.setattr(coefjpeg, "decode", lambda data: kept.append(1) or real(data))
+    cfg_file = tmp_path / "cfg.yml"
+    cfg_file.write_text("models: [{card: centerface-fast}]\n")
+    cfg, _ = load_config(cfg_file)
+    done: list = []
+    th = threading.Thread(target=lambda: done.append(run(cfg, inp, out)), daemon=True)
+    th.start()
+    th.join(90)
+    assert not th.is_alive(), "the run hung: the frames-in-flight budget never freed room"
+    assert done[0].failed == 0 and len(list(out.glob("*.jpg"))) == 24
+    assert len(kept) >= 20                                       # the coefficients were kept for the writer
