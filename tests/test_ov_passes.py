@@ -112,6 +112,26 @@ def test_the_choice_is_timed_once_per_cpu_threads_and_file(monkeypatch, tmp_path
     assert len(known) == 3 and all(v["choice"] == "openvino" for v in known.values())
 
 
+def test_the_choice_is_keyed_by_the_installed_versions_as_importlib_metadata_reads_them(tmp_path, monkeypatch):
+    """The key's OpenVINO version comes from its .dist-info folder (no importlib.metadata at
+    start); it must read as importlib.metadata reads it, or every earlier choice is timed again."""
+    import importlib.util
+    from importlib.metadata import version
+
+    from engine.runtimes.openvino import _installed_version
+
+    if importlib.util.find_spec("openvino") is not None:
+        assert _installed_version("openvino", importlib.util.find_spec("openvino")) == version("openvino")
+    site = tmp_path / "site"
+    (site / "fakepkg").mkdir(parents=True)
+    (site / "fakepkg" / "__init__.py").write_text("")
+    (site / "fakepkg-1.2.3.dist-info").mkdir()
+    (site / "fakepkg-1.2.3.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: fakepkg\nVersion: 1.2.3\n")
+    monkeypatch.syspath_prepend(str(site))
+    spec = importlib.util.find_spec("fakepkg")
+    assert _installed_version("fakepkg", spec) == version("fakepkg") == "1.2.3"
+
+
 def test_the_timing_really_runs_both(tmp_path):
     pytest.importorskip("openvino")
     from engine.runtimes.openvino import time_large_pass

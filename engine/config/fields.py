@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
-
+from engine.config.typed import AfterValidator, Field, Section
 from kernels.draw import MODES
 
 __all__ = ["Strict", "IMAGE_TYPES", "ImageType", "MASK_MODES", "MaskMode", "Blur", "Dilation", "RGB"]
 
 
-class Strict(BaseModel):
-    """A config section: unknown keys are errors, values are frozen after load."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Strict(Section):
+    """A config section: unknown keys are errors, values are frozen after load (engine.config.typed)."""
 
 
 # Closed sets are enums, so a typo is an error listing the valid values. "Planar" and "360" are

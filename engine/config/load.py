@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
 from engine.config.checks import ConfigError, short_repr, short_text
 from engine.config.model import Config
 from engine.config.reference import DEPRECATED_KEYS, map_flat_mask_keys
+from engine.config.typed import ValidationError
 
 __all__ = ["CONFIG_DIR", "PROFILES", "load_config", "safe_load_yaml", "read_yaml_file", "MAX_CONFIG_BYTES",
            "MAX_YAML_NODES"]

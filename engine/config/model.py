@@ -11,11 +11,10 @@ from pathlib import Path
 
 from typing import Any, Literal, Optional
 
-from pydantic import Field, StrictBool, field_validator, model_validator
-
 from engine.config.checks import IDENT, IDENT_RULE, check_template, redacted_dump
 from engine.config.fields import RGB, Blur, Dilation, ImageType, MaskMode, Strict
 from engine.config.reference import map_flat_mask_keys
+from engine.config.typed import Field, StrictBool, field_validator, model_validator
 
 __all__ = ["Config", "ModelSpec", "OutputSpec", "MaskSpec", "PlatesSpec", "MetadataSpec", "DatabaseSpec", "EmailSpec",
            "EngineSpec", "ServiceSpec"]

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from pydantic import BaseModel, StrictBool
-from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
-
 from engine.config.checks import short_repr
 from engine.config.fields import RGB, Blur, Dilation, Strict
+from engine.config.typed import Section, StrictBool, ValidationError
 
 __all__ = ["DEPRECATED_KEYS", "FLAT_MASK_KEYS", "ReferenceMaskKeys", "map_flat_mask_keys", "reference_mode"]
 
@@ -54,12 +52,9 @@ def reference_mode(*, fill: bool, gray_blur: bool, normalized_gray_blur: bool) -
 
 
 def _conflict(flat: str, key: str, flat_value: Any, value: Any) -> ValidationError:
-    """A validation error at `mask.<key>` (pydantic merges it into the caller's errors)."""
-    # No context: the message is final text, so braces in a value are not a template.
-    err = PydanticCustomError("mask_conflict", f"disagrees with the reference key `{flat}`, which gives "
-                                               f"{short_repr(flat_value)}: set one of them, not both")
-    return ValidationError.from_exception_data("Config", [InitErrorDetails(type=err, loc=("mask", key),
-                                                                           input=value)])
+    """A validation error at `mask.<key>` (the configuration's validation adds it to its errors)."""
+    msg = f"disagrees with the reference key `{flat}`, which gives {short_repr(flat_value)}: set one of them, not both"
+    return ValidationError("Config", [{"type": "mask_conflict", "loc": ("mask", key), "msg": msg, "input": value}])
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -69,13 +64,13 @@ def _same(a: Any, b: Any) -> bool:
 
 def map_flat_mask_keys(data: Any) -> Any:
     """`data` (one config source, a mapping) with the reference's flat masking keys moved into
-    its `mask` section. Raises pydantic's ValidationError naming the flat key for a bad value,
+    its `mask` section. Raises engine.config.typed.ValidationError naming the flat key for a bad value,
     and `mask.<key>` where a flat key and the section disagree. `mask.mode: null` (written by
     earlier versions' default.yml) means unset."""
     if not isinstance(data, dict):
         return data
     section = data.get("mask")
-    if isinstance(section, BaseModel):
+    if isinstance(section, Section):
         section = section.model_dump(include=section.model_fields_set)
     elif isinstance(section, dict):
         section = {k: v for k, v in section.items() if not (k == "mode" and v is None)}

@@ -6,15 +6,16 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from engine.config.typed import Field, Section, ValidationError, model_validator
 
 __all__ = ["ModelCard", "SearchSpec", "load_card", "CARDS_DIR", "shipped_cards"]
 
 CARDS_DIR = Path(__file__).resolve().parent / "cards"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(Section):
+    """Unknown keys are errors; frozen (engine.config.typed)."""
 
 
 class Source(_Strict):

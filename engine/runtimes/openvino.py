@@ -95,10 +95,9 @@ def large_passes_chosen(threads: Optional[int], model: Optional[Path]) -> bool:
     differ from run to run."""
     import importlib.util
 
-    if model is None or importlib.util.find_spec("openvino") is None:
+    spec = importlib.util.find_spec("openvino")
+    if model is None or spec is None:
         return False
-    from importlib.metadata import version                # importing openvino costs 25 ms
-
     import onnxruntime
 
     from engine.cachedirs import cache_root, read_note, write_note
@@ -106,7 +105,7 @@ def large_passes_chosen(threads: Optional[int], model: Optional[Path]) -> bool:
 
     n = threads or os.cpu_count() or 1
     key = (f"{cpu_model()}|threads={n}|{Path(model).name}|large pass|onnxruntime={onnxruntime.__version__}"
-           f"|openvino={version('openvino')}")
+           f"|openvino={_installed_version('openvino', spec)}")
     store = cache_root() / "runtime_choice.json"
     known = read_note(store)
     hit = known.get(key)
@@ -131,3 +130,16 @@ def large_passes_chosen(threads: Optional[int], model: Optional[Path]) -> bool:
     if not write_note(store, known):
         return False                                   # not kept: see the docstring
     return choice == "openvino"
+
+
+def _installed_version(name: str, spec) -> str:
+    """The installed distribution's version, from its `.dist-info` folder's name beside the
+    package (importlib.metadata costs ~12 ms of imports at every start; importing the package
+    itself ~25 ms); importlib.metadata where there is no such folder."""
+    for loc in spec.submodule_search_locations or ():
+        found = sorted(Path(loc).parent.glob(f"{name}-*.dist-info"))
+        if len(found) == 1:
+            return found[0].name[len(name) + 1:-len(".dist-info")]
+    from importlib.metadata import version
+
+    return version(name)
