@@ -17,7 +17,10 @@ the first input image's candidate pass (engine.first_pass), or, where that canno
 inference of zeros at the input shape the command's first large pass had: OpenVINO prepares its
 kernels for each new input shape in the first inference at that shape (~60 ms for 1248x1024,
 measured; shared by the requests). Done on the idle core, the first images' passes start
-prepared. A run that does not use the model (`release(drop=True)`) stops the thread at its next
+prepared. The first image is read, decoded and shrunk in a thread of its own beside the
+compilation (after it, the first pass started ~0.1 s later), and the run's decoder, reaching
+that file meanwhile, waits for that decode and takes it (engine.codecs.turbo.decoding_ahead)
+instead of decoding it a second time beside it. A run that does not use the model (`release(drop=True)`) stops the thread at its next
 step and drops what it made.
 """
 from __future__ import annotations
@@ -163,7 +166,27 @@ def start() -> None:
     imported = threading.Event()
     argv = list(sys.argv[1:])
 
+    first: list = []
+
+    def first_input():
+        """The first image's input (engine.first_pass), made beside the compilation: decoding
+        it after the compilation put ~0.1 s more before the first pass."""
+        try:
+            if imported.wait(5.0) and prepared and prepared[0] and not cancel.is_set():
+                from engine import first_pass
+
+                first.append(first_pass.input_for(first_pass.first_image(argv), shape, view))
+        except Exception:  # noqa: BLE001 - no guess: zeros warm the shape up
+            pass
+        finally:
+            if prepared and prepared[0]:
+                from engine.codecs.turbo import decoding_ahead
+
+                decoding_ahead(False)
+
     def load():
+        maker = threading.Thread(target=first_input, name="sladd-first-image", daemon=True)
+        maker.start()
         try:
             core.set_property({"CACHE_DIR": str(record_file().parent)})
             compiled = core.compile_model(model, "CPU", config)
@@ -174,11 +197,8 @@ def start() -> None:
             requests = [compiled.create_infer_request() for _ in range(min(8, max(1, int(config["NUM_STREAMS"]))))]
             # The first image's own pass where it can be guessed (engine.first_pass), else zeros
             # at the recorded shape; none once the run has said it will not use the model.
-            blob = None
-            if imported.wait(5.0) and prepared and prepared[0] and not cancel.is_set():
-                from engine import first_pass
-
-                blob = first_pass.input_for(first_pass.first_image(argv), shape, view)
+            maker.join()
+            blob = first[0] if first and not cancel.is_set() else None
             warm = list(blob.shape) if blob is not None else shape
             if _shape_ok(warm) and not cancel.is_set():
                 res = requests[0].infer({0: blob if blob is not None else np.zeros(warm, np.float32)},
@@ -200,8 +220,12 @@ def start() -> None:
         from engine import first_pass
 
         prepared.append(first_pass.prepare())            # its imports here, while the model loads
+        if prepared[0]:
+            from engine.codecs.turbo import decoding_ahead
+
+            decoding_ahead(True)                         # the run's decoder waits for that decode
     except Exception:  # noqa: BLE001 - no first pass ahead
-        prepared.append(False)
+        prepared[:] = [False]
     finally:
         imported.set()
 

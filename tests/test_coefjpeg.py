@@ -349,3 +349,45 @@ def test_a_run_longer_than_the_frame_budget_finishes(tmp_path, monkeypatch):
     assert not th.is_alive(), "the run hung: the frames-in-flight budget never freed room"
     assert done[0].failed == 0 and len(list(out.glob("*.jpg"))) == 24
     assert len(kept) >= 20                                       # the coefficients were kept for the writer
+
+
+@needs_helper
+def test_a_decode_during_the_decode_ahead_waits_for_it_instead_of_decoding_too(monkeypatch):
+    """While engine.first_pass decodes the first image during the start, the run's decoder
+    reaching the same file waits for that decode and takes it (one decode, not two side by side);
+    a decode ahead that never ends holds it back at most AHEAD_WAIT."""
+    import threading
+    import time
+
+    import engine.codecs.turbo as turbo
+    from engine.held import Held
+
+    monkeypatch.setattr(turbo, "_AHEAD", Held(misses=4, one=True))
+    data = jpeg_bytes(road_scene(96, 128, 8), 90)
+    real, calls = coefjpeg.decode, []
+    monkeypatch.setattr(coefjpeg, "decode", lambda d: calls.append(1) or real(d))
+    dec = TurboDecoder()
+    dec.keep_coefficients = True
+
+    def ahead():
+        time.sleep(0.1)
+        turbo.keep_decoded(data, *real(data))
+        turbo.decoding_ahead(False)
+    turbo.decoding_ahead(True)
+    th = threading.Thread(target=ahead)
+    try:
+        th.start()
+        frame = dec.decode(JOB, data)
+    finally:
+        th.join()
+        turbo.decoding_ahead(False)
+    assert calls == [] and frame.coefficients is not None and np.array_equal(frame.pixels, _tj(data))
+    monkeypatch.setattr(turbo, "AHEAD_WAIT", 0.05)
+    turbo.decoding_ahead(True)
+    try:
+        t = time.perf_counter()
+        frame = dec.decode(JOB, data)
+        waited = time.perf_counter() - t
+    finally:
+        turbo.decoding_ahead(False)
+    assert calls == [1] and 0.04 <= waited < 1.0 and np.array_equal(frame.pixels, _tj(data))

@@ -7,6 +7,7 @@ profile: detection needs faces to look like faces, not colorimetry, and a CMS tr
 """
 from __future__ import annotations
 
+import threading
 import time
 from fractions import Fraction
 from typing import Optional
@@ -18,7 +19,7 @@ from engine.jpeg import apply_orientation, estimate_quality, parse_jpeg, read_or
 from engine.types import Frame, ImageError, Job
 
 __all__ = ["turbojpeg", "TurboDecoder", "TurboEncoder", "decode_cmyk", "cmyk_to_rgb", "rgb_to_cmyk", "keep_decoded",
-           "drop_decoded", "frame_bytes", "coefficients_fit", "library_name"]
+           "drop_decoded", "decoding_ahead", "frame_bytes", "coefficients_fit", "library_name"]
 
 
 def turbojpeg():
@@ -80,7 +81,21 @@ def keep_decoded(data: bytes, pixels: np.ndarray, coefficients=None) -> None:
     _AHEAD.put(data, (pixels, coefficients))
 
 
+_AHEAD_DONE = threading.Event()     # clear while a decode ahead runs (engine.first_pass)
+_AHEAD_DONE.set()
+AHEAD_WAIT = 0.5                    # seconds a decode waits for one ahead before decoding itself
+
+
+def decoding_ahead(running: bool) -> None:
+    """Say that a decode ahead (engine.first_pass, during the start) runs (True) or has ended
+    (False): a full-scale decode meanwhile waits for it (at most AHEAD_WAIT s) and takes its
+    pixels if they are of the same bytes, instead of decoding the same file beside it."""
+    (_AHEAD_DONE.clear if running else _AHEAD_DONE.set)()
+
+
 def _take_ahead(data: bytes):
+    if not _AHEAD_DONE.is_set():
+        _AHEAD_DONE.wait(AHEAD_WAIT)
     return _AHEAD.take(lambda kept: len(kept) == len(data) and kept == data)
 
 
@@ -158,7 +173,7 @@ class TurboDecoder:
         if not (self.keep_coefficients and self.scale == 1
                 and coefficients_fit(head["info"], head["orientation"], head["subsampling"])):
             return None
-        if _AHEAD:
+        if _AHEAD or not _AHEAD_DONE.is_set():
             ahead = _take_ahead(data)
             if ahead is not None:
                 return ahead                      # its coefficients may be None: the writer reads the file again
@@ -199,7 +214,7 @@ class TurboDecoder:
         parsed here when not given (it says whether the file is CMYK)."""
         from turbojpeg import TJPF_RGB
 
-        if _AHEAD:                                   # a scaled decode counts as a miss
+        if _AHEAD or (scale == 1 and not _AHEAD_DONE.is_set()):   # a scaled decode counts as a miss
             ahead = _take_ahead(data) if scale == 1 else _AHEAD.take(lambda kept: False)
             if ahead is not None:
                 return ahead[0]
