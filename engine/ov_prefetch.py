@@ -180,8 +180,10 @@ def start() -> None:
             pass
         finally:
             if prepared and prepared[0]:
-                from engine.codecs.turbo import decoding_ahead
+                from engine.codecs.turbo import decoding_ahead, drop_decoded
 
+                if cancel.is_set():
+                    drop_decoded()               # dropped by release(drop=True) while it decoded
                 decoding_ahead(False)
 
     def load():
