@@ -68,10 +68,13 @@ def _outcome_pydantic(tp, rules, value):
 
 
 CASES = [
-    (int, {}, [3, True, 2.0, 2.5, "5", " 7 ", "x", None, [1], float("inf"), "1.0", "1_000", "+3", -0.0, "1.5", "1e2", "nan", "1.", "2.00", ".0", "-4.0"]),
-    (float, {}, [3, "1.5", True, "abc", None, 2.5, [1], "1e3", " 2 ", "1_0"]),
+    (int, {}, [3, True, 2.0, 2.5, "5", " 7 ", "x", None, [1], float("inf"), "1.0", "1_000", "+3", -0.0, "1.5", "1e2", "nan", "1.", "2.00", ".0", "-4.0", 1e300, 2.0 ** 63, 2.0 ** 62,
+               -2.0 ** 63, b"5", "\u0663", "\uff11\uff12", " 12 .0", "00012", "12.000", "0x10", "1__0", 10 ** 30]),
+    (float, {}, [3, "1.5", True, "abc", None, 2.5, [1], "1e3", " 2 ", "1_0", 10 ** 400, b"5", "\u0663", " 1_000 ",
+                 "inf", "nan", "+1.5", ".5", "5.", "1__0", "_1", "0x10"]),
     (str, {}, [5, "a", None, b"x", b"\xff"]),
-    (bool, {}, [True, "yes", "no", "off", "TRUE", 1, 0, 2, "maybe", None, 1.0, " yes ", "Yes", "1", 0.5, "on"]),
+    (bool, {}, [True, "yes", "no", "off", "TRUE", 1, 0, 2, "maybe", None, 1.0, " yes ", "Yes", "1", 0.5, "on", [1], {},
+                10 ** 30, 2.0, 3.0, -1.0, 0.0, -1, "2", b"yes", "y"]),
     (StrictBool, {}, [True, False, "true", 1, None]),
     (tuple[int, int], {}, [[1, 2], (3, 4), [1], [1, 2, 3], "ab", [1, "2"], [1.5, 2], None]),
     (tuple[float, ...], {}, [[1, 2], [], ["x"], "ab"]),
@@ -89,7 +92,9 @@ CASES = [
     (float, {"gt": 0, "le": 4}, [0, 4, 4.1, "2", -1]),
     (int, {"ge": 1, "le": 100}, [0, 101, 50, 1, 100]),
     (int, {"ge": 1}, [0, 10 ** 12]),
-    (str, {"pattern": r"^[A-Za-z0-9_.]{1,64}$"}, ["abc", "a b", ""]),
+    (str, {"pattern": r"^[A-Za-z0-9_.]{1,64}$"}, ["abc", "a b", "", "sladd\n"]),
+    (float, {"ge": 0.0, "le": 2.0}, [3, float("nan"), -1, "3"]),
+    (int, {"ge": 1, "le": 1024}, ["0", 2000.0]),
     (list[str], {"min_length": 1}, [[], ["x"]]),
     (Path, {}, ["a/b", 5, None]),
     (Blur, {}, [0, 1, 1000, 1001, 15.0, "20"]),
@@ -114,7 +119,8 @@ def test_fields_validate_as_pydantic_validates_them(tp, rules, values):
                 got = got.model_dump()
             elif isinstance(want, list) and want and isinstance(want[0], pydantic.BaseModel):
                 want, got = [w.model_dump() for w in want], [g.model_dump() for g in got]
-            assert got == want and type(got) is type(want), (value, got, want)
+            same = got == want or (isinstance(want, float) and want != want and got != got)    # NaN
+            assert same and type(got) is type(want), (value, got, want)
         else:
             assert mine[1] == theirs[1], value
 
@@ -178,3 +184,53 @@ def test_validators_and_collected_errors():
         ("value_error", (), "Value error, level 7 needs tags")]
     with pytest.raises(ValidationError, match="name"):
         _Sec.model_validate({})
+
+
+def test_errors_pickle_defaults_are_not_shared_and_nan_equals_itself():
+    """Found in review: an error raised in a Ray actor must pickle; a default section's lists
+    must not be shared between configurations; a section holding NaN equals its copies."""
+    from engine.config import Config
+
+    with pytest.raises(ValidationError) as e:
+        _Sec.model_validate({"name": 1})
+    back = pickle.loads(pickle.dumps(e.value))
+    assert back.errors() == e.value.errors() and str(back) == str(e.value)
+    a, b = Config.model_validate({}), Config.model_validate({})
+    a.email.to_addresses.append("x@example.org")
+    assert b.email.to_addresses == [] and Config.model_validate({}).email.to_addresses == []
+
+    class N(Section):
+        x: float = 0.0
+    n = N(x=float("nan"))
+    assert n == copy.deepcopy(n) and n == n.model_copy()
+
+
+def test_validators_run_as_pydantic_runs_them_overridden_ordered_or_undecorated():
+    calls = []
+
+    class Base(Section):
+        v: str = ""
+
+        @field_validator("v", mode="before")
+        @classmethod
+        def _one(cls, v):
+            calls.append("one")
+            return v
+
+        @field_validator("v", mode="before")
+        def _two(cls, v):                           # no @classmethod: pydantic takes it as one
+            calls.append("two")
+            return v + "!"
+
+        @model_validator(mode="after")
+        def _after(self):
+            raise ValueError("base")
+
+    class Child(Base):
+        @model_validator(mode="after")
+        def _after(self):                           # the override replaces the base's
+            return self
+
+    assert Child.model_validate({"v": "a"}).v == "a!" and calls == ["two", "one"]
+    with pytest.raises(ValidationError, match="base"):
+        Base.model_validate({"v": "a"})

@@ -238,8 +238,8 @@ class Config(Strict):
     # camera_model: EXIF Model (optional)}].
     static_masks: list[StaticMaskSpec] = []
     input_follow_symlinks: StrictBool = False       # follow symbolic links met while walking the input
-    file_access_retry_seconds: float = Field(10, gt=0)
-    file_access_timeout_seconds: float = Field(60, ge=0)
+    file_access_retry_seconds: float = Field(10.0, gt=0)
+    file_access_timeout_seconds: float = Field(60.0, ge=0)
     datetime_format: str = "%Y-%m-%d %H.%M.%S"
     log_file_name: str = "{datetime}_{hostname}.log"   # {datetime} {hostname}; a plain file name inside -l
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "DEBUG"

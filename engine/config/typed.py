@@ -23,6 +23,7 @@ tests/test_config_typed.py checks the coercions and the errors against pydantic 
 from __future__ import annotations
 
 import copy
+import functools
 import typing
 from pathlib import Path
 from typing import Any
@@ -68,25 +69,27 @@ class _Schema:
         for name, info in cls.model_fields.items():
             self.fields[name] = (hints[name], info)
         self.before, self.after, self.field_before, self.field_after = [], [], {}, {}
-        seen = set()
+        names: list[str] = []                      # in definition order, bases first
         for klass in reversed(cls.__mro__):
-            for attr, obj in vars(klass).items():
-                fn = obj.__func__ if isinstance(obj, classmethod) else obj
-                mode = getattr(fn, "__sladd_model__", None)
-                marks = getattr(fn, "__sladd_field__", None)
-                if (mode or marks) and attr in seen:
-                    continue
-                if mode == "before":
-                    self.before.append(getattr(cls, attr))
-                elif mode == "after":
-                    self.after.append(fn)
-                if marks:
-                    names, fmode = marks
-                    for n in names:
-                        (self.field_before if fmode == "before" else self.field_after).setdefault(n, []).append(
-                            (getattr(cls, attr), fn.__code__.co_argcount))
-                if mode or marks:
-                    seen.add(attr)
+            names += [a for a in vars(klass) if a not in names]
+        for attr in names:
+            obj = next(vars(k)[attr] for k in cls.__mro__ if attr in vars(k))    # the override wins
+            fn = obj.__func__ if isinstance(obj, classmethod) else obj
+            mode, marks = getattr(fn, "__sladd_model__", None), getattr(fn, "__sladd_field__", None)
+            if not callable(fn) or not (mode or marks):
+                continue
+            on_class = functools.partial(fn, cls)      # a classmethod, or a function taken as one (as pydantic)
+            if mode == "before":
+                self.before.append(on_class)
+            elif mode == "after":
+                self.after.append(fn)
+            if marks:
+                names_, fmode = marks
+                for n in names_:
+                    (self.field_before if fmode == "before" else self.field_after).setdefault(n, []).append(
+                        (on_class, fn.__code__.co_argcount))
+        for n in self.field_before:                # pydantic runs "before" validators last-defined first
+            self.field_before[n].reverse()
 
 
 class Section:
@@ -222,7 +225,8 @@ class Section:
     def __eq__(self, other):
         if type(other) is not type(self):
             return NotImplemented
-        return all(getattr(self, k) == getattr(other, k) for k in type(self).model_fields)
+        names = type(self).model_fields                # tuples compare identity first (NaN equals itself)
+        return tuple(getattr(self, k) for k in names) == tuple(getattr(other, k) for k in names)
 
     def __hash__(self):
         return hash((type(self), *(getattr(self, k) for k in type(self).model_fields)))

@@ -36,7 +36,9 @@ class FieldInfo:
     def make_default(self):
         if self.default_factory is not None:
             return self.default_factory()
-        return copy.deepcopy(self.default) if isinstance(self.default, (list, dict, set)) else self.default
+        # Mutable defaults and default sections (which hold lists) are copied, as pydantic copies them.
+        mutable = isinstance(self.default, (list, dict, set)) or getattr(self.default, "__sladd_section__", False)
+        return copy.deepcopy(self.default) if mutable else self.default
 
 
 def Field(default: Any = MISSING, *, default_factory=None, ge=None, le=None, gt=None, lt=None, pattern=None,
@@ -59,6 +61,9 @@ class ValidationError(ValueError):
     def __init__(self, title: str, errors: list[dict]):
         self.title, self._errors = title, errors
         super().__init__(str(self))
+
+    def __reduce__(self):                # pickled whole (a Ray actor's error reaches the driver)
+        return ValidationError, (self.title, self._errors)
 
     def errors(self) -> list[dict]:
         return [dict(e) for e in self._errors]
@@ -86,23 +91,50 @@ def _or_list(vals) -> str:
     return r[0] if len(r) == 1 else ", ".join(r[:-1]) + " or " + r[-1]
 
 
-_NUMBER_RULES = (("ge", "greater_than_equal", "greater than or equal to", lambda v, b: v >= b),
-                 ("gt", "greater_than", "greater than", lambda v, b: v > b),
-                 ("le", "less_than_equal", "less than or equal to", lambda v, b: v <= b),
-                 ("lt", "less_than", "less than", lambda v, b: v < b))
+# In pydantic's order (NaN fails `le` first).
+_NUMBER_RULES = (("le", "less_than_equal", "less than or equal to", lambda v, b: v <= b),
+                 ("lt", "less_than", "less than", lambda v, b: v < b),
+                 ("ge", "greater_than_equal", "greater than or equal to", lambda v, b: v >= b),
+                 ("gt", "greater_than", "greater than", lambda v, b: v > b))
+_INT_TEXT = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0+)?")
+_INT_RANGE = 2 ** 63          # pydantic reads floats into 64-bit integers
 
 
-def _apply_rules(rules: dict, v, loc: tuple, errors: list):
+def _bound(b) -> str:
+    return str(int(b)) if isinstance(b, float) and b.is_integer() else str(b)
+
+
+def _pattern(p: str) -> str:
+    """The pattern as pydantic's (Rust) regex reads it: a final `$` is the end of the text, where
+    Python's also matches before a final newline."""
+    return p[:-1] + r"\Z" if p.endswith("$") and not p.endswith("\\$") else p
+
+
+def _apply_rules(rules: dict, v, loc: tuple, errors: list, given):
+    """`v` (validated from `given`) within `rules`; an error reports `given`, as pydantic's do."""
     for key, type_, words, ok in _NUMBER_RULES:
         if key in rules and not ok(v, rules[key]):
-            return err(errors, type_, loc, f"Input should be {words} {rules[key]}", v)
-    if "pattern" in rules and not re.search(rules["pattern"], v):
-        return err(errors, "string_pattern_mismatch", loc, f"String should match pattern '{rules['pattern']}'", v)
+            return err(errors, type_, loc, f"Input should be {words} {_bound(rules[key])}", given)
+    if "pattern" in rules and not re.search(_pattern(rules["pattern"]), v):
+        return err(errors, "string_pattern_mismatch", loc, f"String should match pattern '{rules['pattern']}'",
+                   given)
     if "min_length" in rules and len(v) < rules["min_length"]:
         n = rules["min_length"]
         return err(errors, "too_short", loc, f"List should have at least {n} item{'s' if n != 1 else ''} after "
-                                              f"validation, not {len(v)}", v)
+                                              f"validation, not {len(v)}", given)
     return v
+
+
+def _text(v):
+    """A str or bytes input as number text (ASCII; surrounding white space only without
+    underscores, as pydantic reads them), else None."""
+    if isinstance(v, (bytes, bytearray)):
+        try:
+            v = bytes(v).decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    t = v.strip()
+    return t if t.isascii() and (t == v or "_" not in t) else None
 
 
 def _int(v, loc, errors, strict):
@@ -118,14 +150,14 @@ def _int(v, loc, errors, strict):
         if not v.is_integer():
             return err(errors, "int_from_float", loc,
                         "Input should be a valid integer, got a number with a fractional part", v)
+        if not -_INT_RANGE < v < _INT_RANGE:
+            return err(errors, "int_parsing_size", loc,
+                       "Unable to parse input string as an integer, exceeded maximum size", v)
         return int(v)
-    if isinstance(v, str):
-        whole, dot, frac = v.strip().partition(".")
-        try:
-            if not dot or (frac and not frac.strip("0")):      # "12", and "12.0" as pydantic reads it
-                return int(whole)
-        except ValueError:
-            pass
+    if isinstance(v, (str, bytes, bytearray)):
+        t = _text(v)
+        if t is not None and _INT_TEXT.fullmatch(t):           # "12", "1_000", and "12.0" as pydantic reads them
+            return int(t.partition(".")[0])
         return err(errors, "int_parsing", loc, "Input should be a valid integer, unable to parse string as an "
                                                     "integer", v)
     return err(errors, "int_type", loc, "Input should be a valid integer", v)
@@ -133,13 +165,19 @@ def _int(v, loc, errors, strict):
 
 def _float(v, loc, errors, strict):
     if isinstance(v, (int, float)) and not (strict and isinstance(v, bool)):
-        return float(v)
-    if isinstance(v, str) and not strict:
         try:
-            return float(v.strip())
+            return float(v)
+        except OverflowError:                                 # an integer of over 308 digits
+            return err(errors, "float_type", loc, "Input should be a valid number", v)
+    if isinstance(v, (str, bytes, bytearray)) and not strict:
+        t = _text(v)
+        try:
+            if t is not None:
+                return float(t)
         except ValueError:
-            return err(errors, "float_parsing", loc, "Input should be a valid number, unable to parse string as a "
-                                                      "number", v)
+            pass
+        return err(errors, "float_parsing", loc, "Input should be a valid number, unable to parse string as a "
+                                                  "number", v)
     return err(errors, "float_type", loc, "Input should be a valid number", v)
 
 
@@ -150,11 +188,17 @@ def _bool(v, loc, errors, strict):
         return err(errors, "bool_type", loc, "Input should be a valid boolean", v)
     if isinstance(v, (int, float)) and v in (0, 1):
         return bool(v)
-    if isinstance(v, float):
-        return err(errors, "bool_type", loc, "Input should be a valid boolean", v)
+    if isinstance(v, (bytes, bytearray)):
+        try:
+            v = bytes(v).decode("utf-8")
+        except UnicodeDecodeError:
+            return err(errors, "bool_parsing", loc, "Input should be a valid boolean, unable to interpret input", v)
     if isinstance(v, str) and v.lower() in _TRUE | _FALSE:
         return v.lower() in _TRUE
-    return err(errors, "bool_parsing", loc, "Input should be a valid boolean, unable to interpret input", v)
+    if isinstance(v, str) or (isinstance(v, float) and v.is_integer()) or \
+            (isinstance(v, int) and -_INT_RANGE <= v < _INT_RANGE):
+        return err(errors, "bool_parsing", loc, "Input should be a valid boolean, unable to interpret input", v)
+    return err(errors, "bool_type", loc, "Input should be a valid boolean", v)
 
 
 def _tag(tp) -> str:
@@ -192,7 +236,7 @@ def check(tp, v, loc: tuple, errors: list, strict: bool = False, rules: dict | N
                     return value_error(errors, loc, exc, v)
         return out
     out = _check_type(tp, origin, v, loc, errors, strict)
-    return _apply_rules(rules, out, loc, errors) if rules and out is not FAIL and out is not None else out
+    return _apply_rules(rules, out, loc, errors, v) if rules and out is not FAIL and out is not None else out
 
 
 def _check_type(tp, origin, v, loc, errors, strict):
