@@ -157,7 +157,11 @@ def _int(v, loc, errors, strict):
     if isinstance(v, (str, bytes, bytearray)):
         t = _text(v)
         if t is not None and _INT_TEXT.fullmatch(t):           # "12", "1_000", and "12.0" as pydantic reads them
-            return int(t.partition(".")[0])
+            whole = t.partition(".")[0]
+            if sum(c.isdigit() for c in whole) > 4300:         # Python's (and pydantic's) limit
+                return err(errors, "int_parsing_size", loc,
+                           "Unable to parse input string as an integer, exceeded maximum size", v)
+            return int(whole)
         return err(errors, "int_parsing", loc, "Input should be a valid integer, unable to parse string as an "
                                                     "integer", v)
     return err(errors, "int_type", loc, "Input should be a valid integer", v)
@@ -188,15 +192,16 @@ def _bool(v, loc, errors, strict):
         return err(errors, "bool_type", loc, "Input should be a valid boolean", v)
     if isinstance(v, (int, float)) and v in (0, 1):
         return bool(v)
+    text = v
     if isinstance(v, (bytes, bytearray)):
         try:
-            v = bytes(v).decode("utf-8")
+            text = bytes(v).decode("utf-8")
         except UnicodeDecodeError:
             return err(errors, "bool_parsing", loc, "Input should be a valid boolean, unable to interpret input", v)
-    if isinstance(v, str) and v.lower() in _TRUE | _FALSE:
-        return v.lower() in _TRUE
-    if isinstance(v, str) or (isinstance(v, float) and v.is_integer()) or \
-            (isinstance(v, int) and -_INT_RANGE <= v < _INT_RANGE):
+    if isinstance(text, str) and text.lower() in _TRUE | _FALSE:
+        return text.lower() in _TRUE
+    if isinstance(text, str) or (isinstance(v, (int, float)) and -_INT_RANGE < v < _INT_RANGE
+                                 and (isinstance(v, int) or v.is_integer())):
         return err(errors, "bool_parsing", loc, "Input should be a valid boolean, unable to interpret input", v)
     return err(errors, "bool_type", loc, "Input should be a valid boolean", v)
 
