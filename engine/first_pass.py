@@ -123,21 +123,27 @@ def input_for(path: Optional[Path], shape: Optional[list] = None, view: Optional
         info = parse_jpeg(data)
         if info.precision != 8 or info.components not in (1, 3, 4) or info.width * info.height > MAX_PIXELS:
             return None
+        upright = read_orientation(info.exif) < 5
+        plan = _plan(info.height if upright else info.width, info.width if upright else info.height, shape, view)
+        if plan is None:
+            return None        # no input of this frame is guessed (a panorama's passes are tiles): not decoded
         sampling = turbojpeg().decode_header(data)[2]    # what TurboJPEG refuses, the run fails: no guess
         got = coefjpeg.decode(data) if coefficients_fit(info, read_orientation(info.exif), sampling) else None
         stored, coefs = got if got is not None else (TurboDecoder().decode_pixels(data, info=info), None)
         pixels = apply_orientation(stored, read_orientation(info.exif))
     except Exception:  # noqa: BLE001 - the run reports what is wrong with the file
         return None
-    blob = _shrunk(pixels, shape, view)
+    from kernels import downscale_mean, padded_planes
+
+    f, ih, iw = plan
+    blob = padded_planes([pixels if f == 1 else downscale_mean(pixels, f)], ih, iw)
     keep_decoded(data, stored, coefs)     # after the last read here: the run may draw into them
     return blob
 
 
-def _shrunk(pixels, shape: Optional[list], view: Optional[dict]):
-    from kernels import downscale_mean, padded_planes
-
-    h, w = pixels.shape[:2]
+def _plan(h: int, w: int, shape: Optional[list], view: Optional[dict]) -> Optional[tuple]:
+    """(shrink factor, input height, input width) of an upright h x w frame's candidate pass, or
+    None where none is guessed."""
     try:
         factors, m = ([int(view["factor"])], int(view["multiple"])) if view is not None else (range(1, 9), 32)
     except (KeyError, TypeError, ValueError):
@@ -151,8 +157,7 @@ def _shrunk(pixels, shape: Optional[list], view: Optional[dict]):
         # A recorded shape the frame's input does not have: the run's passes are tiles (360°)
         # or other frames; then no guess (ov_prefetch warms that shape up instead).
         if (view is not None and not shape) or [ih, iw] == list(shape[2:]):
-            small = pixels if f == 1 else downscale_mean(pixels, f)
-            return padded_planes([small], ih, iw)
+            return f, ih, iw
     return None
 
 

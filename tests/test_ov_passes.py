@@ -461,6 +461,14 @@ def test_the_view_gives_the_first_pass_of_a_new_frame_size(ov_cache, portrait, m
     assert first_pass.input_for(inp / "only.jpg", [1, 3, 640, 640], view) is None
     monkeypatch.setattr(first_pass, "MAX_INPUT", ih * iw - 1)                 # too large a guess
     assert first_pass.input_for(inp / "only.jpg", None, view) is None
+    # Where no input is guessed, the frame is not even decoded (a 360 run's first panorama was
+    # decoded beside the start for nothing, and its decoder waited for it).
+    turbo.drop_decoded()
+    decoded = []
+    monkeypatch.setattr(coefjpeg, "decode", lambda d: decoded.append(1))
+    monkeypatch.setattr(TurboDecoder, "decode_pixels", lambda *a, **k: decoded.append(1))
+    assert first_pass.input_for(inp / "only.jpg", [1, 3, 640, 640], view) is None
+    assert decoded == [] and turbo._AHEAD.items == []
 
 
 def test_the_start_reads_only_regular_files_and_skips_done_images(tmp_path):
