@@ -17,10 +17,11 @@ import fcntl
 import json
 import logging
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Optional
+
+from engine.fsutil import hostname
 
 __all__ = ["RunLock", "LockHeld", "lock_path"]
 
@@ -63,7 +64,7 @@ class RunLock:
         self._record_only = False
 
     def me(self) -> dict:
-        return {"pid": os.getpid(), "host": socket.gethostname(),
+        return {"pid": os.getpid(), "host": hostname(),
                 "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
 
     def _read(self) -> Optional[dict]:
@@ -140,7 +141,7 @@ class RunLock:
                         LOG.warning("taking over an empty lock record %s", self.path)
                         self.path.unlink(missing_ok=True)
                         continue
-                here = holder.get("host") == socket.gethostname()
+                here = holder.get("host") == hostname()
                 if here and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"]):
                     LOG.warning("taking over a stale lock left by %s (no such process on this host)",
                                 _describe(holder))

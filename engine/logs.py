@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import socket
 import sys
 from pathlib import Path
 from typing import Optional
 
+from engine.fsutil import hostname
 from engine.progress import TqdmLoggingHandler
 from engine.redact import redact_text, register_secret
 
@@ -49,7 +49,7 @@ def log_file_path(log_dir: Path, pattern: str, now: Optional[_dt.datetime] = Non
 
     check_template(pattern, "log_file_name")
     now = now or _dt.datetime.now()
-    name = pattern.format(datetime=now.strftime("%Y-%m-%d_%H%M%S"), hostname=socket.gethostname())
+    name = pattern.format(datetime=now.strftime("%Y-%m-%d_%H%M%S"), hostname=hostname())
     if Path(name).name != name or name in ("", ".", ".."):
         raise ValueError(f"log_file_name gives {name!r}, which is not a plain file name inside {log_dir}")
     return Path(log_dir) / name

@@ -7,9 +7,10 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import socket
 from pathlib import Path
 from typing import Optional
+
+from engine.fsutil import hostname
 
 __all__ = ["Notifier", "SUBJECT_PREFIX"]
 
@@ -35,7 +36,7 @@ class Notifier:
 
     def _body(self, message: str) -> str:
         line = "_" * 50
-        return (f"{line}\nHostname: {socket.gethostname()}\nTime: {_dt.datetime.now():%Y-%m-%d %H:%M:%S}\n"
+        return (f"{line}\nHostname: {hostname()}\nTime: {_dt.datetime.now():%Y-%m-%d %H:%M:%S}\n"
                 f"Log file: {self.log_file or '-'}\n{line}\n\n{message}\n")
 
     def send(self, subject: str, message: str) -> bool:
@@ -49,7 +50,7 @@ class Notifier:
             LOG.error("could not send the e-mail %r: %s", subject, exc)
             return False
         msg = EmailMessage()
-        msg["Subject"] = f"{SUBJECT_PREFIX} {socket.gethostname()} : {subject}"
+        msg["Subject"] = f"{SUBJECT_PREFIX} {hostname()} : {subject}"
         msg["From"] = self.spec.from_address
         msg["To"] = ", ".join(self.spec.to_addresses)
         msg.set_content(self._body(message))

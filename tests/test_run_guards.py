@@ -240,3 +240,18 @@ def test_the_program_exits_with_the_runs_code_and_everything_flushed(tmp_path, p
         states = sorted(s for (s,) in db.execute("SELECT status FROM images"))
     assert states.count("failed") == 1 and len(states) == 3
     assert len(list(out.rglob("*.jpg"))) == 2
+
+
+def test_the_host_name_is_the_socket_module_s_without_importing_it():
+    """engine.fsutil.hostname (lock files, log names, mails) names the machine as
+    socket.gethostname() does; a run's start no longer imports the socket module for it."""
+    from pathlib import Path
+
+    from engine.fsutil import hostname
+
+    assert hostname() == socket.gethostname()
+    code = ("import sys; import engine.lock, engine.logs, engine.notify, engine.fsutil as f; f.hostname(); "
+            "print('socket' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(Path(__file__).resolve().parents[1])).stdout
+    assert out.strip() == "False"
