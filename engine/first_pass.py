@@ -105,8 +105,7 @@ def _read_regular(path: Path) -> Optional[bytes]:
 
 
 def input_for(path: Optional[Path], shape: Optional[list] = None, view: Optional[dict] = None):
-    """The (1, 3, h, w) uint8 input of `path`'s candidate pass (the caller converts it to what its
-    model takes), or None (not a JPEG this can
+    """The (1, 3, h, w) float32 input of `path`'s candidate pass, or None (not a JPEG this can
     decode, no shrink that fits). With a recorded `shape`, the input must have it: `view`'s
     shrink ({"factor", "multiple"}, as runs record it), else the integer shrink whose input,
     padded to a multiple of 32, has it. With `view` alone (`sladd models fetch` recorded no
@@ -134,12 +133,10 @@ def input_for(path: Optional[Path], shape: Optional[list] = None, view: Optional
         pixels = apply_orientation(stored, read_orientation(info.exif))
     except Exception:  # noqa: BLE001 - the run reports what is wrong with the file
         return None
-    import numpy as np
-
     from kernels import downscale_mean, padded_planes
 
     f, ih, iw = plan
-    blob = padded_planes([pixels if f == 1 else downscale_mean(pixels, f)], ih, iw, np.uint8)
+    blob = padded_planes([pixels if f == 1 else downscale_mean(pixels, f)], ih, iw)
     keep_decoded(data, stored, coefs)     # after the last read here: the run may draw into them
     return blob
 

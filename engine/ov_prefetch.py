@@ -201,11 +201,9 @@ def start() -> None:
             # at the recorded shape; none once the run has said it will not use the model.
             maker.join()
             blob = first[0] if first and not cancel.is_set() else None
-            dtype = np.dtype(compiled.inputs[0].get_element_type().to_dtype())     # uint8 or float32
-            blob = blob.astype(dtype) if blob is not None and blob.dtype != dtype else blob
             warm = list(blob.shape) if blob is not None else shape
             if _shape_ok(warm) and not cancel.is_set():
-                res = requests[0].infer({0: blob if blob is not None else np.zeros(warm, dtype)},
+                res = requests[0].infer({0: blob if blob is not None else np.zeros(warm, np.float32)},
                                         share_inputs=True)
                 if blob is not None and not cancel.is_set():
                     first_pass.keep(blob, {o.get_any_name(): np.array(res[o]) for o in compiled.outputs},

@@ -91,19 +91,19 @@ def downscale_mean(src, factor: int):
     return acc
 
 
-def padded_planes(views: list, ih: int, iw: int, dtype=np.float32):
-    """`(N, 3, ih, iw)` float32 (or `dtype`, e.g. uint8) of N views `(h, w, 3)` of one shape,
-    zero-padded below and right (NCHW model input); on the device for device views. Allocates."""
+def padded_planes(views: list, ih: int, iw: int):
+    """`(N, 3, ih, iw)` float32 of N views `(h, w, 3)` of one shape, zero-padded below and right
+    (NCHW model input); on the device for device views. Allocates."""
     h, w = views[0].shape[:2]
     xp = get_array_module(views[0])
     if xp is not np:
-        blob = xp.zeros((len(views), 3, ih, iw), dtype)
+        blob = xp.zeros((len(views), 3, ih, iw), xp.float32)
         for i, v in enumerate(views):
             blob[i, :, :h, :w] = v.transpose(2, 0, 1)
         return blob
     # Host: only the padding is zeroed, and each channel is copied from a contiguous plane (a
     # strided HWC -> CHW conversion into a fresh zeroed array took 25 ms at 1224x1024; this 1.5).
-    blob = np.empty((len(views), 3, ih, iw), dtype)
+    blob = np.empty((len(views), 3, ih, iw), np.float32)
     blob[:, :, h:, :] = 0
     blob[:, :, :h, w:] = 0
     cv2 = cv2_or_none()                          # without OpenCV: NumPy's planes, slower

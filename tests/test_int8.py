@@ -159,36 +159,6 @@ def test_int8_cascade_with_openvinos_large_passes_finds_what_onnx_runtime_finds(
     assert found["openvino"] >= found["onnxruntime"] >= 18
 
 
-def test_the_int8_large_pass_takes_the_uint8_pixels_with_the_same_outputs_bit_for_bit(int8_build):
-    """OpenVINO's candidate passes of the INT8 build run a graph taking the uint8 pixels (its
-    input QuantizeLinear has scale 1 and zero point 0: the integers pass unchanged), so the
-    run's blob is uint8. Oracle: the float graph on the same pixels, through the same OpenVINO;
-    the fp32 file (no such node) keeps its float graph."""
-    pytest.importorskip("openvino")
-    onnx = pytest.importorskip("onnx")
-    from onnx import numpy_helper
-
-    from engine.models.centerface import dynamic_graph_path, large_pass_graph_path, uint8_input_graph
-    from engine.runtimes.ov_passes import LargePasses
-
-    int8, fp32 = int8_build
-    graph = large_pass_graph_path(int8)
-    assert graph != dynamic_graph_path(int8) and large_pass_graph_path(fp32) == dynamic_graph_path(fp32)
-    rng = np.random.default_rng(3)
-    views = [rng.integers(0, 256, (300, 410, 3), dtype=np.uint8)]
-    u8 = LargePasses(graph, threads=1, streams=1).session()
-    f32 = LargePasses(dynamic_graph_path(int8), threads=1, streams=1).session()
-    assert u8.input_dtype == np.uint8 and f32.input_dtype == np.float32
-    got = u8.run(None, {"input.1": CenterFaceAdapter.blob(views, 320, 416, np.uint8)})
-    want = f32.run(None, {"input.1": CenterFaceAdapter.blob(views, 320, 416)})
-    assert all(np.array_equal(a, b) for a, b in zip(got, want))
-    # Only where it is exact: another input scale keeps the float input.
-    m = onnx.load(str(dynamic_graph_path(int8)))
-    scale = next(t for t in m.graph.initializer if t.name.endswith("_scale") and t.name.startswith(m.graph.input[0].name))
-    scale.CopyFrom(numpy_helper.from_array(np.array(2.0, np.float32), scale.name))
-    assert uint8_input_graph(m) is None and uint8_input_graph(onnx.load(str(dynamic_graph_path(fp32)))) is None
-
-
 # --- the INT8 plate model (engine.models.quantize_yolo) -------------------------------------------
 def _real_model(name):
     import os

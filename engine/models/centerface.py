@@ -13,8 +13,7 @@ from engine.runtimes.onnxruntime import onnx_module
 from engine.runtimes.ov_passes import MIN_PIXELS
 from kernels import get_array_module, nms, padded_planes, resize_bilinear, to_host
 
-__all__ = ["CenterFaceAdapter", "fix_centerface_graph", "dynamic_graph_path", "large_pass_graph_path",
-           "uint8_input_graph"]
+__all__ = ["CenterFaceAdapter", "fix_centerface_graph", "dynamic_graph_path"]
 
 
 def fix_centerface_graph(model, height: int | None, width: int | None, batch: int | None = 1):
@@ -57,54 +56,6 @@ def dynamic_graph_path(model_path: Path) -> Path:
         onnx_module().load(str(model_path)), None, None, None).SerializeToString())
 
 
-def uint8_input_graph(model):
-    """The any-size graph taking the uint8 pixels themselves where that is exact: an INT8 build
-    whose input goes only into a QuantizeLinear of scale 1 and zero point 0 (uint8) receives the
-    integers 0..255 unchanged, so the node is dropped and its output becomes the input (the same
-    outputs bit for bit; OpenVINO's pass 4% faster, and a 4 MB input instead of 15 MB at
-    1248x1024). Returns None for any other graph."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    g = model.graph
-    inp = g.input[0]
-    users = [n for n in g.node if inp.name in n.input]
-    if len(users) != 1 or users[0].op_type != "QuantizeLinear" or list(users[0].input[:1]) != [inp.name]:
-        return None
-    q, inits = users[0], {t.name: t for t in g.initializer}
-    if len(q.input) != 3 or q.input[1] not in inits or q.input[2] not in inits or any(a.name == "axis" for a in q.attribute):
-        return None
-    scale, zero = numpy_helper.to_array(inits[q.input[1]]), numpy_helper.to_array(inits[q.input[2]])
-    if scale.size != 1 or float(scale.reshape(())) != 1.0 or zero.dtype != np.uint8 or int(zero.reshape(())) != 0:
-        return None
-    m = type(model)()
-    m.CopyFrom(model)
-    g = m.graph
-    dims = [d.dim_param or d.dim_value for d in g.input[0].type.tensor_type.shape.dim]
-    nodes = [n for n in g.node if not (n.op_type == "QuantizeLinear" and n.output[0] == q.output[0])]
-    for n in nodes:                                     # its readers read the input, named as before
-        n.input[:] = [inp.name if x == q.output[0] else x for x in n.input]
-    del g.node[:]
-    g.node.extend(nodes)
-    del g.input[0]
-    g.input.insert(0, helper.make_tensor_value_info(inp.name, TensorProto.UINT8, dims))
-    return m
-
-
-def large_pass_graph_path(model_path: Path) -> Path:
-    """The graph OpenVINO runs the candidate passes of (engine.runtimes.ov_passes): the any-size
-    graph with uint8 input where that is exact (uint8_input_graph), else the any-size graph
-    itself. Kept in `<models>/derived` like it (an empty file there says "not exact for this
-    model", so no run loads the graph again to find out); the session says which input type
-    it takes."""
-    from engine.models.resolve import derived_file
-
-    def build() -> bytes:
-        m = uint8_input_graph(onnx_module().load(str(dynamic_graph_path(model_path))))
-        return m.SerializeToString() if m is not None else b""
-    path = derived_file(model_path, "any-size-u8", build)
-    return path if path.stat().st_size > 0 else dynamic_graph_path(model_path)
-
-
 class CenterFaceAdapter(Adapter):
     family = "centerface"
     takes_threshold = True
@@ -127,8 +78,7 @@ class CenterFaceAdapter(Adapter):
             # engine.runtime auto: the candidate passes over whole frames on OpenVINO where it
             # ran them faster on this CPU (engine.runtimes.ov_passes); None otherwise.
             make = getattr(runtime, "large_passes", None)
-            self._large = (make(Path(model_path), large_pass_graph_path(Path(model_path)), view=candidate_view(card))
-                           if make is not None else None)
+            self._large = make(Path(model_path), graph, view=candidate_view(card)) if make is not None else None
             return
         self._proto = onnx_module().load(str(model_path))
         self._input = [i.name for i in self._proto.graph.input
@@ -168,22 +118,21 @@ class CenterFaceAdapter(Adapter):
         h, w = views[0].shape[:2]
         m = self.card.input.multiple
         ih, iw = max(m, math.ceil(h / m) * m), max(m, math.ceil(w / m) * m)
+        blob = self.blob(views, ih, iw)
         sess = None
         if self._large is not None and threshold is not None and len(views) == 1 and ih * iw >= MIN_PIXELS:
             sess = self._large.session()                    # None: OpenVINO cannot run the model
         if sess is None:
             sess = self._session(ih, iw, len(views))
-        # OpenVINO's large passes may take the uint8 pixels (large_pass_graph_path); the rest float32.
-        blob = self.blob(views, ih, iw, getattr(sess, "input_dtype", np.float32))
         heat, scale, offset, _ = sess.run(None, {self._input: blob})
         return [self.decode(heat[i:i + 1], scale[i:i + 1], offset[i:i + 1], (h, w), threshold)
                 for i in range(len(views))]
 
     @staticmethod
-    def blob(views: list, ih: int, iw: int, dtype=np.float32):
-        """`(N, 3, ih, iw)` RGB 0..255 (float32, or uint8 for a graph taking the pixels) of N views
-        `(h, w, 3)` of one shape, zero-padded below and right; on the device for device views."""
-        return padded_planes(views, ih, iw, dtype)
+    def blob(views: list, ih: int, iw: int):
+        """`(N, 3, ih, iw)` float32 RGB 0..255 of N views `(h, w, 3)` of one shape, zero-padded
+        below and right; on the device for device views. Allocates."""
+        return padded_planes(views, ih, iw)
 
     @classmethod
     def calibration_blob(cls, pixels: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:

@@ -271,7 +271,7 @@ def _prepare_openvino(model: Path, card) -> None:
     and inference threads a run on this machine takes (engine.worker.build); where OpenVINO is
     chosen, its compiled model goes into OpenVINO's cache and is recorded, so that the first run
     loads it (engine.ov_prefetch) instead of compiling it."""
-    from engine.models.centerface import candidate_view, large_pass_graph_path
+    from engine.models.centerface import candidate_view, dynamic_graph_path
     from engine.runtimes.openvino import large_passes_chosen
     from engine.worker.build import cpu_threads
 
@@ -284,7 +284,7 @@ def _prepare_openvino(model: Path, card) -> None:
         views = [candidate_view(c) for c in [card] + [load_card(n) for n in shipped_cards() if n != card.name]
                  if c.family == card.family and c.file == card.file]
         view = next((v for v in views if v is not None), None)
-        LargePasses(large_pass_graph_path(model), threads=threads, streams=streams, view=view).session()
+        LargePasses(dynamic_graph_path(model), threads=threads, streams=streams, view=view).session()
 
 
 def _fetch(name: str, *, allow_pip: bool = True) -> Path:

@@ -63,8 +63,6 @@ class Session:
         self._request = request if request is not None else compiled.create_infer_request()
         self._inputs, self._outputs = _args(compiled.inputs), _args(compiled.outputs)
         self._first_run = first_run
-        # What the first input takes (uint8 for a graph of the pixels themselves; float32 else).
-        self.input_dtype = np.dtype(compiled.inputs[0].get_element_type().to_dtype())
 
     def _note_first(self, inputs: dict) -> None:
         if self._first_run is not None:
