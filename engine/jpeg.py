@@ -134,14 +134,22 @@ def estimate_quality(luma: Optional[np.ndarray]) -> Optional[int]:
     """
     if luma is None:
         return None
-    best_q, best_err = None, None
-    for q in range(1, 101):
-        s = 5000.0 / q if q < 50 else 200.0 - 2.0 * q
-        std = np.clip(np.floor((_STD_LUMA * s + 50.0) / 100.0), 1, 255)
-        err = float(np.abs(std - luma).sum())
-        if best_err is None or err < best_err or (err == best_err and q > best_q):
-            best_q, best_err = q, err
-    return best_q
+    errs = np.abs(_standard_luma_tables() - luma).sum(axis=1)    # integers: exact in float64
+    return int(np.flatnonzero(errs == errs.min())[-1]) + 1       # the highest of the closest
+
+
+_STD_TABLES: list = []
+
+
+def _standard_luma_tables() -> np.ndarray:
+    """(100, 64): libjpeg's luminance table at quality 1..100 (made once; 0.7 ms an image before)."""
+    if not _STD_TABLES:
+        rows = []
+        for q in range(1, 101):
+            s = 5000.0 / q if q < 50 else 200.0 - 2.0 * q
+            rows.append(np.clip(np.floor((_STD_LUMA * s + 50.0) / 100.0), 1, 255))
+        _STD_TABLES.append(np.stack(rows))
+    return _STD_TABLES[0]
 
 
 def splice_segments(encoded: bytes, segments: list[bytes]) -> bytes:

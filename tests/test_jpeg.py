@@ -28,6 +28,22 @@ def test_estimate_quality_recovers_libjpeg_quality(q):
     assert estimate_quality(parse_jpeg(tj).luma_table) == q
 
 
+def test_estimate_quality_of_any_table_is_the_highest_closest_standard_quality():
+    """Other (camera) tables get the closest standard quality, the highest on ties. Oracle: the
+    distance to each of libjpeg's 100 scaled tables, computed one by one."""
+    from engine.jpeg import _STD_LUMA
+
+    def closest(luma):
+        errs = []
+        for q in range(1, 101):
+            s = 5000.0 / q if q < 50 else 200.0 - 2.0 * q
+            errs.append(float(np.abs(np.clip(np.floor((_STD_LUMA * s + 50.0) / 100.0), 1, 255) - luma).sum()))
+        return max(q for q in range(1, 101) if errs[q - 1] == min(errs))
+    rng = np.random.default_rng(5)
+    tables = [rng.integers(1, 256, 64).astype(np.float64) for _ in range(200)] + [np.ones(64), np.full(64, 255.0)]
+    assert [estimate_quality(t) for t in tables] == [closest(t) for t in tables]
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_orientation_matches_pillow_exif_transpose(tmp_path, orientation):
     exif = Image.Exif()
