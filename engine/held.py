@@ -18,9 +18,16 @@ class Held:
         self.items: list = []
         self._misses, self._one, self._missed = misses, one, 0
         self._lock = threading.Lock()
+        self._made = threading.Event()                  # clear while a value is being made
+        self._made.set()
 
-    def __bool__(self) -> bool:                          # cheap: no lock
-        return bool(self.items)
+    def __bool__(self) -> bool:                          # cheap: no lock; a value held or being made
+        return bool(self.items) or not self._made.is_set()
+
+    def making(self, running: bool) -> None:
+        """Say that a value is being made (True) or that making it has ended (False, whether or
+        not it was put): `take(..., wait=)` meanwhile waits for it."""
+        (self._made.clear if running else self._made.set)()
 
     def put(self, key: Any, value: Any) -> None:
         with self._lock:
@@ -29,7 +36,11 @@ class Held:
             self.items.append((key, value))
             self._missed = 0
 
-    def take(self, test: Callable[[Any], bool]) -> Optional[Any]:
+    def take(self, test: Callable[[Any], bool], wait: float = 0.0) -> Optional[Any]:
+        """The first value whose key passes `test` (handed out once), else None. `wait`: seconds
+        to wait first for a value being made (`making`)."""
+        if wait > 0 and not self._made.is_set():
+            self._made.wait(wait)
         with self._lock:
             for k, (key, value) in enumerate(self.items):
                 if test(key):

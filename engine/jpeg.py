@@ -5,6 +5,7 @@ entropy-coded data is left to libjpeg-turbo (engine.embedded finds where the fir
 """
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from typing import Optional
@@ -138,18 +139,11 @@ def estimate_quality(luma: Optional[np.ndarray]) -> Optional[int]:
     return int(np.flatnonzero(errs == errs.min())[-1]) + 1       # the highest of the closest
 
 
-_STD_TABLES: list = []
-
-
+@functools.lru_cache(maxsize=1)
 def _standard_luma_tables() -> np.ndarray:
     """(100, 64): libjpeg's luminance table at quality 1..100 (made once; 0.7 ms an image before)."""
-    if not _STD_TABLES:
-        rows = []
-        for q in range(1, 101):
-            s = 5000.0 / q if q < 50 else 200.0 - 2.0 * q
-            rows.append(np.clip(np.floor((_STD_LUMA * s + 50.0) / 100.0), 1, 255))
-        _STD_TABLES.append(np.stack(rows))
-    return _STD_TABLES[0]
+    scale = [5000.0 / q if q < 50 else 200.0 - 2.0 * q for q in range(1, 101)]
+    return np.clip(np.floor((_STD_LUMA[None, :] * np.array(scale)[:, None] + 50.0) / 100.0), 1, 255)
 
 
 def splice_segments(encoded: bytes, segments: list[bytes]) -> bytes:

@@ -7,7 +7,6 @@ profile: detection needs faces to look like faces, not colorimetry, and a CMS tr
 """
 from __future__ import annotations
 
-import threading
 import time
 from fractions import Fraction
 from typing import Optional
@@ -81,8 +80,6 @@ def keep_decoded(data: bytes, pixels: np.ndarray, coefficients=None) -> None:
     _AHEAD.put(data, (pixels, coefficients))
 
 
-_AHEAD_DONE = threading.Event()     # clear while a decode ahead runs (engine.first_pass)
-_AHEAD_DONE.set()
 AHEAD_WAIT = 0.5                    # seconds a decode waits for one ahead before decoding itself
 
 
@@ -90,13 +87,11 @@ def decoding_ahead(running: bool) -> None:
     """Say that a decode ahead (engine.first_pass, during the start) runs (True) or has ended
     (False): a full-scale decode meanwhile waits for it (at most AHEAD_WAIT s) and takes its
     pixels if they are of the same bytes, instead of decoding the same file beside it."""
-    (_AHEAD_DONE.clear if running else _AHEAD_DONE.set)()
+    _AHEAD.making(running)
 
 
 def _take_ahead(data: bytes):
-    if not _AHEAD_DONE.is_set():
-        _AHEAD_DONE.wait(AHEAD_WAIT)
-    return _AHEAD.take(lambda kept: len(kept) == len(data) and kept == data)
+    return _AHEAD.take(lambda kept: len(kept) == len(data) and kept == data, wait=AHEAD_WAIT)
 
 
 # Bytes of coefficients per pixel by TurboJPEG subsampling (TJSAMP_*: 444, 422, 420, GRAY, 440,
@@ -173,7 +168,7 @@ class TurboDecoder:
         if not (self.keep_coefficients and self.scale == 1
                 and coefficients_fit(head["info"], head["orientation"], head["subsampling"])):
             return None
-        if _AHEAD or not _AHEAD_DONE.is_set():
+        if _AHEAD:
             ahead = _take_ahead(data)
             if ahead is not None:
                 return ahead                      # its coefficients may be None: the writer reads the file again
@@ -214,7 +209,7 @@ class TurboDecoder:
         parsed here when not given (it says whether the file is CMYK)."""
         from turbojpeg import TJPF_RGB
 
-        if _AHEAD or (scale == 1 and not _AHEAD_DONE.is_set()):   # a scaled decode counts as a miss
+        if _AHEAD:                                   # a scaled decode counts as a miss
             ahead = _take_ahead(data) if scale == 1 else _AHEAD.take(lambda kept: False)
             if ahead is not None:
                 return ahead[0]

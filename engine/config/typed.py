@@ -120,11 +120,7 @@ class Section:
         return s
 
     def __init__(self, **data):
-        errors: list = []
-        built = type(self)._validate(data, (), errors)
-        if built is FAIL:
-            raise ValidationError(type(self).__name__, errors)
-        object.__setattr__(self, "__dict__", built.__dict__)
+        object.__setattr__(self, "__dict__", type(self).model_validate(data).__dict__)
 
     @classmethod
     def model_validate(cls, data):
