@@ -129,7 +129,7 @@ def input_for(path: Optional[Path], shape: Optional[list] = None, view: Optional
             return None        # no input of this frame is guessed (a panorama's passes are tiles): not decoded
         sampling = turbojpeg().decode_header(data)[2]    # what TurboJPEG refuses, the run fails: no guess
         got = coefjpeg.decode(data) if coefficients_fit(info, read_orientation(info.exif), sampling) else None
-        stored, coefs = got if got is not None else (TurboDecoder().decode_pixels(data, info=info), None)
+        stored, coefs = got if got is not None else (TurboDecoder().decode_fresh(data, info=info), None)
         pixels = apply_orientation(stored, read_orientation(info.exif))
     except Exception:  # noqa: BLE001 - the run reports what is wrong with the file
         return None

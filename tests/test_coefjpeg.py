@@ -391,3 +391,30 @@ def test_a_decode_during_the_decode_ahead_waits_for_it_instead_of_decoding_too(m
     finally:
         turbo.decoding_ahead(False)
     assert calls == [1] and 0.04 <= waited < 1.0 and np.array_equal(frame.pixels, _tj(data))
+
+
+def test_the_decode_ahead_without_the_helper_does_not_wait_for_itself(monkeypatch, tmp_path):
+    """Found in review: where the first image goes through TurboJPEG (no helper, a rotated or
+    progressive file), the decode ahead used the decoder's own entry point, which waited
+    AHEAD_WAIT for the very decode it was doing. Oracle: the time, and TurboJPEG's pixels."""
+    import time
+
+    import engine.codecs.turbo as turbo
+    from engine import first_pass
+    from engine.held import Held
+
+    monkeypatch.setattr(turbo, "_AHEAD", Held(misses=4, one=True))
+    monkeypatch.setattr(turbo, "AHEAD_WAIT", 2.0)
+    monkeypatch.setattr(turbo, "coefficients_fit", lambda *a: False)        # the TurboJPEG path
+    img = road_scene(128, 192, 4)
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(img, 90))
+    turbo.decoding_ahead(True)
+    try:
+        t = time.perf_counter()
+        blob = first_pass.input_for(tmp_path / "a.jpg", None, {"factor": 2, "multiple": 32})
+        took = time.perf_counter() - t
+    finally:
+        turbo.decoding_ahead(False)
+    assert blob is not None and took < 1.0
+    pixels, _ = turbo._AHEAD.items[0][1]
+    assert np.array_equal(pixels, _tj((tmp_path / "a.jpg").read_bytes()))

@@ -7,6 +7,7 @@ profile: detection needs faces to look like faces, not colorimetry, and a CMS tr
 """
 from __future__ import annotations
 
+import functools
 import time
 from fractions import Fraction
 from typing import Optional
@@ -52,6 +53,7 @@ def turbojpeg():
     return _TJ
 
 
+@functools.lru_cache(maxsize=1)
 def library_name() -> Optional[str]:
     """The name libturbojpeg loads by: its soname first (ctypes' own search, `find_library`,
     runs `ldconfig -p` in a subprocess), else what that search finds; None when neither loads.
@@ -207,12 +209,17 @@ class TurboDecoder:
     def decode_pixels(self, data: bytes, scale: Fraction = Fraction(1), info=None) -> np.ndarray:
         """(H*scale, W*scale, 3) uint8 RGB in *stored* orientation. `info`: the parsed header,
         parsed here when not given (it says whether the file is CMYK)."""
-        from turbojpeg import TJPF_RGB
-
         if _AHEAD:                                   # a scaled decode counts as a miss
             ahead = _take_ahead(data) if scale == 1 else _AHEAD.take(lambda kept: False)
             if ahead is not None:
                 return ahead[0]
+        return self.decode_fresh(data, scale, info)
+
+    def decode_fresh(self, data: bytes, scale: Fraction = Fraction(1), info=None) -> np.ndarray:
+        """decode_pixels without looking at pixels decoded ahead: what the decode ahead itself
+        calls (it would wait for its own result)."""
+        from turbojpeg import TJPF_RGB
+
         info = info if info is not None else parse_jpeg(data)
         if info.cmyk:
             return cmyk_to_rgb(decode_cmyk(data, scale, self.tj), info.adobe_transform is not None)

@@ -68,6 +68,7 @@ class LargePasses:
             LOG.info("OpenVINO cannot keep compiled models in %s (%s): compiled in every run", self.cache, exc)
             self.cache = None
         self.config = default_config(threads, streams)
+        self.made_by = ov_prefetch.made_by(str(self.graph), self.config)     # what its passes' outputs carry
         self.view = view                        # recorded for the next start (engine.first_pass)
         self._lock = threading.Lock()
         self._compiled: Optional[Future] = None
@@ -85,10 +86,7 @@ class LargePasses:
             with self._lock:
                 sess = self._free.pop() if self._free else None
             if sess is None:                                # more threads than streams
-                from engine import ov_prefetch
-
-                sess = _Session(compiled, first_run=self._first_run,
-                                made_by=ov_prefetch.made_by(str(self.graph), self.config))
+                sess = _Session(compiled, first_run=self._first_run, made_by=self.made_by)
             self._tls.session = sess
         return sess
 
@@ -127,8 +125,7 @@ class LargePasses:
             # waits for it (a detect thread's first pass held up ~0.1 s).
             requests += [compiled.create_infer_request()
                          for _ in range(int(self.config["NUM_STREAMS"]) - len(requests))]
-            made_by = ov_prefetch.made_by(str(self.graph), self.config)
-            self._free = [_Session(compiled, r, first_run=self._first_run, made_by=made_by) for r in requests]
+            self._free = [_Session(compiled, r, first_run=self._first_run, made_by=self.made_by) for r in requests]
             fut.set_result(compiled)
         except Exception as exc:  # noqa: BLE001 - OpenVINO is an optimisation: ONNX Runtime runs it
             LOG.warning("OpenVINO cannot run %s (%s): ONNX Runtime runs its large passes", self.graph.name,
